@@ -1,0 +1,38 @@
+# `make demo` and `make test` work on a machine with nothing but Python 3.11: both create .venv when it is
+# missing or incomplete. torch is installed first, pinned to the CPU wheel, so that nothing pulls a multi-GB
+# CUDA build; override with `make TORCH_SPEC='torch==2.13.0' demo` or point VENV elsewhere.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.polyalign-installed
+export HF_HUB_OFFLINE ?= 1
+export DVC_NO_ANALYTICS ?= 1
+export WANDB_MODE ?= offline
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: demo test venv bench clean-venv
+
+venv: $(STAMP)
+
+# The stamp is written only after every install step succeeded, so an interrupted install is redone.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -c "import polyalign, torch, lightning, transformers, dvc, chatterbot_corpus"
+	@touch $(STAMP)
+
+demo: venv
+	$(BIN)/dvc repro
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python benchmarks/bucketize.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,112 @@
+"""`polyalign`: one command per pipeline stage. Each command only loads `params.yaml`, applies the command-line
+overrides, validates them and calls the stage, so a stage run by hand does exactly what `dvc repro` runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from polyalign.errors import UserError
+from polyalign.log import console
+from polyalign.params import Params, dump_params, load_params
+
+app = typer.Typer(
+    name="polyalign",
+    help="Post-train language models toward the human response distribution of each interaction context "
+    "(language, track, family, length). Every command reads params.yaml in the current folder; options "
+    "override it for one run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsFile = Annotated[
+    Path, typer.Option("--params", help="parameters file; without one the built-in defaults are used")
+]
+Overrides = Annotated[
+    list[str],
+    typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE",
+                 help="override one parameter for this run, e.g. --set buckets.min_bucket_size=50 (repeatable)"),
+]
+
+
+def _setup(params_file: Path, overrides: list[str]) -> Params:
+    params = load_params(params_file, overrides)
+    logging.basicConfig(level=params.logging.level.upper(), format="%(name)s: %(message)s")
+    return params
+
+
+def _run(action: Callable[[], object]) -> None:
+    """Run a command; a user mistake ends with its message and exit status 2, never a traceback."""
+    try:
+        action()
+    except UserError as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("interrupted: no output was written", style="yellow")
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def params(
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = [],  # noqa: B006 - typer needs a literal default
+) -> None:
+    """Print the effective, validated parameters (params.yaml plus overrides) as YAML."""
+    _run(lambda: sys.stdout.write(dump_params(load_params(params_file, overrides))))
+
+
+@app.command()
+def prepare(
+    on_invalid: Annotated[str | None, typer.Option(help="error | skip: what a malformed input row does")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the hashed train/val/test split")] = None,
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = [],  # noqa: B006
+) -> None:
+    """Read the data sources (params: data.sources), clean, deduplicate and split them into
+    data/prepared/{train,val,test}.parquet; counts and every dropped record go to reports/prepare.json."""
+    named = [f"data.on_invalid={on_invalid}"] * (on_invalid is not None) + [f"seed={seed}"] * (seed is not None)
+
+    def action() -> None:
+        from polyalign.stages import prepare as stage
+
+        stage.run(_setup(params_file, [*named, *overrides]))
+
+    _run(action)
+
+
+@app.command()
+def bucketize(
+    min_bucket_size: Annotated[int | None, typer.Option(help="smaller buckets back off to a parent")] = None,
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = [],  # noqa: B006
+) -> None:
+    """Assign buckets (language|track|family|length_bin), compute bilingual response features and build the
+    human reference distributions from the train split into data/buckets/; report in reports/buckets.*."""
+    named = [f"buckets.min_bucket_size={min_bucket_size}"] * (min_bucket_size is not None)
+
+    def action() -> None:
+        from polyalign.stages import bucketize as stage
+
+        stage.run(_setup(params_file, [*named, *overrides]))
+
+    _run(action)
+
+
+def main() -> None:
+    # Offline unless the user says otherwise: nothing may reach the hub or telemetry behind their back.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Stage `prepare`: read every source in `params.data.sources`, clean and split the records, drop exact
+duplicates, write `data/prepared/{train,val,test}.parquet` and `reports/prepare.json`.
+
+Reads params: seed, paths, data. Every record that does not reach a split is counted by reason in the
+report and listed in `reports/prepare_dropped.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from polyalign.data.clean import deduplicate, to_record
+from polyalign.data.record import RECORD_SCHEMA, Problem
+from polyalign.data.sources import read_source
+from polyalign.errors import UserError
+from polyalign.io import atomic_path, write_json, write_text
+from polyalign.log import console, progress_bar
+from polyalign.params import Params
+
+SPLITS = ("train", "val", "test")
+
+
+def source_label(cfg) -> str:
+    return getattr(cfg, "name", None) or (Path(cfg.path).stem if getattr(cfg, "path", None) else cfg.kind)
+
+
+def run(params: Params, root: Path = Path(".")) -> dict:
+    data = params.data
+    records: list[dict] = []
+    dropped: list[dict] = []
+    per_source: dict[str, dict] = {}
+
+    with progress_bar(params.logging.progress) as progress:
+        for cfg in data.sources:
+            label = source_label(cfg)
+            task = progress.add_task(f"reading {cfg.kind}:{label}", total=None)
+            stats = per_source.setdefault(label, {"kind": cfg.kind, "read": 0, "kept": 0, "dropped": Counter()})
+            for item in read_source(cfg, root):
+                stats["read"] += 1
+                progress.advance(task)
+                if isinstance(item, Problem):
+                    if data.on_invalid == "error" and not item.always_skip:
+                        raise UserError(item.describe() + "\n(set data.on_invalid: skip, or --on-invalid skip, "
+                                        "to skip such rows and count them in reports/prepare.json)")
+                    reason, entry = item.reason, {"origin": item.origin, "field": item.field,
+                                                  "message": item.message}
+                else:
+                    record = to_record(item, data, params.seed)
+                    if isinstance(record, dict):
+                        record["_source"] = label
+                        records.append(record)
+                        continue
+                    reason, entry = record, {"origin": item.origin, "id": item.id}
+                stats["dropped"][reason] += 1
+                dropped.append({"source": label, "reason": reason, **entry})
+
+    records, duplicates = deduplicate(records)
+    for rec in duplicates:
+        per_source[rec["_source"]]["dropped"]["duplicate"] += 1
+        dropped.append({"source": rec["_source"], "reason": "duplicate", "id": rec["id"], "split": rec["split"]})
+    for rec in records:
+        per_source[rec.pop("_source")]["kept"] += 1
+    if not records:
+        raise UserError("prepare: no record survived reading and cleaning; see the reasons above in "
+                        f"{params.paths.reports}/prepare.json" if dropped else "prepare: the sources hold no records")
+
+    report = build_report(records, dropped, per_source)
+    write_outputs(params, root, records, dropped, report)
+    console.print(f"prepare: {report['records']} records "
+                  f"(train {report['splits']['train']}, val {report['splits']['val']}, "
+                  f"test {report['splits']['test']}), {report['dropped_total']} dropped "
+                  f"{dict(report['dropped'])}")
+    return report
+
+
+def build_report(records: list[dict], dropped: list[dict], per_source: dict[str, dict]) -> dict:
+    by = defaultdict(Counter)
+    for rec in records:
+        for key in ("split", "language", "track", "family"):
+            by[key][rec[key]] += 1
+        by["split_language"][f"{rec['split']}/{rec['language']}"] += 1
+    return {
+        "records": len(records),
+        "splits": {s: by["split"][s] for s in SPLITS},
+        "languages": dict(sorted(by["language"].items())),
+        "tracks": dict(sorted(by["track"].items())),
+        "families": dict(sorted(by["family"].items())),
+        "split_language": dict(sorted(by["split_language"].items())),
+        "dropped_total": len(dropped),
+        "dropped": dict(sorted(Counter(d["reason"] for d in dropped).items())),
+        "sources": {name: {**s, "dropped": dict(sorted(s["dropped"].items()))} for name, s in per_source.items()},
+    }
+
+
+def write_outputs(params: Params, root: Path, records: list[dict], dropped: list[dict], report: dict) -> None:
+    prepared = root / params.paths.prepared
+    reports = root / params.paths.reports
+    with atomic_path(prepared, directory=True) as tmp:
+        for split in SPLITS:
+            rows = [r for r in records if r["split"] == split]
+            pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), tmp / f"{split}.parquet")
+    write_text(reports / "prepare_dropped.jsonl",
+               "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dropped))
+    write_json(reports / "prepare.json", report)

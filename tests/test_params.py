@@ -1,0 +1,68 @@
+import yaml
+from typer.testing import CliRunner
+
+from conftest import ROOT
+from polyalign.cli import app
+from polyalign.params import Params, load_params
+
+runner = CliRunner()
+
+
+def test_params_yaml_matches_the_models_defaults_key_for_key():
+    on_disk = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    assert on_disk == Params().model_dump(mode="json")
+
+
+def test_params_command_prints_effective_values_with_overrides(in_tmp):
+    result = runner.invoke(app, ["params", "--set", "buckets.min_bucket_size=50", "-s", "data.zh_threshold=0.3"])
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.stdout)
+    assert printed["buckets"]["min_bucket_size"] == 50
+    assert printed["data"]["zh_threshold"] == 0.3
+
+
+def test_override_values_are_parsed_as_yaml():
+    params = load_params(None, ["data.split_ratios={train: 0.5, val: 0.25, test: 0.25}",
+                                "data.sources.0.categories=[ai, trivia]"])
+    assert params.data.split_ratios.train == 0.5
+    assert params.data.sources[0].categories == ["ai", "trivia"]
+
+
+def bad(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    return result.output
+
+
+def test_wrong_value_names_key_value_and_what_is_allowed(in_tmp):
+    out = bad(["params", "--set", "data.on_invalid=skipp"])
+    assert "data.on_invalid = 'skipp'" in out and "'error' or 'skip'" in out
+
+
+def test_unknown_key_lists_the_allowed_keys(in_tmp):
+    out = bad(["params", "--set", "buckets.min_bucket_sise=3"])
+    assert "buckets.min_bucket_sise: unknown key" in out and "min_bucket_size" in out
+
+
+def test_unknown_source_kind_lists_the_kinds(in_tmp):
+    out = bad(["prepare", "--set", "data.sources=[{kind: csv, path: x.csv}]"])
+    assert "'csv'" in out and "chatterbot, polyalign, alpaca, messages, squad, kdconv" in out
+    assert not (in_tmp / "data").exists() and not (in_tmp / "reports").exists()
+
+
+def test_invalid_value_in_params_file_stops_before_any_work(in_tmp):
+    (in_tmp / "params.yaml").write_text("buckets:\n  min_bucket_size: -3\n")
+    out = bad(["prepare"])
+    assert "params.yaml" in out and "buckets.min_bucket_size = -3" in out and "greater than or equal to 1" in out
+    assert not (in_tmp / "data").exists()
+
+
+def test_split_ratios_must_sum_to_one(in_tmp):
+    out = bad(["params", "--set", "data.split_ratios.train=0.9"])
+    assert "sum to 1" in out
+
+
+def test_malformed_override_and_missing_params_file(in_tmp):
+    assert "expected section.key=value" in bad(["params", "--set", "seed"])
+    assert "params file not found: nope.yaml" in bad(["params", "--params", "nope.yaml"])

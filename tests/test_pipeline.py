@@ -1,0 +1,98 @@
+"""The CLI and the DVC pipeline end to end in a temporary git repository: real `dvc repro`, `dvc exp run -S`,
+`dvc metrics show`, `dvc plots show`."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+PROJECT_FILES = ["params.yaml", "dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore",
+                 "data/raw/README.md", "src"]
+
+
+def sh(args, cwd, check=True):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A fresh clone-like copy of the project after `dvc repro`, committed."""
+    path = tmp_path_factory.mktemp("project")
+    for name in PROJECT_FILES:
+        src, dst = ROOT / name, path / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    sh(["git", "init", "-q", "-b", "main"], path)
+    sh(["git", "add", "-A"], path)
+    sh(["git", "commit", "-qm", "project"], path)
+    first = sh(["dvc", "repro"], path)
+    assert "Running stage 'prepare'" in first.stdout and "Running stage 'bucketize'" in first.stdout
+    sh(["git", "add", "-A"], path)
+    sh(["git", "commit", "-qm", "repro"], path)
+    return path
+
+
+def test_repro_writes_bucketed_bilingual_data_and_reports(repo):
+    refs = json.loads((repo / "data/buckets/references.json").read_text())
+    assert {k.split("|")[0] for k in refs["buckets"]} >= {"en", "zh"}
+    for name in ("data/prepared/train.parquet", "data/buckets/test.parquet", "reports/buckets.md",
+                 "reports/prepare.json", "reports/plots/buckets.png"):
+        assert (repo / name).is_file(), name
+    tracked = sh(["git", "ls-files"], repo).stdout.split()
+    assert not [t for t in tracked if t.startswith(("data/prepared", "data/buckets", "reports/"))
+                and not t.endswith(".gitignore")]
+
+
+def test_second_repro_does_nothing(repo):
+    again = sh(["dvc", "repro"], repo)
+    assert "Running stage" not in again.stdout
+    assert sh(["dvc", "status"], repo).stdout.strip().startswith("Data and pipelines are up to date")
+
+
+def test_metrics_and_plots_show(repo):
+    metrics = json.loads(sh(["dvc", "metrics", "show", "--json"], repo).stdout)
+    flat = json.dumps(metrics)
+    assert "buckets_train" in flat and "support_distance_val" in flat and "dropped_total" in flat
+    plots = json.loads(sh(["dvc", "plots", "show", "--json"], repo).stdout)
+    assert not plots.get("errors")
+    assert any("buckets.csv" in key for key in plots["data"]) and any("buckets.png" in key for key in plots["data"])
+
+
+def test_exp_run_with_a_param_reruns_only_what_depends_on_it(repo):
+    run = sh(["dvc", "exp", "run", "-S", "buckets.min_bucket_size=50", "-n", "min50"], repo)
+    assert "Running stage 'bucketize'" in run.stdout and "Running stage 'prepare'" not in run.stdout
+    shown = json.loads(sh(["dvc", "exp", "show", "--json"], repo).stdout)
+    text = json.dumps(shown)
+    assert "min50" in text and '"min_bucket_size": 50' in text
+    table = sh(["dvc", "exp", "show", "--csv"], repo).stdout
+    assert "min50" in table
+
+
+def test_stage_by_hand_equals_stage_by_dvc(repo, tmp_path):
+    before = (repo / "data/buckets/references.json").read_text()
+    sh([sys.executable, "-m", "polyalign", "bucketize"], repo)
+    assert (repo / "data/buckets/references.json").read_text() == before
+    assert sh(["dvc", "status"], repo).stdout.strip().startswith("Data and pipelines are up to date")
+
+
+def test_cli_help_explains_every_command():
+    result = sh([sys.executable, "-m", "polyalign", "--help"], ROOT)
+    for command in ("prepare", "bucketize", "params"):
+        assert command in result.stdout
+    for command in ("prepare", "bucketize"):
+        assert "params" in sh([sys.executable, "-m", "polyalign", command, "--help"], ROOT).stdout

@@ -1,0 +1,155 @@
+"""The `prepare` stage: cleaning, dedup with split priority, group-protected deterministic splits, bad input."""
+
+import json
+from collections import defaultdict
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from conftest import FIXTURES, write_params
+from polyalign.cli import app
+from polyalign.data.clean import dedup_key
+from polyalign.params import load_params
+from polyalign.stages import prepare
+
+runner = CliRunner()
+
+
+def run_prepare(root, sources, *overrides):
+    params = load_params(None, [f"data.sources={json.dumps(sources)}", "logging.progress=false", *overrides])
+    report = prepare.run(params, root)
+    rows = {s: pq.read_table(root / "data/prepared" / f"{s}.parquet").to_pylist() for s in prepare.SPLITS}
+    return report, rows
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def record(question, answer, split, **extra):
+    return {"question": question, "human_answer": answer, "split": split, "language": "en", "track": "single",
+            "family": "qa", **extra}
+
+
+def test_duplicate_is_kept_in_the_highest_priority_split(tmp_path):
+    path = write_jsonl(tmp_path / "dups.jsonl", [
+        record("What is 2+2?", "4", "train", id="a"),
+        record("What is 2+2?", "4", "test", id="b"),
+        record("What is 2+2?", "4", "val", id="c"),
+        record("Capital of Peru?", "Lima", "train", id="d"),
+        record("Capital of Peru?", "Lima", "val", id="e"),
+        record("Capital  of Peru?\r\n", " Lima ", "train", id="f"),  # equal once normalised
+    ])
+    report, rows = run_prepare(tmp_path, [{"kind": "polyalign", "path": path}])
+    ids = {s: [r["id"] for r in rows[s]] for s in rows}
+    assert ids == {"train": [], "val": ["e"], "test": ["b"]}
+    assert report["dropped"] == {"duplicate": 4}
+    dropped = [json.loads(line) for line in (tmp_path / "reports/prepare_dropped.jsonl").read_text().splitlines()]
+    assert sorted(d["id"] for d in dropped) == ["a", "c", "d", "f"]
+
+
+def test_default_corpus_conversations_never_straddle_splits_and_no_duplicate_survives(tmp_path):
+    report, rows = run_prepare(tmp_path, [{"kind": "chatterbot"}])
+    splits_of_group, keys = defaultdict(set), set()
+    for split, records in rows.items():
+        for r in records:
+            splits_of_group[r["group_id"]].add(split)
+            key = dedup_key(r)
+            assert key not in keys
+            keys.add(key)
+    assert all(len(s) == 1 for s in splits_of_group.values())
+    assert sum(len(s) > 1 for s in [{r["group_id"] for r in rows[x]} for x in rows]) > 0  # multi-record groups exist
+    assert report["records"] == sum(len(v) for v in rows.values())
+    assert report["dropped"]["chatterbot_malformed_conversation"] == 1
+    assert report["dropped"]["duplicate"] > 0
+    assert report["sources"]["chatterbot"]["read"] == report["records"] + report["dropped_total"]
+    assert set(report["languages"]) == {"en", "zh"} and set(report["tracks"]) == {"single", "multi"}
+
+
+def test_splits_are_identical_with_the_same_seed_and_differ_with_another(tmp_path):
+    src = [{"kind": "chatterbot", "languages": ["english"]}]
+    ids = []
+    for i, seed in enumerate([42, 42, 7]):
+        _, rows = run_prepare(tmp_path / str(i), src, f"seed={seed}")
+        ids.append({s: [r["id"] for r in rows[s]] for s in rows})
+    assert ids[0] == ids[1]
+    assert ids[0]["test"] != ids[2]["test"]
+    total = sum(len(v) for v in ids[0].values())
+    assert 0.7 < len(ids[0]["train"]) / total < 0.9  # ratios 0.8 / 0.1 / 0.1 over conversations
+
+
+def test_labels_are_derived_when_absent(tmp_path):
+    _, rows = run_prepare(tmp_path, [{"kind": "alpaca", "path": str(FIXTURES / "alpaca.json"), "split": "train"}])
+    by_q = {r["question"]: r for r in rows["train"]}
+    healthy = by_q["Give three tips for staying healthy."]
+    assert (healthy["language"], healthy["track"], healthy["family"], healthy["length_bin"]) == (
+        "en", "single", "assistant", "short")
+    assert healthy["n_tokens"] == 18
+    assert by_q["用一句话介绍长城。"]["language"] == "zh"
+    assert by_q["When did she rush in?"]["track"] == "multi"
+
+
+def test_empty_answers_are_dropped_and_counted_unless_kept(tmp_path):
+    src = [{"kind": "squad", "path": str(FIXTURES / "squad.json"), "split": "test"}]
+    report, rows = run_prepare(tmp_path / "a", src)
+    assert report["dropped"] == {"empty_answer": 1} and len(rows["test"]) == 3
+    report, rows = run_prepare(tmp_path / "b", src, "data.drop_empty_answers=false")
+    assert report["dropped_total"] == 0 and "" in [r["human_answer"] for r in rows["test"]]
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+
+def invoke(args):
+    result = runner.invoke(app, args)
+    assert "Traceback" not in result.output
+    return result
+
+
+def outputs(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != "params.yaml")
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ({"kind": "alpaca", "path": str(FIXTURES / "broken.jsonl")}, "broken.jsonl:2: not valid JSON"),
+    ({"kind": "alpaca", "path": str(FIXTURES / "broken.jsonl"), "language": "en"}, "broken.jsonl:2"),
+    ({"kind": "squad", "path": "missing.json"}, "data source file not found: missing.json"),
+])
+def test_bad_input_stops_with_status_2_naming_the_place_and_writes_nothing(in_tmp, source, message):
+    write_params(in_tmp, data={"sources": [source]}, logging={"progress": False})
+    result = invoke(["prepare"])
+    assert result.exit_code == 2 and message in result.output
+    assert outputs(in_tmp) == []
+
+
+def test_wrong_field_type_names_the_field(in_tmp):
+    path = write_jsonl(in_tmp / "typed.jsonl", [{"instruction": "Count.", "output": ["1", "2"]}])
+    write_params(in_tmp, data={"sources": [{"kind": "alpaca", "path": path}]})
+    result = invoke(["prepare"])
+    assert result.exit_code == 2
+    assert "typed.jsonl:1: field 'output': Input should be a valid string" in result.output
+    assert outputs(in_tmp) == ["typed.jsonl"]
+
+
+def test_skip_counts_bad_rows_by_reason(in_tmp):
+    write_params(in_tmp, data={"sources": [{"kind": "alpaca", "path": str(FIXTURES / "broken.jsonl"),
+                                             "split": "train"}]})
+    result = invoke(["prepare", "--on-invalid", "skip"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((in_tmp / "reports/prepare.json").read_text())
+    assert report["records"] == 2 and report["dropped"] == {"invalid_field": 1, "invalid_json": 1}
+    dropped = [json.loads(x) for x in (in_tmp / "reports/prepare_dropped.jsonl").read_text().splitlines()]
+    assert {(d["reason"], d["origin"].rsplit("/", 1)[-1], d["field"]) for d in dropped} == {
+        ("invalid_json", "broken.jsonl:2", None), ("invalid_field", "broken.jsonl:3", "output")}
+
+
+def test_a_failed_run_keeps_the_previous_complete_outputs(in_tmp):
+    write_params(in_tmp, data={"sources": [{"kind": "alpaca", "path": str(FIXTURES / "alpaca.json")}]})
+    assert invoke(["prepare"]).exit_code == 0
+    before = {p: (in_tmp / p).read_bytes() for p in outputs(in_tmp)}
+    write_params(in_tmp, data={"sources": [{"kind": "alpaca", "path": str(FIXTURES / "broken.jsonl")}]})
+    assert invoke(["prepare"]).exit_code == 2
+    assert {p: (in_tmp / p).read_bytes() for p in outputs(in_tmp)} == before
+    assert not [p for p in in_tmp.rglob(".*.tmp")]
