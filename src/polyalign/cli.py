@@ -101,6 +101,46 @@ def bucketize(
     _run(action)
 
 
+@app.command()
+def init(
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = [],  # noqa: B006
+) -> None:
+    """Create the base model in models/base/ (params: model): train a tokenizer and a small Qwen2-style LM from
+    config (source: scratch, the CPU default), or load any Hugging Face causal LM (source: pretrained)."""
+
+    def action() -> None:
+        from polyalign.stages import init as stage
+
+        stage.run(_setup(params_file, overrides))
+
+    _run(action)
+
+
+@app.command()
+def sft(
+    variant: Annotated[str, typer.Option(help="a key of sft.variants in params.yaml (global, bucket, ...)")] = "bucket",
+    resume: Annotated[bool, typer.Option("--resume", help="continue from checkpoints/sft/<variant>/last.ckpt")] = False,
+    epochs: Annotated[int | None, typer.Option(help="sft.epochs")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="sft.max_steps (-1: all epochs)")] = None,
+    lr: Annotated[float | None, typer.Option(help="sft.lr")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="sft.batch_size (per device)")] = None,
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = [],  # noqa: B006
+) -> None:
+    """Bucket-Aware SFT (balance: sampler or loss_weight) or the global-SFT baseline (balance: none) from
+    models/base/ into models/sft/<variant>/, with reports/sft/<variant>.json and loss curves."""
+    named = {"sft.epochs": epochs, "sft.max_steps": max_steps, "sft.lr": lr, "sft.batch_size": batch_size}
+
+    def action() -> None:
+        from polyalign.stages import sft as stage
+
+        chosen = [f"{key}={value}" for key, value in named.items() if value is not None]
+        stage.run(_setup(params_file, [*chosen, *overrides]), variant, resume=resume)
+
+    _run(action)
+
+
 def main() -> None:
     # Offline unless the user says otherwise: nothing may reach the hub or telemetry behind their back.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

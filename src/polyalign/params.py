@@ -29,12 +29,23 @@ class PathsParams(Section):
     raw: str = "data/raw"
     prepared: str = "data/prepared"
     buckets: str = "data/buckets"
+    models: str = "models"
     reports: str = "reports"
+    checkpoints: str = Field("checkpoints", description="Lightning checkpoints for --resume (not a DVC output)")
+    logs: str = Field("logs", description="CSV logs and W&B offline runs")
+
+
+class WandbParams(Section):
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline: a local run folder, no account, no network; online: sync as it runs")
+    project: str = "polyalign"
+    entity: str | None = None
 
 
 class LoggingParams(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     progress: bool = Field(True, description="show progress bars for long work")
+    wandb: WandbParams = Field(default_factory=WandbParams)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -148,12 +159,105 @@ class BucketsParams(Section):
         return self
 
 
+class ModelParams(Section):
+    """`init`: the base model. `scratch` trains a tokenizer and creates a small Qwen2-style LM from config (the
+    CPU default, no download); `pretrained` loads any Hugging Face causal LM."""
+
+    source: Literal["scratch", "pretrained"] = "scratch"
+    name_or_path: str | None = Field(None, description="pretrained: hub id or local directory")
+    trust_remote_code: bool = False
+    chat_template: str | None = Field(
+        None, description="pretrained without a chat template: 'chatml' or a .jinja file (else an error)")
+    vocab_size: int = Field(4096, ge=300)
+    tokenizer_min_frequency: int = Field(2, ge=1)
+    hidden_size: int = Field(128, ge=8)
+    intermediate_size: int = Field(384, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(2, ge=1)
+    max_position_embeddings: int = Field(512, ge=16)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelParams:
+        if self.source == "pretrained" and not self.name_or_path:
+            raise ValueError("model.source is 'pretrained' but model.name_or_path is not set")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("hidden_size must be a multiple of num_heads, and num_heads of num_kv_heads")
+        return self
+
+
+class PromptParams(Section):
+    """The one prompt renderer shared by SFT, pairs, HDPO and evaluation."""
+
+    conditioning: Literal["none", "observable", "oracle_length"] = Field(
+        "observable", description="oracle_length leaks the answer's length bin: an oracle, labelled as such")
+    max_prompt_tokens: int = Field(192, ge=8, description="prompts are cut to this (oldest history first)")
+    max_tokens: int = Field(256, ge=16, description="prompt + response in training")
+
+    @model_validator(mode="after")
+    def _room(self) -> PromptParams:
+        if self.max_prompt_tokens >= self.max_tokens:
+            raise ValueError("max_prompt_tokens must be smaller than max_tokens")
+        return self
+
+
+class TrainerParams(Section):
+    """Hardware and scale-out for every training stage, passed to Lightning as they are."""
+
+    accelerator: str = Field("auto", description="auto | cpu | gpu | ...")
+    devices: int | str = Field(1, description="number of devices (or 'auto')")
+    strategy: str = Field("auto", description="auto | ddp | fsdp | deepspeed | ...")
+    num_nodes: int = Field(1, ge=1)
+    precision: str = Field("32-true", description="32-true | bf16-mixed | 16-mixed | ...")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    log_every_n_steps: int = Field(5, ge=1)
+
+
+class LoraParams(Section):
+    enabled: bool = False
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    merge: bool = Field(True, description="merge the adapter into full weights when saving")
+
+
+class SftVariant(Section):
+    balance: Literal["none", "sampler", "loss_weight"] = Field(
+        "none", description="none: global SFT; sampler: p_b ~ n_b^alpha; loss_weight: loss x w_b")
+    alpha: float = Field(0.0, ge=0, le=1, description="sampler: p_b ~ n_b^alpha (0 = uniform over buckets)")
+
+
+class SftParams(Section):
+    """`sft`: Bucket-Aware SFT and the global-SFT baseline (one entry per variant in `variants`)."""
+
+    variants: dict[str, SftVariant] = Field(default_factory=lambda: {
+        "global": SftVariant(balance="none"), "bucket": SftVariant(balance="sampler", alpha=0.0)})
+    epochs: int = Field(6, ge=1)
+    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
+    batch_size: int = Field(16, ge=1, description="per device")
+    accumulate_grad_batches: int = Field(1, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay ends at lr * min_lr_ratio")
+    gradient_clip_val: float = Field(1.0, ge=0)
+    group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
+    val_every_n_steps: int = Field(0, ge=0, description="0: validate once per epoch")
+    checkpoint_every_n_steps: int = Field(25, ge=1)
+    lora: LoraParams = Field(default_factory=LoraParams)
+
+
 class Params(Section):
     seed: int = 42
     paths: PathsParams = Field(default_factory=PathsParams)
     logging: LoggingParams = Field(default_factory=LoggingParams)
     data: DataParams = Field(default_factory=DataParams)
     buckets: BucketsParams = Field(default_factory=BucketsParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    prompt: PromptParams = Field(default_factory=PromptParams)
+    trainer: TrainerParams = Field(default_factory=TrainerParams)
+    sft: SftParams = Field(default_factory=SftParams)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Models and tokenizers: creation from config, loading, the one prompt renderer, LoRA."""

@@ -1,0 +1,83 @@
+"""Create, load and save causal LMs in Hugging Face `save_pretrained` form (safetensors), so every later stage
+and any user loads them with plain `AutoModelForCausalLM` / `AutoTokenizer`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config
+from transformers import Qwen2ForCausalLM
+
+from polyalign.errors import UserError
+from polyalign.modeling.tokenizer import CHATML_TEMPLATE
+
+
+def create_scratch_model(tokenizer: PreTrainedTokenizerBase, cfg, seed: int) -> Qwen2ForCausalLM:
+    """A small Qwen2-style causal LM from config (no download), initialised from `seed`."""
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _exists_locally(name_or_path: str) -> bool:
+    return Path(name_or_path).expanduser().is_dir()
+
+
+def load_pretrained(name_or_path: str, trust_remote_code: bool = False, chat_template: str | None = None,
+                    torch_dtype: str = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Any Hugging Face causal LM (hub id or local directory) through the Auto classes.
+
+    A chat template is required: the tokenizer's own, or `chat_template` (`chatml` or a path to a .jinja
+    file). A model without one and no `chat_template` is refused: guessing a format silently would train the
+    model on prompts it never sees elsewhere."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
+                                                     dtype=torch_dtype, use_safetensors=None)
+    except (OSError, ValueError) as exc:
+        where = "local directory" if _exists_locally(name_or_path) else "hub id"
+        hint = (" HF_HUB_OFFLINE=1 is set, so only local directories and already-cached models load."
+                if offline and not _exists_locally(name_or_path) else "")
+        raise UserError(f"cannot load model.name_or_path={name_or_path!r} ({where}): "
+                        f"{str(exc).splitlines()[0]}.{hint}") from None
+    if chat_template is not None:
+        tokenizer.chat_template = CHATML_TEMPLATE if chat_template == "chatml" else _read_template(chat_template)
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise UserError(f"model.name_or_path={name_or_path!r} has no chat template; set model.chat_template to "
+                        "'chatml' or to a .jinja file")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _read_template(path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"model.chat_template: file not found: {path} (or use 'chatml')")
+    return p.read_text(encoding="utf-8")
+
+
+def load_model_dir(path: str | Path, what: str = "model") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model directory written by an earlier stage."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{what} not found in {path} (run the stage that writes it first)")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, tokenizer
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)

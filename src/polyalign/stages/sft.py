@@ -1,0 +1,105 @@
+"""Stage `sft@<variant>`: Bucket-Aware SFT (or the global-SFT baseline) from `models/base/`.
+
+Reads params: seed, paths, prompt, trainer, sft (the shared keys and `sft.variants.<variant>`), logging.
+Writes `models/sft/<variant>/` (save_pretrained form), `reports/sft/<variant>.json` and the loss curves
+`reports/sft/<variant>/{train,val}_loss.csv`. Checkpoints go to `checkpoints/sft/<variant>/` for --resume.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from polyalign.errors import UserError
+from polyalign.io import atomic_path, write_json, write_text
+from polyalign.log import console
+from polyalign.params import Params
+from polyalign.training.data import SFTDataModule
+from polyalign.training.sft import SFTModule
+from polyalign.training.trainer import build_trainer, check_devices, finish_loggers
+
+
+def variant_params(params: Params, variant: str):
+    if variant not in params.sft.variants:
+        raise UserError(f"sft: no variant {variant!r}; params.yaml defines: {', '.join(params.sft.variants)}")
+    return params.sft.variants[variant]
+
+
+def run(params: Params, variant: str, resume: bool = False, root: Path = Path(".")) -> dict | None:
+    v = variant_params(params, variant)
+    base = root / params.paths.models / "base"
+    if not (base / "config.json").is_file():
+        raise UserError(f"sft: base model not found in {base} (run `polyalign init` first)")
+    ckpt_dir = root / params.paths.checkpoints / "sft" / variant
+    ckpt = ckpt_dir / "last.ckpt"
+    if resume and not ckpt.is_file():
+        raise UserError(f"sft --resume: no checkpoint {ckpt} to resume from")
+    check_devices(params.trainer)
+    if not resume and "LOCAL_RANK" not in os.environ:  # a fresh run; DDP child processes keep what rank 0 set up
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.rmtree(root / params.paths.logs / "sft" / variant, ignore_errors=True)
+
+    sft = params.sft
+    data = SFTDataModule(root / params.paths.buckets, base, params.prompt, sft, v, params.seed,
+                         params.trainer.num_workers)
+    data.setup()
+    trainer = build_trainer(params, root, "sft", variant, max_epochs=sft.epochs, max_steps=sft.max_steps,
+                            accumulate=sft.accumulate_grad_batches, clip=sft.gradient_clip_val,
+                            val_every_n_steps=sft.val_every_n_steps, checkpoint_every=sft.checkpoint_every_n_steps)
+    batches = len(data.train_sampler(world_size=trainer.world_size))
+    total_steps = sft.epochs * math.ceil(batches / sft.accumulate_grad_batches)
+    if sft.max_steps > 0:
+        total_steps = min(total_steps, sft.max_steps)
+    module = SFTModule(str(base), sft, v.balance, data.bucket_names, total_steps)
+    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None, weights_only=True)
+    trainer.save_checkpoint(ckpt, weights_only=False)  # last.ckpt = the final state (the step checkpoints fire every n steps only)
+    if not trainer.is_global_zero:
+        return None
+
+    out = root / params.paths.models / "sft" / variant
+    reports = root / params.paths.reports / "sft"
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    with atomic_path(out, directory=True) as tmp:
+        module.export(tmp, tokenizer, merge_lora=sft.lora.merge)
+
+    curves = module.history  # carried through checkpoints, so a resumed run has the whole curve
+    for kind in ("train", "val"):
+        write_text(reports / variant / f"{kind}_loss.csv",
+                   "step,loss\n" + "".join(f"{s},{loss:.6f}\n" for s, loss in curves[kind]))
+
+    seconds = getattr(module, "train_seconds", 0.0) or 1e-9
+    world = trainer.world_size
+    tokens = module.tokens
+    val = getattr(module, "last_val", {"loss": float("nan"), "loss_macro": float("nan"), "per_bucket": {}})
+    report = {
+        "variant": variant,
+        "balance": v.balance,
+        "alpha": v.alpha,
+        "conditioning": params.prompt.conditioning,
+        "oracle": params.prompt.conditioning == "oracle_length",
+        "lora": sft.lora.enabled,
+        "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "train_examples": len(data.train),
+        "val_examples": len(data.val),
+        "truncated_train_examples": int(sum(data.train["truncated"])),
+        "train_loss": curves["train"][-1][1] if curves["train"] else float("nan"),
+        "val_loss": val["loss"],
+        "val_loss_macro": val["loss_macro"],
+        "val_loss_per_bucket": val["per_bucket"],
+        "train_seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens["all"] * world / seconds, 1),
+        "response_tokens_per_s": round(tokens["response"] * world / seconds, 1),
+        "padding_share": round(1 - tokens["all"] / max(tokens["padded"], 1), 4),
+        "world_size": world,
+    }
+    write_json(reports / f"{variant}.json", report)
+    finish_loggers(trainer)
+    console.print(f"sft@{variant}: {report['steps']} steps, train loss {report['train_loss']:.3f}, "
+                  f"val loss {report['val_loss']:.3f} (macro {report['val_loss_macro']:.3f}), "
+                  f"{report['tokens_per_s']:.0f} tokens/s")
+    return report

@@ -1,0 +1,1 @@
+"""Training: pure loss functions, batch samplers, data modules, Lightning modules and the trainer factory."""

@@ -1,0 +1,103 @@
+"""SFT data: bucketed parquet splits rendered once with the shared prompt renderer (cached by `datasets`),
+dynamically padded, batched by `EpochBatchSampler`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import datasets
+import lightning as L
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from polyalign.errors import UserError
+from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
+from polyalign.training.samplers import EpochBatchSampler, ResumableDataLoader
+
+KEEP_COLUMNS = ("bucket_id", "balance_bucket", "bucket_weight")
+
+
+def load_split(path: Path, renderer: PromptRenderer) -> datasets.Dataset:
+    """Tokenised examples of one bucketed split; `datasets` caches the result by content and renderer."""
+    if not path.is_file():
+        raise UserError(f"{path} not found (run `polyalign bucketize` first)")
+    table = datasets.Dataset.from_parquet(str(path))
+    drop = [c for c in table.column_names if c not in KEEP_COLUMNS]
+    return table.map(renderer.example, remove_columns=drop, desc=f"tokenising {path.name}")
+
+
+class Collator:
+    """Right-pads a list of examples to the longest one in the batch."""
+
+    def __init__(self, pad_id: int, bucket_index: dict[str, int]):
+        self.pad_id = pad_id
+        self.bucket_index = bucket_index
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.tensor(r["input_ids"])
+            labels[i, :n] = torch.tensor(r["labels"])
+            mask[i, :n] = 1
+        return {
+            "input_ids": ids, "labels": labels, "attention_mask": mask,
+            "weight": torch.tensor([r["bucket_weight"] for r in rows], dtype=torch.float32),
+            "bucket": torch.tensor([self.bucket_index[r["bucket_id"]] for r in rows], dtype=torch.long),
+        }
+
+
+class SFTDataModule(L.LightningDataModule):
+    def __init__(self, buckets_dir: Path, model_dir: Path, prompt, sft, variant, seed: int, num_workers: int = 0):
+        super().__init__()
+        self.buckets_dir, self.model_dir = Path(buckets_dir), Path(model_dir)
+        self.prompt, self.sft, self.variant = prompt, sft, variant
+        self.seed, self.num_workers = seed, num_workers
+        self.train: datasets.Dataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train is not None:
+            return
+        tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        renderer = PromptRenderer(tokenizer, self.prompt.conditioning, self.prompt.max_prompt_tokens,
+                                  self.prompt.max_tokens)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.train = load_split(self.buckets_dir / "train.parquet", renderer)
+        self.val = load_split(self.buckets_dir / "val.parquet", renderer)
+        self.bucket_names = sorted(set(self.train["bucket_id"]) | set(self.val["bucket_id"]))
+        self.collate = Collator(self.pad_id, {b: i for i, b in enumerate(self.bucket_names)})
+        balance = sorted(set(self.train["balance_bucket"]))
+        self.train_balance = np.array([balance.index(b) for b in self.train["balance_bucket"]])
+        self.balance_names = balance
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def train_sampler(self, world_size: int | None = None) -> EpochBatchSampler:
+        world, rank = self._world()
+        world = world_size or world
+        return EpochBatchSampler(
+            [len(x) for x in self.train["input_ids"]], self.sft.batch_size,
+            mode="balanced" if self.variant.balance == "sampler" else "shuffle", buckets=self.train_balance,
+            alpha=self.variant.alpha, seed=self.seed, group_by_length=self.sft.group_by_length,
+            world_size=world, rank=rank)
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        def consumed() -> int:
+            return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+        return ResumableDataLoader(self.train, batch_sampler=self.train_sampler(), collate_fn=self.collate,
+                                   num_workers=self.num_workers, consumed=consumed)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        world, rank = self._world()
+        sampler = EpochBatchSampler([len(x) for x in self.val["input_ids"]], self.sft.batch_size, mode="sequential",
+                                    world_size=world, rank=rank)
+        return torch.utils.data.DataLoader(self.val, batch_sampler=sampler, collate_fn=self.collate,
+                                           num_workers=self.num_workers)

@@ -1,0 +1,162 @@
+"""Bucket-Aware SFT as a LightningModule.
+
+Supports: `balance: none` (global SFT baseline), `sampler` (bucket-balanced batches, see `EpochBatchSampler`)
+and `loss_weight` (per-example loss x w_b over a constant normaliser); full fine-tuning or LoRA (peft);
+any Lightning accelerator/strategy; resume mid-epoch. The per-example loss is the mean token cross-entropy
+over the response (and its end-of-turn token); validation reports the loss overall, macro over buckets and
+per bucket.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from transformers import AutoModelForCausalLM
+
+from polyalign.training.losses import per_example_loss, sft_loss
+
+
+def lora_wrap(model, lora):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def warmup_cosine(total_steps: int, warmup_ratio: float, min_ratio: float):
+    warmup = max(1, int(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_optimizer(module: L.LightningModule, lr: float, weight_decay: float, warmup_ratio: float,
+                   min_lr_ratio: float, total_steps: int):
+    """AdamW (no decay on biases and norms) with linear warm-up and cosine decay over `total_steps` optimizer
+    steps. (Lightning's `estimated_stepping_batches` is not used: it loads the train dataloader before a
+    checkpoint's state is restored, which would break mid-epoch resume.)"""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(max(1, total_steps), warmup_ratio,
+                                                                           min_lr_ratio))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class SFTModule(L.LightningModule):
+    def __init__(self, model_dir: str, sft, balance: str, bucket_names: list[str], total_steps: int):
+        super().__init__()
+        self.total_steps = total_steps
+        self.model_dir = str(model_dir)
+        self.sft = sft
+        self.balance = balance
+        self.bucket_names = bucket_names
+        self.model = None
+        self.history: dict[str, list] = {"train": [], "val": []}  # (optimizer step, loss)
+        self._pending: list[float] = []  # losses of the micro-batches of the current optimizer step
+        self.tokens = {"all": 0, "response": 0, "padded": 0}
+        self._val_sum = torch.zeros(len(bucket_names), dtype=torch.float64)
+        self._val_n = torch.zeros(len(bucket_names), dtype=torch.float64)
+
+    def configure_model(self) -> None:
+        """Load weights here (not in __init__) so that FSDP/DeepSpeed can shard them as they are created."""
+        if self.model is not None:
+            return
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        model.train()  # from_pretrained returns eval mode
+        self.model = lora_wrap(model, self.sft.lora) if self.sft.lora.enabled else model
+
+    def forward(self, batch):
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def training_step(self, batch, batch_idx):
+        losses, n_response = per_example_loss(self(batch), batch["labels"])
+        if self.balance == "loss_weight":
+            loss = sft_loss(losses, batch["weight"], normaliser=self.sft.batch_size)
+        elif self.trainer.world_size > 1:
+            # the mean over the *global* batch (ranks may hold one example more or less than each other);
+            # DDP averages gradients over ranks, hence the factor world_size
+            n_global = self.trainer.strategy.reduce(torch.tensor(float(len(losses)), device=self.device),
+                                                    reduce_op="sum")
+            loss = losses.sum() * self.trainer.world_size / n_global
+        else:
+            loss = sft_loss(losses)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(losses))
+        value = loss.detach()
+        if self.trainer.world_size > 1:
+            value = self.trainer.strategy.reduce(value, reduce_op="mean")
+        self._pending.append(float(value))
+        self.tokens["all"] += int(batch["attention_mask"].sum())
+        self.tokens["response"] += int(n_response.sum())
+        self.tokens["padded"] += batch["attention_mask"].numel()
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        # before the step's checkpoint is written, so a resumed run's curve has no gap
+        if self._pending:
+            self.history["train"].append((self.trainer.global_step + 1, sum(self._pending) / len(self._pending)))
+        self._pending = []
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["polyalign_history"] = {k: [list(row) for row in v] for k, v in self.history.items()}
+
+    def on_load_checkpoint(self, checkpoint):
+        saved = checkpoint.get("polyalign_history", {})
+        self.history = {k: [tuple(row) for row in saved.get(k, [])] for k in ("train", "val")}
+
+    def on_train_start(self):
+        self._train_started = time.perf_counter()
+
+    def on_train_end(self):
+        self.train_seconds = time.perf_counter() - self._train_started
+
+    def on_validation_epoch_start(self):
+        self._val_sum = torch.zeros(len(self.bucket_names), dtype=torch.float64, device=self.device)
+        self._val_n = torch.zeros(len(self.bucket_names), dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch, batch_idx):
+        losses, _ = per_example_loss(self(batch), batch["labels"])
+        self._val_sum.index_add_(0, batch["bucket"], losses.double())
+        self._val_n.index_add_(0, batch["bucket"], torch.ones_like(losses, dtype=torch.float64))
+
+    def on_validation_epoch_end(self):
+        total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
+        count = self.trainer.strategy.reduce(self._val_n, reduce_op="sum")
+        present = count > 0
+        overall = total.sum() / count.sum().clamp(min=1)
+        macro = (total[present] / count[present]).mean() if present.any() else overall
+        self.log("val/loss", overall.float(), prog_bar=True)
+        self.log("val/loss_macro", macro.float())
+        per_bucket = {}
+        for i in torch.nonzero(present).flatten().tolist():
+            value = float(total[i] / count[i])
+            per_bucket[self.bucket_names[i]] = value
+            self.log(f"val_bucket/{self.bucket_names[i]}", value)
+        self.last_val = {"loss": float(overall), "loss_macro": float(macro), "per_bucket": per_bucket}
+        if not self.trainer.sanity_checking:
+            self.history["val"].append((self.trainer.global_step, float(overall)))
+
+    def configure_optimizers(self):
+        return make_optimizer(self, self.sft.lr, self.sft.weight_decay, self.sft.warmup_ratio, self.sft.min_lr_ratio,
+                              self.total_steps)
+
+    def export(self, folder: Path, tokenizer, merge_lora: bool) -> None:
+        """save_pretrained form (safetensors), loadable with plain AutoModelForCausalLM."""
+        model = self.model
+        if self.sft.lora.enabled and merge_lora:
+            model = model.merge_and_unload()
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)

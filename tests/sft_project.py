@@ -1,0 +1,52 @@
+"""A tiny bilingual project (a few chatterbot categories, a ~50k-parameter model) for training tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import ROOT
+
+TINY = {
+    "data": {"sources": [{"kind": "chatterbot", "languages": ["english", "chinese"],
+                          "categories": ["greetings", "ai", "emotion", "food"]}]},
+    "buckets": {"min_bucket_size": 5},
+    "model": {"vocab_size": 600, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2,
+              "num_kv_heads": 1, "max_position_embeddings": 128},
+    "prompt": {"max_prompt_tokens": 64, "max_tokens": 96},
+    "trainer": {"accelerator": "cpu", "log_every_n_steps": 1},
+    "sft": {"epochs": 1, "batch_size": 8, "lr": 0.005, "checkpoint_every_n_steps": 4},
+    "logging": {"progress": False, "wandb": {"mode": "disabled", "project": "polyalign", "entity": None}},
+}
+
+
+def write_tiny_params(folder: Path, **extra) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    for section, values in {**TINY, **extra}.items():
+        if isinstance(values, dict) and isinstance(params.get(section), dict):
+            params[section] = {**params[section], **values}
+        else:
+            params[section] = values
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def cli(args: list[str], cwd: Path, check: bool = True, **env) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "WANDB_MODE": "disabled", **env}
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None removes a variable
+    result = subprocess.run([sys.executable, "-m", "polyalign", *args], cwd=cwd, env=full_env, capture_output=True,
+                            text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"polyalign {args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def copy_project(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "logs", "sft"))
+    return dst

@@ -1,0 +1,213 @@
+"""`init` and `sft`: real Lightning training of a tiny Qwen2-style model on bilingual data."""
+
+import json
+import signal
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from polyalign.params import load_params
+from polyalign.stages import bucketize, prepare
+from polyalign.stages import init as init_stage
+from polyalign.training.data import SFTDataModule
+from polyalign.training.losses import per_example_loss
+from sft_project import cli, copy_project, write_tiny_params
+
+
+@pytest.fixture(scope="module")
+def base_project(tmp_path_factory):
+    """prepare -> bucketize -> init on a tiny bilingual corpus."""
+    root = tmp_path_factory.mktemp("sft_base")
+    write_tiny_params(root)
+    params = load_params(root / "params.yaml")
+    prepare.run(params, root)
+    bucketize.run(params, root)
+    init_stage.run(params, root)
+    return root
+
+
+@pytest.fixture
+def project(base_project, tmp_path):
+    return copy_project(base_project, tmp_path / "p")
+
+
+def val_loss(model_dir, root, params):
+    data = SFTDataModule(root / "data/buckets", model_dir, params.prompt, params.sft, params.sft.variants["global"],
+                         params.seed)
+    data.setup()
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            losses, _ = per_example_loss(model(input_ids=batch["input_ids"],
+                                               attention_mask=batch["attention_mask"]).logits, batch["labels"])
+            total, n = total + float(losses.sum()), n + len(losses)
+    return total / n
+
+
+def test_training_lowers_val_loss_changes_parameters_and_exports_plain_transformers(project):
+    cli(["sft", "--variant", "bucket", "--set", "sft.epochs=3"], project)
+    params = load_params(project / "params.yaml")
+    base, trained = project / "models/base", project / "models/sft/bucket"
+    assert val_loss(trained, project, params) < val_loss(base, project, params) - 0.5
+    before = AutoModelForCausalLM.from_pretrained(base).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(trained).state_dict()
+    assert set(before) == set(after)
+    assert all(not torch.equal(before[k], after[k]) for k in after if k.endswith("proj.weight"))
+    # the export is exactly what was trained: the last checkpoint's weights give the same logits
+    ckpt = torch.load(project / "checkpoints/sft/bucket/last.ckpt", map_location="cpu", weights_only=True)
+    from_ckpt = AutoModelForCausalLM.from_pretrained(base)
+    from_ckpt.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()})
+    exported = AutoModelForCausalLM.from_pretrained(trained)
+    ids = AutoTokenizer.from_pretrained(trained)("你好, how are you?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(from_ckpt.eval()(ids).logits, exported.eval()(ids).logits, atol=1e-6)
+    report = json.loads((project / "reports/sft/bucket.json").read_text())
+    assert report["balance"] == "sampler" and report["val_loss"] < 10 and report["tokens_per_s"] > 0
+    assert {b.split("|")[0] for b in report["val_loss_per_bucket"]} == {"en", "zh"}
+    assert (project / "reports/sft/bucket/train_loss.csv").read_text().startswith("step,loss\n")
+
+
+def read_curve(path):
+    return [tuple(map(float, line.split(","))) for line in path.read_text().splitlines()[1:]]
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_losses(base_project, tmp_path):
+    args = ["sft", "--variant", "global", "--set", "sft.epochs=2", "--set", "sft.checkpoint_every_n_steps=3"]
+    straight = copy_project(base_project, tmp_path / "straight")
+    cli(args, straight)
+    expected = read_curve(straight / "reports/sft/global/train_loss.csv")
+
+    killed = copy_project(base_project, tmp_path / "killed")
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "polyalign", *args], cwd=killed,
+                            env={**os.environ, "WANDB_MODE": "disabled"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = killed / "checkpoints/sft/global/last.ckpt"
+    deadline = time.time() + 300
+    step = 0
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file():
+            try:
+                step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+            except Exception:  # being written
+                step = 0
+            if step >= 6:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert 6 <= step < len(expected), "the run should be killed mid-training"
+    assert not (killed / "models/sft/global").exists()  # a killed stage leaves no half-written model
+    cli([*args, "--resume"], killed)
+    resumed = read_curve(killed / "reports/sft/global/train_loss.csv")
+    assert [s for s, _ in resumed] == [s for s, _ in expected]
+    np.testing.assert_allclose([v for _, v in resumed], [v for _, v in expected], rtol=1e-5, atol=1e-6)
+    a = AutoModelForCausalLM.from_pretrained(straight / "models/sft/global").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(killed / "models/sft/global").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(base_project, tmp_path):
+    common = ["sft", "--variant", "bucket", "--set", "sft.epochs=1"]
+    one = copy_project(base_project, tmp_path / "one")
+    cli([*common, "--batch-size", "8"], one)
+    two = copy_project(base_project, tmp_path / "two")
+    cli([*common, "--batch-size", "4", "--set", "trainer.strategy=ddp", "--set", "trainer.devices=2"], two)
+    single = read_curve(one / "reports/sft/bucket/train_loss.csv")
+    ddp = read_curve(two / "reports/sft/bucket/train_loss.csv")
+    report = json.loads((two / "reports/sft/bucket.json").read_text())
+    assert report["world_size"] == 2
+    if report["train_examples"] % 8 == 1:  # a last global batch of 1 example cannot be split over 2 ranks
+        single = single[:-1]
+    assert [s for s, _ in ddp] == [s for s, _ in single]
+    # same examples per global step; only the order of floating-point reductions differs
+    np.testing.assert_allclose([v for _, v in ddp], [v for _, v in single], rtol=2e-4)
+
+
+def test_lora_adapter_is_merged_into_plain_weights(project):
+    cli(["sft", "--variant", "global", "--max-steps", "6", "--set", "sft.lora.enabled=true",
+         "--set", "sft.lora.target_modules=[q_proj, v_proj]"], project)
+    out = project / "models/sft/global"
+    assert not (out / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(project / "models/base").state_dict()
+    assert set(merged) == set(base)
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert changed and all("q_proj" in k or "v_proj" in k for k in changed)
+
+
+def test_wandb_offline_writes_a_local_run_with_params_and_metrics_and_no_network(project):
+    cli(["sft", "--variant", "global", "--max-steps", "4", "--set", "logging.wandb.mode=offline"], project,
+        WANDB_MODE=None, HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9",
+        WANDB_BASE_URL="http://127.0.0.1:9", NO_PROXY="")
+    runs = list((project / "logs/wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    # an offline run keeps config and history in its transaction log until `wandb sync`
+    log = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for key in (b"min_bucket_size", b"conditioning", b"train/loss", b"val/loss", b"sft-global"):
+        assert key in log, key
+    assert runs[0].name.startswith("offline-run-")
+
+
+def test_sampler_and_loss_weight_variants_run(project):
+    params = write_tiny_params(project, sft={"epochs": 1, "batch_size": 8, "lr": 0.005, "max_steps": 5,
+                                             "variants": {"weighted": {"balance": "loss_weight", "alpha": 0.0}}})
+    assert params.is_file()
+    cli(["sft", "--variant", "weighted"], project)
+    report = json.loads((project / "reports/sft/weighted.json").read_text())
+    assert report["balance"] == "loss_weight" and report["steps"] == 5
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["sft", "--variant", "nope"], "no variant 'nope'; params.yaml defines: "),
+    (["sft", "--set", "trainer.devices=64"], "trainer.devices=64, but this machine has only"),
+    (["sft", "--variant", "global", "--resume"], "no checkpoint"),
+    (["init", "--set", "model.source=pretrained", "--set", "model.name_or_path=/nonexistent/model"],
+     "cannot load model.name_or_path='/nonexistent/model'"),
+])
+def test_bad_training_input_gives_a_clear_error_and_writes_nothing(project, args, message):
+    before = sorted(p.relative_to(project) for p in project.rglob("*"))
+    result = cli(args, project, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
+
+
+def test_pretrained_mode_loads_a_local_save_pretrained_directory(project, tmp_path):
+    # a "downloaded" model: any save_pretrained directory goes through the real Auto* code path
+    local = tmp_path / "my-model"
+    AutoModelForCausalLM.from_pretrained(project / "models/base").save_pretrained(local)
+    AutoTokenizer.from_pretrained(project / "models/base").save_pretrained(local)
+    cli(["init", "--set", "model.source=pretrained", "--set", f"model.name_or_path={local}"], project)
+    a = AutoModelForCausalLM.from_pretrained(local).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(project / "models/base").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((project / "reports/init.json").read_text())["source"] == "pretrained"
+
+    (local / "chat_template.jinja").unlink()
+    result = cli(["init", "--set", "model.source=pretrained", "--set", f"model.name_or_path={local}"], project,
+                 check=False)
+    assert result.returncode == 2 and "has no chat template" in result.stderr
+    cli(["init", "--set", "model.source=pretrained", "--set", f"model.name_or_path={local}",
+         "--set", "model.chat_template=chatml"], project)
+    assert (project / "models/base/chat_template.jinja").is_file()
+
+
+def test_scratch_tokenizer_keeps_chinese_per_character(base_project):
+    tokenizer = AutoTokenizer.from_pretrained(base_project / "models/base")
+    report = json.loads((base_project / "reports/init.json").read_text())
+    assert report["tokens_with_several_cjk_characters"] == 0
+    text = "我们今天去公园散步吧"
+    ids = tokenizer(text)["input_ids"]
+    assert len(ids) >= len(text)  # never several characters in one token
+    assert all(len(tokenizer.decode([i]).strip()) <= 1 for i in ids)
+    train = pq.read_table(base_project / "data/buckets/train.parquet")
+    assert set(train["language"].to_pylist()) == {"en", "zh"}

@@ -1,0 +1,183 @@
+"""Pure pieces of training: the renderer and its loss mask, samplers, loss functions, the LR schedule."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
+from polyalign.modeling.tokenizer import IM_END, train_tokenizer
+from polyalign.training.losses import per_example_loss, sft_loss
+from polyalign.training.samplers import EpochBatchSampler, bucket_probabilities
+from polyalign.training.sft import warmup_cosine
+
+CORPUS = ["Hello there, how are you today?", "I am fine, thanks.", "What is AI?", "你好，今天天气怎么样？",
+          "今天天气很好，我们去公园吧。", "机器学习是人工智能的一个分支。"] * 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(CORPUS, vocab_size=400, min_frequency=1)
+
+
+def record(answer, question, history=(), language="en", track="single", context=""):
+    return {"language": language, "track": track, "family": "dialogue", "length_bin": "short",
+            "question": question, "context": context, "human_answer": answer,
+            "dialogue_history": [{"role": r, "text": t} for r, t in history]}
+
+
+RECORDS = [
+    record("I am fine, thanks.", "How are you today?"),
+    record("我们去公园吧。", "今天做什么？", language="zh"),
+    record("Paris.", "And the capital of France?", history=[("user", "Hi!"), ("assistant", "Hello there.")],
+           track="multi", context="France is a country in Europe."),
+    record("很好。", "天气怎么样？", history=[("user", "你好"), ("assistant", "你好！"), ("user", "在吗"),
+                                           ("assistant", "在。")], language="zh", track="multi"),
+]
+
+
+@pytest.mark.parametrize("rec", RECORDS, ids=["en-single", "zh-single", "en-multi", "zh-multi"])
+def test_only_the_response_and_end_of_turn_carry_loss(tokenizer, rec):
+    renderer = PromptRenderer(tokenizer, "observable", max_prompt_tokens=200, max_tokens=256)
+    ex = renderer.example(rec)
+    prompt = renderer.prompt_ids(rec)
+    n = len(prompt)
+    assert ex["input_ids"][:n] == prompt and ex["labels"][:n] == [IGNORE_INDEX] * n
+    response = tokenizer(rec["human_answer"], add_special_tokens=False)["input_ids"]
+    assert ex["labels"][n:] == response + [tokenizer.convert_tokens_to_ids(IM_END)]
+    assert ex["input_ids"][n:] == ex["labels"][n:]
+    # history and question are in the unlabelled part only
+    prompt_text = tokenizer.decode(prompt)
+    for turn in rec["dialogue_history"]:
+        assert turn["text"] in prompt_text
+    assert tokenizer.decode([t for t in ex["labels"] if t != IGNORE_INDEX]) == rec["human_answer"] + IM_END
+
+
+def test_prompt_is_byte_identical_in_training_and_generation(tokenizer):
+    renderer = PromptRenderer(tokenizer, "observable", max_prompt_tokens=200, max_tokens=256)
+    for rec in RECORDS:
+        generation = renderer.prompt_ids(rec)  # what generation feeds the model
+        training = renderer.example(rec)["input_ids"][: renderer.example(rec)["n_prompt"]]
+        assert training == generation
+        assert tokenizer.decode(generation).encode() == renderer.prompt_text(rec).encode()
+        assert renderer.prompt_text(rec).endswith("<|im_start|>assistant\n")
+
+
+def test_conditioning_profiles(tokenizer):
+    rec = RECORDS[2]
+    texts = {c: PromptRenderer(tokenizer, c, 200, 256).prompt_text(rec) for c in ("none", "observable",
+                                                                               "oracle_length")}
+    assert "<|im_start|>system" not in texts["none"]
+    assert "language=en; track=multi; family=dialogue" in texts["observable"] and "length=" not in texts["observable"]
+    assert "length=short (oracle" in texts["oracle_length"]
+
+
+def test_long_prompts_drop_oldest_history_first_and_fit_the_budget(tokenizer):
+    history = [("user", f"turn {i} " * 5) if i % 2 == 0 else ("assistant", f"reply {i} " * 5) for i in range(12)]
+    rec = record("ok", "last question?", history=history, track="multi")
+    renderer = PromptRenderer(tokenizer, "observable", max_prompt_tokens=80, max_tokens=96)
+    ids = renderer.prompt_ids(rec)
+    text = tokenizer.decode(ids)
+    assert len(ids) <= 80 and "last question?" in text and "turn 0 " not in text
+    ex = renderer.example(record("word " * 200, "q?"))
+    assert len(ex["input_ids"]) == 96 and ex["truncated"]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_balanced_sampler_draws_buckets_with_p_proportional_to_n_alpha(alpha):
+    counts = [200, 50, 10]
+    buckets = np.repeat(np.arange(3), counts)
+    sampler = EpochBatchSampler(np.ones(len(buckets)), 8, mode="balanced", buckets=buckets, alpha=alpha, seed=3)
+    drawn = []
+    for epoch in range(40):
+        sampler.set_epoch(epoch)
+        drawn += [buckets[i] for batch in sampler for i in batch]
+    observed = np.bincount(drawn, minlength=3)
+    expected = bucket_probabilities(counts, alpha) * len(drawn)
+    assert chisquare(observed, expected).pvalue > 0.001
+    if alpha == 0.0:
+        assert np.allclose(observed / len(drawn), 1 / 3, atol=0.01)
+
+
+def test_balanced_sampler_uses_the_members_of_a_bucket_evenly():
+    buckets = np.array([0] * 5 + [1] * 95)
+    sampler = EpochBatchSampler(np.ones(100), 10, mode="balanced", buckets=buckets, alpha=0.0, seed=0)
+    uses = np.bincount([i for batch in sampler for i in batch], minlength=100)
+    assert uses[:5].max() - uses[:5].min() <= 1 and uses[:5].sum() > 30  # ~half of 100 draws, 5 members
+
+
+def test_samplers_are_deterministic_per_epoch_and_split_global_batches_across_ranks():
+    lengths = np.random.default_rng(0).integers(5, 80, size=103)
+    one = EpochBatchSampler(lengths, 8, seed=1, world_size=1)
+    ranks = [EpochBatchSampler(lengths, 4, seed=1, world_size=2, rank=r) for r in (0, 1)]
+    for s in (one, *ranks):
+        s.set_epoch(2)
+    single = list(one)
+    split = list(zip(*[list(s) for s in ranks]))
+    assert len(split) == len(single) == len(ranks[0]) == len(ranks[1])
+    for whole, (a, b) in zip(single, split):  # the same examples per global step
+        assert sorted(a + b) == sorted(whole) and abs(len(a) - len(b)) <= 1
+    assert list(one) == single  # same epoch, same order
+    one.set_epoch(3)
+    assert list(one) != single
+
+
+def test_length_grouping_keeps_padding_low():
+    lengths = np.random.default_rng(0).integers(10, 200, size=2000)
+    sampler = EpochBatchSampler(lengths, 16, seed=0, group_by_length=True)
+    padded = sum(len(b) * lengths[b].max() for b in sampler)
+    assert 1 - lengths.sum() / padded < 0.05
+    assert sorted(i for b in sampler for i in b) == list(range(2000))
+
+
+def test_resumed_sampler_skips_the_consumed_batches_of_that_epoch_only():
+    sampler = EpochBatchSampler(np.arange(50), 4, seed=5)
+    sampler.set_epoch(1)
+    full = list(sampler)
+    sampler.resume(epoch=1, consumed=3)
+    assert list(sampler) == full[3:]
+    assert list(sampler) == full  # the skip applies once
+    sampler.resume(epoch=0, consumed=3)
+    assert list(sampler) == full  # a different epoch is not skipped
+
+
+def test_per_example_loss_is_the_mean_token_cross_entropy_of_the_response():
+    logits = torch.zeros(1, 4, 3)
+    logits[0, 1] = torch.tensor([0.0, 2.0, 0.0])  # predicts token 1 at position 2
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 1, 2]])
+    losses, n = per_example_loss(logits, labels)
+    p1 = np.exp(2) / (np.exp(2) + 2)
+    assert n.tolist() == [2]
+    assert losses.item() == pytest.approx((-np.log(p1) - np.log(1 / 3)) / 2, rel=1e-6)
+
+
+def test_sft_loss_mean_and_weighted_by_a_constant():
+    losses = torch.tensor([1.0, 2.0, 4.0])
+    assert sft_loss(losses).item() == pytest.approx(7 / 3)
+    weights = torch.tensor([0.5, 1.0, 2.0])
+    assert sft_loss(losses, weights, normaliser=4).item() == pytest.approx((0.5 + 2 + 8) / 4)
+    with pytest.raises(ValueError):
+        sft_loss(losses, weights)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_loss_weight_gives_every_bucket_the_same_total_weight_per_epoch(batch_size):
+    counts = [120, 30, 6]
+    buckets = np.repeat(np.arange(3), counts)
+    weights = len(buckets) / (3 * np.asarray(counts))[buckets]  # w_b = N / (K n_b), mean 1
+    sampler = EpochBatchSampler(np.ones(len(buckets)), batch_size, mode="shuffle", seed=0)
+    coefficient = np.zeros(len(buckets))
+    for batch in sampler:
+        per_example = torch.ones(len(batch), requires_grad=True)
+        sft_loss(per_example, torch.tensor(weights[batch], dtype=torch.float32), normaliser=batch_size).backward()
+        coefficient[batch] += per_example.grad.numpy()
+    per_bucket = np.bincount(buckets, weights=coefficient) * batch_size
+    assert np.allclose(per_bucket, per_bucket[0], rtol=1e-5)
+    assert per_bucket[0] == pytest.approx(len(buckets) / 3, rel=1e-5)
+
+
+def test_warmup_then_cosine_decay():
+    f = warmup_cosine(total_steps=100, warmup_ratio=0.1, min_ratio=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.1)
+    assert f(55) == pytest.approx(0.1 + 0.9 * 0.5, abs=1e-9)
