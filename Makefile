@@ -33,6 +33,7 @@ test: venv
 
 bench: venv
 	$(BIN)/python benchmarks/bucketize.py
+	$(BIN)/python benchmarks/sft_throughput.py
 
 clean-venv:
 	rm -rf $(VENV)

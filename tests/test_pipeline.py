@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from sft_project import write_tiny_params
 
 PROJECT_FILES = ["params.yaml", "dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore",
                  "data/raw/README.md", "src"]
@@ -37,25 +38,35 @@ def repo(tmp_path_factory) -> Path:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dst)
+    # the real params.yaml with a tiny model and short training, so the whole pipeline runs in about a minute
+    write_tiny_params(path, data={"sources": [{"kind": "chatterbot", "languages": ["english", "chinese"],
+                                               "categories": ["greetings", "ai", "emotion", "food", "trivia"]}]},
+                      logging={"progress": False, "wandb": {"mode": "offline", "project": "polyalign",
+                                                            "entity": None}})
     sh(["git", "init", "-q", "-b", "main"], path)
     sh(["git", "add", "-A"], path)
     sh(["git", "commit", "-qm", "project"], path)
     first = sh(["dvc", "repro"], path)
-    assert "Running stage 'prepare'" in first.stdout and "Running stage 'bucketize'" in first.stdout
+    for stage in ("prepare", "bucketize", "init", "sft@global", "sft@bucket"):
+        assert f"Running stage '{stage}'" in first.stdout, stage
     sh(["git", "add", "-A"], path)
     sh(["git", "commit", "-qm", "repro"], path)
     return path
 
 
-def test_repro_writes_bucketed_bilingual_data_and_reports(repo):
+def test_repro_writes_bucketed_bilingual_data_models_and_reports(repo):
     refs = json.loads((repo / "data/buckets/references.json").read_text())
     assert {k.split("|")[0] for k in refs["buckets"]} >= {"en", "zh"}
     for name in ("data/prepared/train.parquet", "data/buckets/test.parquet", "reports/buckets.md",
-                 "reports/prepare.json", "reports/plots/buckets.png"):
+                 "reports/prepare.json", "reports/plots/buckets.png", "models/base/model.safetensors",
+                 "models/sft/global/model.safetensors", "models/sft/bucket/config.json", "reports/sft/bucket.json",
+                 "reports/sft/global/train_loss.csv"):
         assert (repo / name).is_file(), name
     tracked = sh(["git", "ls-files"], repo).stdout.split()
-    assert not [t for t in tracked if t.startswith(("data/prepared", "data/buckets", "reports/"))
-                and not t.endswith(".gitignore")]
+    assert not [t for t in tracked if t.startswith(("data/prepared", "data/buckets", "reports/", "models/",
+                                                     "checkpoints/", "logs/")) and not t.endswith(".gitignore")]
+    # one W&B offline run per training variant
+    assert len(list((repo / "logs/wandb").glob("offline-run-*"))) == 2
 
 
 def test_second_repro_does_nothing(repo):
@@ -68,9 +79,19 @@ def test_metrics_and_plots_show(repo):
     metrics = json.loads(sh(["dvc", "metrics", "show", "--json"], repo).stdout)
     flat = json.dumps(metrics)
     assert "buckets_train" in flat and "support_distance_val" in flat and "dropped_total" in flat
+    assert "val_loss_macro" in flat and "tokens_per_s" in flat
     plots = json.loads(sh(["dvc", "plots", "show", "--json"], repo).stdout)
     assert not plots.get("errors")
     assert any("buckets.csv" in key for key in plots["data"]) and any("buckets.png" in key for key in plots["data"])
+    assert any("sft/bucket/train_loss.csv" in key for key in plots["data"])
+
+
+def test_exp_run_of_one_variant_reruns_only_that_variant(repo):
+    run = sh(["dvc", "exp", "run", "-S", "sft.variants.bucket.alpha=0.5", "-n", "alpha05"], repo)
+    assert "Running stage 'sft@bucket'" in run.stdout
+    for stage in ("prepare", "bucketize", "init", "sft@global"):
+        assert f"Running stage '{stage}'" not in run.stdout, stage
+    assert "alpha05" in sh(["dvc", "exp", "show", "--csv"], repo).stdout
 
 
 def test_exp_run_with_a_param_reruns_only_what_depends_on_it(repo):
@@ -92,7 +113,7 @@ def test_stage_by_hand_equals_stage_by_dvc(repo, tmp_path):
 
 def test_cli_help_explains_every_command():
     result = sh([sys.executable, "-m", "polyalign", "--help"], ROOT)
-    for command in ("prepare", "bucketize", "params"):
+    for command in ("prepare", "bucketize", "init", "sft", "params"):
         assert command in result.stdout
-    for command in ("prepare", "bucketize"):
+    for command in ("prepare", "bucketize", "init", "sft"):
         assert "params" in sh([sys.executable, "-m", "polyalign", command, "--help"], ROOT).stdout
