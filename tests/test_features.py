@@ -54,6 +54,7 @@ def plain_features(text: str) -> dict[str, float]:
         "has_code": float(bool(re.search(r"```|`[^`\n]+`", text))),
         "n_lines": sum(bool(line.strip()) for line in text.split("\n")),
         "n_paragraphs": len(re.findall(r"\n[\t\n\f\r ]*\n", text)) + 1,
+        "ends_terminal": float(bool(re.search(r"[.!?…。！？][\"'”’」』)）]*\s*$", text))),
         "distinct_1": len(counts) / len(units) if units else 0.0,
         "distinct_2": len(set(zip(units, units[1:]))) / (len(units) - 1) if len(units) > 1 else 0.0,
         "repeat_3": 1 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0,

@@ -141,6 +141,25 @@ def sft(
     _run(action)
 
 
+@app.command("fit-critic")
+def fit_critic(
+    encoder: Annotated[str | None, typer.Option(help="critic.encoder: ngram | hf")] = None,
+    epochs: Annotated[int | None, typer.Option(help="critic.epochs")] = None,
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = [],  # noqa: B006
+) -> None:
+    """Train the bucket-conditioned critic of distance to human support into models/critic/ and validate it
+    (reports/critic.json); a collapsed critic is refused and nothing is saved."""
+    named = [f"critic.encoder={encoder}"] * (encoder is not None) + [f"critic.epochs={epochs}"] * (epochs is not None)
+
+    def action() -> None:
+        from polyalign.stages import fit_critic as stage
+
+        stage.run(_setup(params_file, [*named, *overrides]))
+
+    _run(action)
+
+
 def main() -> None:
     # Offline unless the user says otherwise: nothing may reach the hub or telemetry behind their back.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

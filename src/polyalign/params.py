@@ -248,6 +248,41 @@ class SftParams(Section):
     lora: LoraParams = Field(default_factory=LoraParams)
 
 
+class CriticParams(Section):
+    """`fit-critic`: the bucket-conditioned critic of distance to human support."""
+
+    encoder: Literal["ngram", "hf"] = Field("ngram", description="ngram: char n-gram TF-IDF + SVD; hf: a HF model")
+    encoder_path: str | None = Field(None, description="hf: encoder or causal LM directory, e.g. models/base")
+    ngram_min: int = Field(1, ge=1)
+    ngram_max: int = Field(4, ge=1)
+    max_features: int = Field(20000, ge=10)
+    embedding_dim: int = Field(64, ge=2, description="SVD dimensions of the ngram encoder")
+    use_prompt: bool = Field(False, description="also feed the prompt's embedding")
+    model_samples: str | None = Field(None, description="JSONL/parquet of {response, bucket_id} model samples")
+    corruptions: list[Literal["truncate", "repeat", "shuffle", "pad_length", "swap_language"]] = Field(
+        default_factory=lambda: ["truncate", "repeat", "shuffle", "pad_length", "swap_language"])
+    margin: float = Field(0.5, ge=0)
+    weight_regression: float = Field(1.0, ge=0)
+    weight_conditional: float = Field(1.0, ge=0)
+    weight_corruption: float = Field(1.0, ge=0)
+    weight_model_samples: float = Field(1.0, ge=0)
+    hidden_size: int = Field(128, ge=4)
+    bucket_dim: int = Field(16, ge=1)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    min_score_std: float = Field(0.01, ge=0, description="refuse to save a critic whose val scores are ~constant")
+
+    @model_validator(mode="after")
+    def _encoder(self) -> CriticParams:
+        if self.encoder == "hf" and not self.encoder_path:
+            raise ValueError("critic.encoder is 'hf' but critic.encoder_path is not set")
+        if self.ngram_min > self.ngram_max:
+            raise ValueError("critic.ngram_min must not exceed critic.ngram_max")
+        return self
+
+
 class Params(Section):
     seed: int = 42
     paths: PathsParams = Field(default_factory=PathsParams)
@@ -258,6 +293,7 @@ class Params(Section):
     prompt: PromptParams = Field(default_factory=PromptParams)
     trainer: TrainerParams = Field(default_factory=TrainerParams)
     sft: SftParams = Field(default_factory=SftParams)
+    critic: CriticParams = Field(default_factory=CriticParams)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ is ~50x faster than a per-text Python loop, which matters for 10^5-10^6 response
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -41,6 +42,7 @@ FEATURES: dict[str, str] = {
     "has_code": "contains a code marker (``` or inline `code`)",
     "n_lines": "non-empty lines",
     "n_paragraphs": "blocks separated by blank lines",
+    "ends_terminal": "ends with sentence-final punctuation (. ! ? … 。！？, possibly followed by a closing quote)",
     "distinct_1": "distinct unigrams / unigrams (words for English, characters for Chinese)",
     "distinct_2": "distinct bigrams / bigrams",
     "repeat_3": "share of trigram occurrences that repeat an earlier trigram",
@@ -64,6 +66,7 @@ _URL_RE = r"(?i)https?://|www\."
 _CODE_RE = r"```|`[^`\n]+`"
 _LIST_RE = r"(?m)^(?:[-*•·]|[0-9]+[.)、]|[(（][0-9]+[)）]|[一二三四五六七八九十]+、)[^\n]*"
 _PARAGRAPH_RE = r"\n\s*\n"
+_TERMINAL_RE = re.compile(r"[.!?…。！？][\"'”’」』)）]*\s*$")
 
 
 def _in_blocks(cp: int, blocks) -> bool:
@@ -266,6 +269,8 @@ def _features_batch(texts: list[str]) -> np.ndarray:
         "has_code": (regex_count(_CODE_RE) > 0).astype(np.float64),
         "n_lines": count(line_start),
         "n_paragraphs": regex_count(_PARAGRAPH_RE) + 1,
+        "ends_terminal": np.fromiter((_TERMINAL_RE.search(t) is not None for t in texts), dtype=np.float64,
+                                     count=n),
         "distinct_1": _safe_div(uni_distinct, n_units),
         "distinct_2": _safe_div(bi_distinct, np.maximum(n_units - 1, 0)),
         "repeat_3": np.where(n_tri > 0, 1 - _safe_div(tri_distinct, n_tri), 0.0),

@@ -1,0 +1,137 @@
+"""Critic training data and objectives.
+
+Every example is a *pair* (lo, hi) of scored rows (response, bucket) where `lo` must score closer to human
+support than `hi`:
+- `corruption`: a human response vs a corrupted version of it, both under its own bucket;
+- `conditional`: a human response under its own bucket vs under a mismatched bucket;
+- `model`: a human response vs a model sample of the same bucket (when `critic.model_samples` is given).
+Each row also regresses to its support-band distance d(x, b) against the train references.
+
+loss = w_reg * mean (log1p s - log1p d)^2 + sum_t w_t * mean_t max(0, margin - (s_hi - s_lo))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from polyalign.critic.corruptions import corrupt
+
+PAIR_TYPES = ("corruption", "conditional", "model")
+
+
+@dataclass
+class Rows:
+    """Scored rows: texts with the bucket they are scored under, and the kind of each row."""
+
+    texts: list[str] = field(default_factory=list)
+    buckets: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)  # human | mismatched | <corruption> | model
+    language: list[str] = field(default_factory=list)
+
+    def add(self, text: str, bucket: str, prompt: str, kind: str, language: str) -> int:
+        self.texts.append(text)
+        self.buckets.append(bucket)
+        self.prompts.append(prompt)
+        self.kinds.append(kind)
+        self.language.append(language)
+        return len(self.texts) - 1
+
+
+@dataclass
+class Pairs:
+    rows: Rows
+    lo: list[int] = field(default_factory=list)
+    hi: list[int] = field(default_factory=list)
+    types: list[int] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def build_pairs(records: list[dict], corruptions: list[str], rng: np.random.Generator, pools: dict[str, list[str]],
+                edges: list[int], mismatch_pool: list[str], model_samples: list[dict] | None = None) -> Pairs:
+    pairs = Pairs(Rows())
+    rows = pairs.rows
+    human_by_bucket: dict[str, list[int]] = {}
+    for r in records:
+        text, bucket, lang, prompt = r["human_answer"], r["bucket_id"], r["language"], r["question"]
+        h = rows.add(text, bucket, prompt, "human", lang)
+        human_by_bucket.setdefault(bucket, []).append(h)
+        for kind in corruptions:
+            bad = corrupt(kind, text, lang, rng, pools, edges)
+            if bad is None or bad == text:
+                pairs.skipped[kind] = pairs.skipped.get(kind, 0) + 1
+                continue
+            pairs.lo.append(h)
+            pairs.hi.append(rows.add(bad, bucket, prompt, kind, lang))
+            pairs.types.append(0)
+        others = [b for b in mismatch_pool if b != bucket]
+        if others:
+            other = others[int(rng.integers(len(others)))]
+            pairs.lo.append(h)
+            pairs.hi.append(rows.add(text, other, prompt, "mismatched", lang))
+            pairs.types.append(1)
+    for sample in model_samples or []:
+        humans = human_by_bucket.get(sample["bucket_id"])
+        if not humans:
+            pairs.skipped["model_sample_without_human"] = pairs.skipped.get("model_sample_without_human", 0) + 1
+            continue
+        h = humans[int(rng.integers(len(humans)))]
+        pairs.lo.append(h)
+        pairs.hi.append(rows.add(sample["response"], sample["bucket_id"], rows.prompts[h], "model", rows.language[h]))
+        pairs.types.append(2)
+    return pairs
+
+
+def pair_loader(x: np.ndarray, buckets: np.ndarray, targets: np.ndarray, pairs: Pairs, batch_size: int,
+                shuffle: bool, seed: int) -> DataLoader:
+    lo, hi = np.asarray(pairs.lo), np.asarray(pairs.hi)
+    tensors = [torch.from_numpy(a) for a in (x[lo], buckets[lo], targets[lo].astype(np.float32),
+                                             x[hi], buckets[hi], targets[hi].astype(np.float32),
+                                             np.asarray(pairs.types))]
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def critic_loss(s_lo, s_hi, d_lo, d_hi, types, margin: float, weights: dict[str, float]):
+    """The loss and its parts (see the module docstring)."""
+    reg = ((torch.log1p(s_lo) - torch.log1p(d_lo)) ** 2 + (torch.log1p(s_hi) - torch.log1p(d_hi)) ** 2).mean() / 2
+    hinge = torch.relu(margin - (s_hi - s_lo))
+    parts = {"regression": reg}
+    total = weights["regression"] * reg
+    for t, name in enumerate(PAIR_TYPES):
+        mask = types == t
+        if mask.any():
+            parts[name] = hinge[mask].mean()
+            total = total + weights[name] * parts[name] * mask.float().mean()
+    return total, parts
+
+
+class CriticModule(L.LightningModule):
+    def __init__(self, net, cfg):
+        super().__init__()
+        self.net, self.cfg = net, cfg
+        self.weights = {"regression": cfg.weight_regression, "conditional": cfg.weight_conditional,
+                        "corruption": cfg.weight_corruption, "model": cfg.weight_model_samples}
+
+    def _step(self, batch, stage: str):
+        x_lo, b_lo, d_lo, x_hi, b_hi, d_hi, types = batch
+        loss, parts = critic_loss(self.net(x_lo, b_lo), self.net(x_hi, b_hi), d_lo, d_hi, types, self.cfg.margin,
+                                  self.weights)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(types))
+        for name, value in parts.items():
+            self.log(f"{stage}/{name}", value, batch_size=len(types))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)

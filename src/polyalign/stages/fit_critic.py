@@ -1,0 +1,165 @@
+"""Stage `fit-critic`: train the bucket-conditioned critic and validate it, or refuse to save a collapsed one.
+
+Reads params: seed, paths, critic, trainer, logging. Reads `data/buckets/{train,val}.parquet` and
+`references.json`. Writes `models/critic/` (safetensors weights, encoder state, config, references, checksum
+manifest) and `reports/critic.json` (validation: Spearman with d(x, b), AUROC human-vs-corrupted overall, per
+language and per corruption kind, AUROC own-vs-mismatched bucket per language, score mean/std).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
+
+from polyalign.buckets.features import compute_features
+from polyalign.buckets.references import References
+from polyalign.critic.encoders import HFEncoder, NgramEncoder
+from polyalign.critic.model import Critic, CriticNet, build_inputs
+from polyalign.critic.training import CriticModule, Pairs, build_pairs, pair_loader
+from polyalign.errors import UserError
+from polyalign.io import atomic_path, write_json
+from polyalign.log import console
+from polyalign.params import Params
+from polyalign.training.trainer import build_trainer, finish_loggers
+
+
+def read_split(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise UserError(f"fit-critic: {path} not found (run `polyalign bucketize` first)")
+    columns = ["human_answer", "bucket_id", "language", "question"]
+    return pq.read_table(path, columns=columns).to_pylist()
+
+
+def read_model_samples(path: str, root: Path) -> list[dict]:
+    p = Path(path) if Path(path).is_absolute() else root / path
+    if not p.is_file():
+        raise UserError(f"critic.model_samples: file not found: {path}")
+    if p.suffix == ".parquet":
+        rows = pq.read_table(p).to_pylist()
+    else:
+        rows = []
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{p}:{i}: not valid JSON ({exc.msg})") from None
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r.get("response"), str) or not isinstance(r.get("bucket_id"), str):
+            raise UserError(f"{p}:{i}: a model sample needs string fields 'response' and 'bucket_id'")
+    return rows
+
+
+def auroc(negatives: np.ndarray, positives: np.ndarray) -> float | None:
+    """AUROC of telling positives (should score higher) from negatives; None without both classes."""
+    if len(negatives) == 0 or len(positives) == 0:
+        return None
+    labels = np.r_[np.zeros(len(negatives)), np.ones(len(positives))]
+    return float(roc_auc_score(labels, np.r_[negatives, positives]))
+
+
+def validation_report(pairs: Pairs, scores: np.ndarray, targets: np.ndarray) -> dict:
+    rows = pairs.rows
+    kinds, langs = np.asarray(rows.kinds), np.asarray(rows.language)
+    lo, hi, types = np.asarray(pairs.lo), np.asarray(pairs.hi), np.asarray(pairs.types)
+    human = kinds == "human"
+    report: dict = {
+        "rows": len(kinds),
+        "score_mean_human": float(scores[human].mean()),
+        "score_std_human": float(scores[human].std()),
+        "score_mean_all": float(scores.mean()),
+        "score_std_all": float(scores.std()),
+        "spearman_with_distance": float(spearmanr(scores, targets).statistic),
+        "skipped_corruptions": pairs.skipped,
+    }
+    corrupted = types == 0
+    report["auroc_human_vs_corrupted"] = auroc(scores[human], scores[hi[corrupted]])
+    report["auroc_own_vs_mismatched"] = auroc(scores[lo[types == 1]], scores[hi[types == 1]])
+    for lang in sorted(set(langs)):
+        in_lang = langs == lang
+        report[f"{lang}/auroc_human_vs_corrupted"] = auroc(scores[human & in_lang],
+                                                           scores[hi[corrupted & in_lang[hi]]])
+        mism = (types == 1) & in_lang[lo]
+        report[f"{lang}/auroc_own_vs_mismatched"] = auroc(scores[lo[mism]], scores[hi[mism]])
+        report[f"{lang}/spearman_with_distance"] = float(spearmanr(scores[in_lang], targets[in_lang]).statistic)
+        report[f"{lang}/score_std_human"] = float(scores[human & in_lang].std())
+        for kind in sorted(set(kinds[hi[corrupted]])):
+            of_kind = corrupted & (kinds[hi] == kind) & in_lang[hi]
+            report[f"{lang}/auroc_{kind}"] = auroc(scores[human & in_lang], scores[hi[of_kind]])
+    return report
+
+
+def run(params: Params, root: Path = Path(".")) -> dict:
+    cfg = params.critic
+    buckets_dir = root / params.paths.buckets
+    refs_path = buckets_dir / "references.json"
+    if not refs_path.is_file():
+        raise UserError(f"fit-critic: references not found: {refs_path} (run `polyalign bucketize` first)")
+    refs = References.load(refs_path)
+    train, val = read_split(buckets_dir / "train.parquet"), read_split(buckets_dir / "val.parquet")
+    if not train:
+        raise UserError(f"fit-critic: the training split {buckets_dir / 'train.parquet'} is empty")
+    if not val:
+        raise UserError(f"fit-critic: the validation split {buckets_dir / 'val.parquet'} is empty")
+    samples = read_model_samples(cfg.model_samples, root) if cfg.model_samples else None
+
+    rng = np.random.default_rng(params.seed)
+    pools: dict[str, list[str]] = {}
+    for r in train:
+        pools.setdefault(r["language"], []).append(r["human_answer"])
+    mismatch_pool = sorted({r["bucket_id"] for r in train})
+    edges = params.data.length_bins.edges
+    data = {"train": build_pairs(train, list(cfg.corruptions), rng, pools, edges, mismatch_pool, samples),
+            "val": build_pairs(val, list(cfg.corruptions), rng, pools, edges, mismatch_pool)}
+
+    if cfg.encoder == "ngram":
+        encoder = NgramEncoder((cfg.ngram_min, cfg.ngram_max), cfg.max_features, cfg.embedding_dim, params.seed)
+        encoder.fit([r["human_answer"] for r in train])
+    else:
+        encoder = HFEncoder(cfg.encoder_path)
+    config = {"buckets": sorted(refs.buckets), "use_prompt": cfg.use_prompt, "bucket_dim": cfg.bucket_dim,
+              "hidden_size": cfg.hidden_size}
+    bucket_index = {b: i for i, b in enumerate(config["buckets"])}
+    arrays = {}
+    for split, pairs in data.items():
+        rows = pairs.rows
+        features = compute_features(rows.texts)
+        x, b = build_inputs(refs, encoder, bucket_index, cfg.use_prompt, rows.texts, rows.buckets, rows.prompts,
+                            features)
+        arrays[split] = (x, b, refs.distance(features, rows.buckets))
+    config["in_dim"] = int(arrays["train"][0].shape[1])
+
+    import torch
+
+    torch.manual_seed(params.seed)
+    net = CriticNet(config["in_dim"], len(config["buckets"]), cfg.bucket_dim, cfg.hidden_size)
+    module = CriticModule(net, cfg)
+    trainer = build_trainer(params, root, "critic", "default", max_epochs=cfg.epochs, max_steps=-1, accumulate=1,
+                            clip=1.0, val_every_n_steps=0, checkpoint_every=10**9)
+    trainer.fit(module, pair_loader(*arrays["train"], data["train"], cfg.batch_size, True, params.seed),
+                pair_loader(*arrays["val"], data["val"], cfg.batch_size, False, params.seed))
+    if not trainer.is_global_zero:
+        return {}
+
+    critic = Critic(net, encoder, refs, config)
+    x_val, b_val, d_val = arrays["val"]
+    scores = critic.score_inputs(x_val, b_val)
+    report = {"encoder": cfg.encoder, "seed": params.seed, "train_pairs": len(data["train"].lo),
+              "val_pairs": len(data["val"].lo), **validation_report(data["val"], scores, d_val)}
+    finish_loggers(trainer)
+    if report["score_std_human"] < cfg.min_score_std:
+        raise UserError(f"fit-critic: the critic collapsed: the standard deviation of its validation scores on "
+                        f"human responses is {report['score_std_human']:.2e} < critic.min_score_std="
+                        f"{cfg.min_score_std}; nothing was saved (check the training data for variety)")
+    with atomic_path(root / params.paths.models / "critic", directory=True) as tmp:
+        critic.save(tmp)
+    write_json(root / params.paths.reports / "critic.json", report)
+    console.print(f"fit-critic: AUROC human-vs-corrupted {report['auroc_human_vs_corrupted']:.3f}, "
+                  f"own-vs-mismatched {report['auroc_own_vs_mismatched']:.3f}, "
+                  f"Spearman with d {report['spearman_with_distance']:.3f}")
+    return report
