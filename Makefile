@@ -34,6 +34,7 @@ test: venv
 bench: venv
 	$(BIN)/python benchmarks/bucketize.py
 	$(BIN)/python benchmarks/sft_throughput.py
+	$(BIN)/python benchmarks/critic_scoring.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -21,6 +21,7 @@ TINY = {
     "prompt": {"max_prompt_tokens": 64, "max_tokens": 96},
     "trainer": {"accelerator": "cpu", "log_every_n_steps": 1},
     "sft": {"epochs": 1, "batch_size": 8, "lr": 0.005, "checkpoint_every_n_steps": 4},
+    "critic": {"epochs": 3},
     "logging": {"progress": False, "wandb": {"mode": "disabled", "project": "polyalign", "entity": None}},
 }
 

@@ -47,7 +47,7 @@ def repo(tmp_path_factory) -> Path:
     sh(["git", "add", "-A"], path)
     sh(["git", "commit", "-qm", "project"], path)
     first = sh(["dvc", "repro"], path)
-    for stage in ("prepare", "bucketize", "init", "sft@global", "sft@bucket"):
+    for stage in ("prepare", "bucketize", "init", "sft@global", "sft@bucket", "fit-critic"):
         assert f"Running stage '{stage}'" in first.stdout, stage
     sh(["git", "add", "-A"], path)
     sh(["git", "commit", "-qm", "repro"], path)
@@ -60,7 +60,7 @@ def test_repro_writes_bucketed_bilingual_data_models_and_reports(repo):
     for name in ("data/prepared/train.parquet", "data/buckets/test.parquet", "reports/buckets.md",
                  "reports/prepare.json", "reports/plots/buckets.png", "models/base/model.safetensors",
                  "models/sft/global/model.safetensors", "models/sft/bucket/config.json", "reports/sft/bucket.json",
-                 "reports/sft/global/train_loss.csv"):
+                 "reports/sft/global/train_loss.csv", "models/critic/model.safetensors", "reports/critic.json"):
         assert (repo / name).is_file(), name
     tracked = sh(["git", "ls-files"], repo).stdout.split()
     assert not [t for t in tracked if t.startswith(("data/prepared", "data/buckets", "reports/", "models/",
@@ -79,7 +79,7 @@ def test_metrics_and_plots_show(repo):
     metrics = json.loads(sh(["dvc", "metrics", "show", "--json"], repo).stdout)
     flat = json.dumps(metrics)
     assert "buckets_train" in flat and "support_distance_val" in flat and "dropped_total" in flat
-    assert "val_loss_macro" in flat and "tokens_per_s" in flat
+    assert "val_loss_macro" in flat and "tokens_per_s" in flat and "auroc_human_vs_corrupted" in flat
     plots = json.loads(sh(["dvc", "plots", "show", "--json"], repo).stdout)
     assert not plots.get("errors")
     assert any("buckets.csv" in key for key in plots["data"]) and any("buckets.png" in key for key in plots["data"])
@@ -89,7 +89,7 @@ def test_metrics_and_plots_show(repo):
 def test_exp_run_of_one_variant_reruns_only_that_variant(repo):
     run = sh(["dvc", "exp", "run", "-S", "sft.variants.bucket.alpha=0.5", "-n", "alpha05"], repo)
     assert "Running stage 'sft@bucket'" in run.stdout
-    for stage in ("prepare", "bucketize", "init", "sft@global"):
+    for stage in ("prepare", "bucketize", "init", "sft@global", "fit-critic"):
         assert f"Running stage '{stage}'" not in run.stdout, stage
     assert "alpha05" in sh(["dvc", "exp", "show", "--csv"], repo).stdout
 
@@ -113,7 +113,7 @@ def test_stage_by_hand_equals_stage_by_dvc(repo, tmp_path):
 
 def test_cli_help_explains_every_command():
     result = sh([sys.executable, "-m", "polyalign", "--help"], ROOT)
-    for command in ("prepare", "bucketize", "init", "sft", "params"):
+    for command in ("prepare", "bucketize", "init", "sft", "fit-critic", "params"):
         assert command in result.stdout
-    for command in ("prepare", "bucketize", "init", "sft"):
+    for command in ("prepare", "bucketize", "init", "sft", "fit-critic"):
         assert "params" in sh([sys.executable, "-m", "polyalign", command, "--help"], ROOT).stdout

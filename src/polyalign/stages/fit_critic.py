@@ -31,8 +31,11 @@ from polyalign.training.trainer import build_trainer, finish_loggers
 def read_split(path: Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"fit-critic: {path} not found (run `polyalign bucketize` first)")
-    columns = ["human_answer", "bucket_id", "language", "question"]
-    return pq.read_table(path, columns=columns).to_pylist()
+    table = pq.read_table(path)
+    missing = {"human_answer", "bucket_id", "language", "question"} - set(table.column_names)
+    if missing:
+        raise UserError(f"fit-critic: {path} lacks columns {sorted(missing)} (is it a `bucketize` output?)")
+    return table.select(["human_answer", "bucket_id", "language", "question"]).to_pylist()
 
 
 def read_model_samples(path: str, root: Path) -> list[dict]:

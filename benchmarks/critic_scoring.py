@@ -1,0 +1,70 @@
+"""Benchmark: responses scored per second by `Critic.distance` with the `ngram` encoder.
+
+Trains the default critic on the embedded corpus (params.yaml), then scores 50,000 bilingual responses made
+from chatterbot utterances (one to many sentences, English and Chinese, under their own buckets). Writes JSON.
+
+    python benchmarks/critic_scoring.py [--responses 50000] [--out benchmarks/results/critic_scoring.json]
+
+Target on a 2-core machine: >= 5,000 responses/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bucketize import synthetic_records  # noqa: E402
+
+from polyalign.critic.model import Critic  # noqa: E402
+from polyalign.params import load_params  # noqa: E402
+from polyalign.stages import bucketize, fit_critic, prepare  # noqa: E402
+from polyalign.text import count_tokens, length_bin  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--responses", type=int, default=50_000)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/critic_scoring.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        params = load_params(ROOT / "params.yaml", ["logging.progress=false", "logging.wandb.mode=disabled"])
+        prepare.run(params, root)
+        bucketize.run(params, root)
+        fit_critic.run(params, root)
+        critic = Critic.load(root / "models/critic")
+        bins = params.data.length_bins
+        records = synthetic_records(args.responses, seed=1)
+        texts = [r["human_answer"] for r in records]
+        buckets = [f"{r['language']}|{r['track']}|{r['family']}|"
+                   f"{length_bin(count_tokens(r['human_answer']), bins.edges, bins.names)}" for r in records]
+        start = time.perf_counter()
+        scores = critic.distance(texts, buckets, progress=False)
+        seconds = time.perf_counter() - start
+    result = {
+        "responses": len(texts),
+        "encoder": params.critic.encoder,
+        "seconds": round(seconds, 2),
+        "responses_per_s": round(len(texts) / seconds),
+        "mean_chars": round(sum(map(len, texts)) / len(texts), 1),
+        "score_mean": round(float(scores.mean()), 4),
+        "target_responses_per_s": 5000,
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
