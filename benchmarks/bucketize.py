@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from results_io import write_result
 
 from polyalign.buckets.features import FEATURE_NAMES, compute_features
 from polyalign.buckets.references import References
@@ -109,11 +107,8 @@ def main() -> None:
         "features_and_references_records_per_s": round(n / (t4 - t3)),
         "buckets_train": buck["buckets_train"],
         "target_bucketize_records_per_s": 20_000,
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

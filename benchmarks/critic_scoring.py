@@ -11,22 +11,17 @@ Target on a 2-core machine: >= 5,000 responses/s.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bucketize import synthetic_records
+from results_io import write_result
 
-from bucketize import synthetic_records  # noqa: E402
-
-from polyalign.critic.model import Critic  # noqa: E402
-from polyalign.params import load_params  # noqa: E402
-from polyalign.stages import bucketize, fit_critic, prepare  # noqa: E402
-from polyalign.text import count_tokens, length_bin  # noqa: E402
+from polyalign.critic.model import Critic
+from polyalign.params import load_params
+from polyalign.stages import bucketize, fit_critic, prepare
+from polyalign.text import count_tokens, length_bin
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,11 +54,8 @@ def main() -> None:
         "mean_chars": round(sum(map(len, texts)) / len(texts), 1),
         "score_mean": round(float(scores.mean()), 4),
         "target_responses_per_s": 5000,
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,12 @@ Target: padding share under 25% with the default batching.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from results_io import write_result
 
 from polyalign.params import load_params
 from polyalign.stages import bucketize, prepare, sft
@@ -69,10 +67,7 @@ def main() -> None:
             }
     results["target_padding_share"] = 0.25
     results["model"] = {k: getattr(params.model, k) for k in ("hidden_size", "num_layers", "vocab_size")}
-    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(results, indent=2))
+    write_result(args.out, results)
 
 
 if __name__ == "__main__":

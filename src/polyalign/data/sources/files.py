@@ -13,11 +13,24 @@ from pydantic import BaseModel, Field
 
 from polyalign.data.record import Example, Problem
 from polyalign.data.sources.base import (
-    RowModel, alternating, conversation_targets, load_json, resolve, validate_row, validated_rows,
+    RowModel,
+    alternating,
+    conversation_targets,
+    load_json,
+    resolve,
+    validate_row,
+    validated_rows,
 )
 from polyalign.errors import UserError
 from polyalign.params import (
-    AlpacaSource, Family, KdconvSource, Language, MessagesSource, PolyalignSource, Split, SquadSource,
+    AlpacaSource,
+    Family,
+    KdconvSource,
+    Language,
+    MessagesSource,
+    PolyalignSource,
+    Split,
+    SquadSource,
 )
 
 Track = Literal["single", "multi"]
