@@ -168,3 +168,34 @@ def test_empty_training_split_exits_2(tmp_path):
     pq.write_table(pq.read_table(train).slice(0, 0), train)
     result = cli(["fit-critic", "--set", "logging.wandb.mode=disabled"], tmp_path, check=False)
     assert result.returncode == 2 and "is empty" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_hf_encoder_prompt_and_model_samples(tmp_path):
+    """The `hf` encoder (a causal LM directory, mean-pooled), prompts as input, and model-sample pairs."""
+    from sft_project import write_tiny_params
+
+    write_tiny_params(tmp_path)
+    params = load_params(tmp_path / "params.yaml")
+    prepare.run(params, tmp_path)
+    bucketize.run(params, tmp_path)
+    from polyalign.stages import init as init_stage
+
+    init_stage.run(params, tmp_path)
+    samples = tmp_path / "samples.jsonl"
+    import pyarrow.parquet as pq
+
+    train = pq.read_table(tmp_path / "data/buckets/train.parquet").to_pylist()[:40]
+    samples.write_text("".join(json.dumps({"response": "ok ok ok ok", "bucket_id": r["bucket_id"]}) + "\n"
+                               for r in train))
+    params = load_params(tmp_path / "params.yaml", [
+        "critic.encoder=hf", f"critic.encoder_path={tmp_path / 'models/base'}", "critic.use_prompt=true",
+        f"critic.model_samples={samples}", "critic.epochs=2"])
+    report = fit_critic.run(params, tmp_path)
+    assert report["encoder"] == "hf"
+    critic = Critic.load(tmp_path / "models/critic")
+    assert critic.config["encoder"]["kind"] == "hf" and critic.config["use_prompt"]
+    scores = critic.distance(["hello there", "你好"], ["en|single|dialogue|short", "zh|single|dialogue|short"],
+                             prompts=["hi", "你好"])
+    assert scores.shape == (2,) and (scores >= 0).all()
+    with pytest.raises(UserError, match="pass prompts"):
+        critic.distance(["hello"], ["en|single|dialogue|short"])
