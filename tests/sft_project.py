@@ -49,5 +49,5 @@ def cli(args: list[str], cwd: Path, check: bool = True, **env) -> subprocess.Com
 
 
 def copy_project(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "logs", "sft"))
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "logs"))
     return dst

@@ -160,6 +160,51 @@ def fit_critic(
     _run(action)
 
 
+@app.command()
+def pairs(
+    k: Annotated[int | None, typer.Option(help="pairs.k: samples per prompt")] = None,
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = [],  # noqa: B006
+) -> None:
+    """Preference pairs into data/pairs/: the human answer (chosen) against a sample of models/sft/bucket
+    (rejected: first, or farthest by critic distance), with critic distances, weights and reference log-probs."""
+    named = [f"pairs.k={k}"] * (k is not None)
+
+    def action() -> None:
+        from polyalign.stages import pairs as stage
+
+        stage.run(_setup(params_file, [*named, *overrides]))
+
+    _run(action)
+
+
+@app.command()
+def hdpo(
+    variant: Annotated[str, typer.Option(help="a key of hdpo.variants (dpo, hdpo, ...)")] = "hdpo",
+    beta: Annotated[float | None, typer.Option(help="hdpo.beta")] = None,
+    gamma: Annotated[float | None, typer.Option(help="critic offset weight of this variant")] = None,
+    lam: Annotated[float | None, typer.Option(help="distribution regulariser weight of this variant")] = None,
+    alpha: Annotated[float | None, typer.Option(help="NLL anchor weight of this variant")] = None,
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = [],  # noqa: B006
+) -> None:
+    """DPO (variant dpo) or HDPO (variant hdpo) from models/sft/bucket on data/pairs/ into
+    models/hdpo/<variant>/, with reports/hdpo/<variant>.json."""
+    named = [f"hdpo.beta={beta}"] * (beta is not None)
+    named += [f"hdpo.variants.{variant}.{key}={value}" for key, value in
+              (("gamma", gamma), ("lam", lam), ("alpha", alpha)) if value is not None]
+
+    def action() -> None:
+        from polyalign.stages import hdpo as stage
+
+        known = load_params(params_file, overrides).hdpo.variants  # --gamma must not invent a variant
+        if variant not in known:
+            raise UserError(f"hdpo: no variant {variant!r}; params.yaml defines: {', '.join(known)}")
+        stage.run(_setup(params_file, [*named, *overrides]), variant)
+
+    _run(action)
+
+
 def main() -> None:
     # Offline unless the user says otherwise: nothing may reach the hub or telemetry behind their back.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -29,6 +29,7 @@ class PathsParams(Section):
     raw: str = "data/raw"
     prepared: str = "data/prepared"
     buckets: str = "data/buckets"
+    data_pairs: str = "data/pairs"
     models: str = "models"
     reports: str = "reports"
     checkpoints: str = Field("checkpoints", description="Lightning checkpoints for --resume (not a DVC output)")
@@ -283,6 +284,65 @@ class CriticParams(Section):
         return self
 
 
+class GenerationParams(Section):
+    """Decoding for pair sampling (and, later, evaluation): one batched, KV-cached generator."""
+
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, ge=0, description="0 decodes greedily")
+    top_p: float = Field(0.95, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0: no top-k cut")
+    repetition_penalty: float = Field(1.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+
+
+class PairsParams(Section):
+    """`pairs`: chosen = the human answer, rejected = a sample of models/sft/bucket (or the user's own data)."""
+
+    k: int = Field(2, ge=1, description="samples per prompt")
+    rejected: Literal["first", "farthest"] = Field("farthest", description="farthest = largest critic distance")
+    precompute_ref: bool = Field(True, description="store the reference model's log-probs of both sides")
+    max_prompts: int = Field(0, ge=0, description="use at most this many prompts per split (0: all)")
+    preference_file: str | None = Field(
+        None, description="the user's own pairs (JSONL with chosen/rejected and prompt fields) instead of sampling")
+
+
+class HdpoVariant(Section):
+    gamma: float = Field(0.0, ge=0, description="weight of the critic offset in the preference margin")
+    lam: float = Field(0.0, ge=0, description="weight of the distribution regulariser")
+    alpha: float = Field(0.0, ge=0, description="weight of the NLL anchor on the human answer")
+    weighting: Literal["uniform", "bucket"] = Field("uniform", description="pair weights w_i")
+
+
+class HdpoParams(Section):
+    """`hdpo@<variant>`: DPO (gamma = lam = alpha = 0, uniform weights) and HDPO from models/sft/bucket."""
+
+    variants: dict[str, HdpoVariant] = Field(default_factory=lambda: {
+        "dpo": HdpoVariant(), "hdpo": HdpoVariant(gamma=1.0, lam=0.5, alpha=0.05, weighting="bucket")})
+    beta: float = Field(0.1, gt=0)
+    m_max: float = Field(2.0, ge=0, description="the critic offset is clipped to [0, m_max]")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    reference: Literal["precomputed", "frozen", "lora"] = Field(
+        "precomputed", description="precomputed log-probs from pairs, a frozen copy, or LoRA's disabled adapter")
+    epochs: int = Field(2, ge=1)
+    max_steps: int = Field(-1)
+    batch_size: int = Field(8, ge=1)
+    accumulate_grad_batches: int = Field(1, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    gradient_clip_val: float = Field(1.0, ge=0)
+    checkpoint_every_n_steps: int = Field(50, ge=1)
+    lora: LoraParams = Field(default_factory=LoraParams)
+
+    @model_validator(mode="after")
+    def _reference(self) -> HdpoParams:
+        if self.reference == "lora" and not self.lora.enabled:
+            raise ValueError("hdpo.reference is 'lora' but hdpo.lora.enabled is false")
+        return self
+
+
 class Params(Section):
     seed: int = 42
     paths: PathsParams = Field(default_factory=PathsParams)
@@ -294,6 +354,9 @@ class Params(Section):
     trainer: TrainerParams = Field(default_factory=TrainerParams)
     sft: SftParams = Field(default_factory=SftParams)
     critic: CriticParams = Field(default_factory=CriticParams)
+    generation: GenerationParams = Field(default_factory=GenerationParams)
+    pairs: PairsParams = Field(default_factory=PairsParams)
+    hdpo: HdpoParams = Field(default_factory=HdpoParams)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from polyalign.buckets.features import compute_features
+from polyalign.buckets.features import FEATURE_NAMES, compute_features
 from polyalign.buckets.references import References, group_rows
 from polyalign.critic.encoders import load_encoder, save_encoder
 from polyalign.errors import UserError
@@ -132,6 +132,9 @@ class Critic:
                 raise UserError(f"critic {folder}: {name} does not match its checksum (modified or replaced)")
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         refs = References.from_json(json.loads((folder / "references.json").read_text(encoding="utf-8")))
+        if refs.features != FEATURE_NAMES:
+            raise UserError(f"critic {folder} was built on other response features than this version computes; "
+                            "rerun `polyalign bucketize` and `polyalign fit-critic`")
         encoder = load_encoder(config["encoder"], folder)
         try:
             weights = load_file(str(folder / "model.safetensors"))

@@ -37,3 +37,9 @@ def sft_loss(losses: torch.Tensor, weights: torch.Tensor | None = None, normalis
     if normaliser is None:
         raise ValueError("weighted SFT loss needs a constant normaliser")
     return (losses * weights).sum() / normaliser
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each example's response tokens, and how many there are ([B], [B])."""
+    nll, mask = response_token_nll(logits, labels)
+    return -nll.sum(dim=1), mask.sum(dim=1)

@@ -1,0 +1,102 @@
+"""Stage `hdpo@<variant>`: preference optimisation from `models/sft/bucket` on `data/pairs/`.
+
+`dpo` (gamma = lam = alpha = 0, uniform weights) is standard sigmoid DPO; `hdpo` adds the critic offset, the
+distribution regulariser and the NLL anchor (DESIGN §8). Reads params: seed, paths, prompt, trainer, hdpo
+(shared keys and `hdpo.variants.<variant>`), logging. Writes `models/hdpo/<variant>/` (save_pretrained form)
+and `reports/hdpo/<variant>.json`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from transformers import AutoTokenizer
+
+from polyalign.errors import UserError
+from polyalign.io import atomic_path, write_json, write_text
+from polyalign.log import console
+from polyalign.modeling.prompts import PromptRenderer
+from polyalign.params import Params
+from polyalign.training.preference import PairCollator, PreferenceModule, encode_pair, pair_dataloader
+from polyalign.training.trainer import build_trainer, check_devices, finish_loggers
+
+REQUIRED = ("question", "chosen", "rejected", "bucket_id", "d_chosen", "d_rejected", "weight", "language",
+            "track", "family", "length_bin")
+
+
+def read_pairs(path: Path, need_ref: bool) -> list[dict]:
+    if not path.is_file():
+        raise UserError(f"hdpo: {path} not found (run `polyalign pairs` first)")
+    table = pq.read_table(path)
+    required = REQUIRED + (("ref_chosen_logp", "ref_rejected_logp") if need_ref else ())
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        hint = " (hdpo.reference: precomputed needs pairs.precompute_ref: true)" if "ref_chosen_logp" in missing else ""
+        raise UserError(f"hdpo: {path} lacks columns {missing}{hint}")
+    if table.num_rows == 0:
+        raise UserError(f"hdpo: {path} holds no pair")
+    return table.to_pylist()
+
+
+def run(params: Params, variant: str, root: Path = Path(".")) -> dict | None:
+    h = params.hdpo
+    if variant not in h.variants:
+        raise UserError(f"hdpo: no variant {variant!r}; params.yaml defines: {', '.join(h.variants)}")
+    v = h.variants[variant]
+    start = root / params.paths.models / "sft" / "bucket"
+    if not (start / "config.json").is_file():
+        raise UserError(f"hdpo: the SFT model {start} is missing (run `polyalign sft --variant bucket` first)")
+    pairs_dir = root / params.paths.data_pairs
+    need_ref = h.reference == "precomputed"
+    train, val = read_pairs(pairs_dir / "train.parquet", need_ref), read_pairs(pairs_dir / "val.parquet", need_ref)
+    check_devices(params.trainer)
+    if "LOCAL_RANK" not in os.environ:
+        shutil.rmtree(root / params.paths.checkpoints / "hdpo" / variant, ignore_errors=True)
+
+    tokenizer = AutoTokenizer.from_pretrained(start)
+    renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
+                              params.prompt.max_tokens)
+    for rows in (train, val):
+        for r in rows:
+            r.update(encode_pair(renderer, r))
+    buckets = sorted({r["bucket_id"] for r in train + val})
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else renderer.eot_ids[0]
+    collate = PairCollator(pad_id, {b: i for i, b in enumerate(buckets)}, uniform=v.weighting == "uniform")
+
+    trainer = build_trainer(params, root, "hdpo", variant, max_epochs=h.epochs, max_steps=h.max_steps,
+                            accumulate=h.accumulate_grad_batches, clip=h.gradient_clip_val, val_every_n_steps=0,
+                            checkpoint_every=h.checkpoint_every_n_steps)
+    per_step = h.batch_size * trainer.world_size * h.accumulate_grad_batches
+    total_steps = h.epochs * math.ceil(len(train) / per_step)
+    if h.max_steps > 0:
+        total_steps = min(total_steps, h.max_steps)
+    module = PreferenceModule(str(start), h, v, buckets, total_steps)
+    trainer.fit(module, pair_dataloader(train, collate, h.batch_size, train=True, seed=params.seed, trainer=trainer),
+                pair_dataloader(val, collate, h.batch_size, train=False, seed=params.seed, trainer=trainer))
+    if not trainer.is_global_zero:
+        return None
+
+    with atomic_path(root / params.paths.models / "hdpo" / variant, directory=True) as tmp:
+        module.export(tmp, tokenizer)
+    reports = root / params.paths.reports / "hdpo"
+    history = module.history["train"]
+    write_text(reports / variant / "train.csv", "step,loss,reward_accuracy\n" +
+               "".join(f"{s},{loss:.6f},{acc:.4f}\n" for s, loss, acc in history))
+    tail = history[-max(1, len(history) // 10):]
+    metrics = getattr(module, "last_val", {"loss": float("nan"), "accuracy": float("nan"), "per_bucket": {}})
+    report = {
+        "variant": variant, **v.model_dump(), "beta": h.beta, "reference": h.reference, "loss_type": h.loss_type,
+        "steps": trainer.global_step, "train_pairs": len(train), "val_pairs": len(val),
+        "train_loss_last_10pct": sum(x[1] for x in tail) / len(tail),
+        "train_reward_accuracy_last_10pct": sum(x[2] for x in tail) / len(tail),
+        "val_loss": metrics["loss"], "val_reward_accuracy": metrics["accuracy"],
+        "val_reward_accuracy_per_bucket": metrics["per_bucket"],
+    }
+    write_json(reports / f"{variant}.json", report)
+    finish_loggers(trainer)
+    console.print(f"hdpo@{variant}: {report['steps']} steps, val reward accuracy {report['val_reward_accuracy']:.3f}")
+    return report

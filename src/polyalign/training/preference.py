@@ -1,0 +1,184 @@
+"""Preference optimisation (DPO and HDPO) as a LightningModule, and its data.
+
+One concatenated forward pass scores chosen and rejected responses together; summed response log-probs use
+the same masks as SFT. The reference is, by `hdpo.reference`: log-probs precomputed by the pairs stage (no
+reference model in memory), a frozen copy of the starting model, or, with LoRA, the same model with its
+adapter disabled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM
+
+from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
+from polyalign.training.losses import sequence_logps
+from polyalign.training.preference_loss import hdpo_loss
+from polyalign.training.samplers import EpochBatchSampler, ResumableDataLoader
+from polyalign.training.sft import lora_wrap, make_optimizer
+
+
+def pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out
+
+
+def encode_pair(renderer: PromptRenderer, row: dict[str, Any]) -> dict[str, Any]:
+    chosen = renderer.example({**row, "human_answer": row["chosen"]})
+    rejected = renderer.example({**row, "human_answer": row["rejected"]})
+    return {"chosen_ids": chosen["input_ids"], "chosen_labels": chosen["labels"],
+            "rejected_ids": rejected["input_ids"], "rejected_labels": rejected["labels"]}
+
+
+@torch.no_grad()
+def score_examples(model, examples: list[dict[str, Any]], pad_id: int, batch_size: int = 16) -> np.ndarray:
+    """Summed response log-probs of examples (input_ids + labels) under `model`, batched."""
+    model.eval()
+    out = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start: start + batch_size]
+        ids = pad([e["input_ids"] for e in chunk], pad_id)
+        labels = pad([e["labels"] for e in chunk], IGNORE_INDEX)
+        mask = pad([[1] * len(e["input_ids"]) for e in chunk], 0)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        out.append(sequence_logps(logits, labels)[0].double().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+class PairCollator:
+    def __init__(self, pad_id: int, bucket_index: dict[str, int], uniform: bool):
+        self.pad_id, self.bucket_index, self.uniform = pad_id, bucket_index, uniform
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        seqs = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
+        labels = [r["chosen_labels"] for r in rows] + [r["rejected_labels"] for r in rows]
+        ids, lab = pad(seqs, self.pad_id), pad(labels, IGNORE_INDEX)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):
+            mask[i, : len(s)] = 1
+        batch = {"input_ids": ids, "labels": lab, "attention_mask": mask,
+                 "d_chosen": torch.tensor([r["d_chosen"] for r in rows], dtype=torch.float32),
+                 "d_rejected": torch.tensor([r["d_rejected"] for r in rows], dtype=torch.float32),
+                 "weight": torch.ones(len(rows)) if self.uniform else
+                 torch.tensor([r["weight"] for r in rows], dtype=torch.float32),
+                 "bucket": torch.tensor([self.bucket_index[r["bucket_id"]] for r in rows])}
+        if "ref_chosen_logp" in rows[0]:
+            batch["ref_chosen"] = torch.tensor([r["ref_chosen_logp"] for r in rows], dtype=torch.float32)
+            batch["ref_rejected"] = torch.tensor([r["ref_rejected_logp"] for r in rows], dtype=torch.float32)
+        return batch
+
+
+def pair_dataloader(rows: list[dict], collate: PairCollator, batch_size: int, *, train: bool, seed: int,
+                    trainer=None, num_workers: int = 0):
+    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    lengths = [max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in rows]
+    sampler = EpochBatchSampler(lengths, batch_size, mode="shuffle" if train else "sequential", seed=seed,
+                                world_size=world, rank=rank)
+    if not train:
+        return torch.utils.data.DataLoader(rows, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    return ResumableDataLoader(rows, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                               consumed=lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+
+class PreferenceModule(L.LightningModule):
+    def __init__(self, model_dir: str, hdpo, variant, bucket_names: list[str], total_steps: int):
+        super().__init__()
+        self.model_dir, self.hdpo, self.variant = str(model_dir), hdpo, variant
+        self.bucket_names, self.total_steps = bucket_names, total_steps
+        self.model = None
+        self.reference = None
+        self.history: dict[str, list] = {"train": [], "val": []}
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        model.train()
+        self.model = lora_wrap(model, self.hdpo.lora) if self.hdpo.lora.enabled else model
+        if self.hdpo.reference == "frozen":
+            reference = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
+            reference.requires_grad_(False)
+            object.__setattr__(self, "reference", reference)  # not a submodule: not trained, not checkpointed
+
+    def _logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logps, lengths = sequence_logps(logits, batch["labels"])
+        n = len(logps) // 2
+        return logps[:n], logps[n:], lengths[:n].float(), lengths[n:].float()
+
+    def reference_logps(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.hdpo.reference == "precomputed":
+            return batch["ref_chosen"], batch["ref_rejected"]
+        with torch.no_grad():
+            if self.hdpo.reference == "lora":
+                with self.model.disable_adapter():
+                    c, r, _, _ = self._logps(self.model, batch)
+            else:
+                c, r, _, _ = self._logps(self.reference.to(self.device), batch)
+        return c, r
+
+    def _loss(self, batch):
+        pc, pr, lc, lr = self._logps(self.model, batch)
+        rc, rr = self.reference_logps(batch)
+        v = self.variant
+        return hdpo_loss(pc, pr, rc, rr, lc, lr, batch["d_chosen"], batch["d_rejected"], batch["weight"],
+                         beta=self.hdpo.beta, gamma=v.gamma, lam=v.lam, alpha=v.alpha, m_max=self.hdpo.m_max,
+                         label_smoothing=self.hdpo.label_smoothing, loss_type=self.hdpo.loss_type)
+
+    def training_step(self, batch, batch_idx):
+        loss, parts = self._loss(batch)
+        n = len(batch["weight"])
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
+        for name, value in parts.items():
+            self.log(f"train/{name}" if "/" not in name else name, value, sync_dist=True, batch_size=n)
+        self.history["train"].append((self.global_step + 1, float(loss.detach()),
+                                      float(parts["rewards/accuracies"])))
+        return loss
+
+    def on_validation_epoch_start(self):
+        self._acc = torch.zeros(len(self.bucket_names), dtype=torch.float64, device=self.device)
+        self._n = torch.zeros(len(self.bucket_names), dtype=torch.float64, device=self.device)
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch, batch_idx):
+        with torch.no_grad():
+            pc, pr, _, _ = self._logps(self.model, batch)
+            rc, rr = self.reference_logps(batch)
+            loss, _ = self._loss(batch)
+        correct = (((pc - rc) - (pr - rr)) > 0).double()
+        self._acc.index_add_(0, batch["bucket"], correct)
+        self._n.index_add_(0, batch["bucket"], torch.ones_like(correct))
+        self._loss_sum += loss.double() * len(correct)
+
+    def on_validation_epoch_end(self):
+        acc = self.trainer.strategy.reduce(self._acc, reduce_op="sum")
+        n = self.trainer.strategy.reduce(self._n, reduce_op="sum")
+        loss_sum = self.trainer.strategy.reduce(self._loss_sum, reduce_op="sum")
+        total = n.sum().clamp(min=1)
+        self.log("val/loss", (loss_sum / total).float())
+        self.log("val/rewards/accuracies", (acc.sum() / total).float())
+        per_bucket = {}
+        for i in torch.nonzero(n > 0).flatten().tolist():
+            per_bucket[self.bucket_names[i]] = float(acc[i] / n[i])
+            self.log(f"val_bucket_accuracy/{self.bucket_names[i]}", per_bucket[self.bucket_names[i]])
+        self.last_val = {"loss": float(loss_sum / total), "accuracy": float(acc.sum() / total),
+                         "per_bucket": per_bucket}
+        if not self.trainer.sanity_checking:
+            self.history["val"].append((self.global_step, float(loss_sum / total), float(acc.sum() / total)))
+
+    def configure_optimizers(self):
+        h = self.hdpo
+        return make_optimizer(self, h.lr, h.weight_decay, h.warmup_ratio, h.min_lr_ratio, self.total_steps)
+
+    def export(self, folder: Path, tokenizer) -> None:
+        model = self.model.merge_and_unload() if self.hdpo.lora.enabled and self.hdpo.lora.merge else self.model
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)

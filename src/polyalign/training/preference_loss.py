@@ -1,0 +1,61 @@
+"""The HDPO loss (DESIGN §8) as a pure function of summed response log-probs.
+
+For pair i with weight w_i (normalised over the whole dataset, mean 1), summed log-probs log pi and lengths |y|:
+
+    h_i = beta * [(log pi_theta(y_c) - log pi_ref(y_c)) - (log pi_theta(y_r) - log pi_ref(y_r))]
+    m_i = gamma * clip(d_r,i - d_c,i, 0, m_max)                     critic offset (ODPO-style)
+    L   = mean_i w_i * [-log sigma(h_i - m_i)]                      preference term
+        + lam * mean_i [p_i * d_c,i + (1 - p_i) * d_r,i]            distribution regulariser
+        + alpha * mean_i [-log pi_theta(y_c) / |y_c|]                NLL anchor on the human answer
+    p_i = sigma(beta * (lbar_theta(y_c) - lbar_ref(y_c) - lbar_theta(y_r) + lbar_ref(y_r))),  lbar = log pi / |y|
+
+With gamma = lam = alpha = 0 and w = 1 this is standard sigmoid DPO. The regulariser uses reference-adjusted,
+length-normalised log-ratios, so p does not saturate on long answers (the paper's raw summed log-prob gap did,
+which froze its regulariser). `label_smoothing` gives conservative DPO; `loss_type: ipo` the IPO loss
+(h / beta - (1 / (2 beta) + m))^2 for comparison.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def hdpo_loss(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor, len_chosen: torch.Tensor, len_rejected: torch.Tensor, d_chosen: torch.Tensor,
+    d_rejected: torch.Tensor, weights: torch.Tensor | None = None, *, beta: float, gamma: float = 0.0,
+    lam: float = 0.0, alpha: float = 0.0, m_max: float = 2.0, label_smoothing: float = 0.0,
+    loss_type: str = "sigmoid",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss (a scalar) and its parts (detached scalars for logging)."""
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
+    logits = chosen_ratio - rejected_ratio
+    h = beta * logits
+    offset = gamma * torch.clamp(d_rejected - d_chosen, min=0.0, max=m_max)
+    if loss_type == "sigmoid":
+        preference = (-(1 - label_smoothing) * F.logsigmoid(h - offset)
+                      - label_smoothing * F.logsigmoid(-(h - offset)))
+    elif loss_type == "ipo":
+        preference = (logits - (1 / (2 * beta) + offset)) ** 2
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}")
+    w = torch.ones_like(preference) if weights is None else weights
+    preference_term = (w * preference).mean()
+
+    lc, lr = len_chosen.clamp(min=1), len_rejected.clamp(min=1)
+    p = torch.sigmoid(beta * (chosen_ratio / lc - rejected_ratio / lr))
+    regulariser = (p * d_chosen + (1 - p) * d_rejected).mean()
+    nll = (-policy_chosen / lc).mean()
+    loss = preference_term + lam * regulariser + alpha * nll
+
+    parts = {
+        "preference": preference_term, "hdpo/offset": offset.mean(), "hdpo/reg": regulariser, "hdpo/nll": nll,
+        "hdpo/dist_gap": (d_rejected - d_chosen).mean(), "rewards/chosen": (beta * chosen_ratio).mean(),
+        "rewards/rejected": (beta * rejected_ratio).mean(), "rewards/accuracies": (h > 0).float().mean(),
+        "rewards/margins": h.mean(), "logps/chosen": policy_chosen.mean(), "logps/rejected": policy_rejected.mean(),
+    }
+    return loss, {k: v.detach() for k, v in parts.items()}

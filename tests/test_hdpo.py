@@ -1,0 +1,140 @@
+"""Batched generation, the pairs stage and HDPO/DPO training on a tiny bilingual project."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from polyalign.generation import generate
+from polyalign.modeling.prompts import PromptRenderer
+from polyalign.params import load_params
+from polyalign.stages import bucketize, fit_critic, pairs, prepare, sft
+from polyalign.stages import init as init_stage
+from polyalign.training.preference import score_examples
+from sft_project import cli, copy_project, write_tiny_params
+
+EXTRA = {"critic": {"epochs": 3}, "generation": {"max_new_tokens": 16, "batch_size": 16},
+         "pairs": {"max_prompts": 64}, "hdpo": {"epochs": 2, "batch_size": 8, "lr": 0.002}}
+
+
+@pytest.fixture(scope="module")
+def paired_project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hdpo")
+    write_tiny_params(root, **EXTRA)
+    params = load_params(root / "params.yaml")
+    prepare.run(params, root)
+    bucketize.run(params, root)
+    init_stage.run(params, root)
+    sft.run(params, "bucket", root=root)
+    fit_critic.run(params, root)
+    pairs.run(params, root)
+    return root
+
+
+def renderer_for(path):
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return tokenizer, PromptRenderer(tokenizer, "observable", 64, 96)
+
+
+def test_batched_greedy_generation_equals_one_prompt_at_a_time(paired_project):
+    path = paired_project / "models/sft/bucket"
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer, renderer = renderer_for(path)
+    records = pq.read_table(paired_project / "data/buckets/val.parquet").to_pylist()[:12]
+    prompts = [renderer.prompt_ids(r) for r in records]
+    assert len({len(p) for p in prompts}) > 1  # different lengths: left padding matters
+    batched = generate(model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=12, temperature=0,
+                       batch_size=6, progress=False)
+    single = [generate(model, tokenizer, [p], stop_ids=renderer.eot_ids, max_new_tokens=12, temperature=0,
+                       batch_size=1, progress=False)[0] for p in prompts]
+    assert batched == single
+    sampled = generate(model, tokenizer, prompts[:3], stop_ids=renderer.eot_ids, max_new_tokens=12, num_samples=2,
+                       batch_size=3, seed=1, progress=False)
+    assert [len(s) for s in sampled] == [2, 2, 2]
+    again = generate(model, tokenizer, prompts[:3], stop_ids=renderer.eot_ids, max_new_tokens=12, num_samples=2,
+                     batch_size=3, seed=1, progress=False)
+    assert sampled == again  # seeded
+
+
+def test_pairs_hold_human_chosen_sampled_rejected_distances_weights_and_reference_logps(paired_project):
+    report = json.loads((paired_project / "reports/pairs.json").read_text())
+    rows = pq.read_table(paired_project / "data/pairs/train.parquet").to_pylist()
+    assert report["train_pairs"] == len(rows) and len(rows) + sum(report["train_dropped"].values()) >= 64
+    buckets = pq.read_table(paired_project / "data/buckets/train.parquet").to_pylist()
+    human = {r["id"]: r["human_answer"] for r in buckets}
+    assert all(r["chosen"] == human[r["id"]] and r["rejected"] and r["rejected"] != r["chosen"] for r in rows)
+    assert np.mean([r["weight"] for r in rows]) == pytest.approx(1.0)
+    assert all(r["d_chosen"] >= 0 and r["d_rejected"] >= 0 for r in rows)
+    # precomputed reference log-probs equal those of the reference model computed on the fly
+    path = paired_project / "models/sft/bucket"
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer, renderer = renderer_for(path)
+    examples = [renderer.example({**r, "human_answer": r["chosen"]}) for r in rows[:10]]
+    np.testing.assert_allclose(score_examples(model, examples, tokenizer.pad_token_id),
+                               [r["ref_chosen_logp"] for r in rows[:10]], rtol=1e-5)
+
+
+def test_lora_disabled_adapter_equals_the_base_model(paired_project):
+    from polyalign.params import LoraParams
+    from polyalign.training.sft import lora_wrap
+
+    path = paired_project / "models/sft/bucket"
+    base = AutoModelForCausalLM.from_pretrained(path).eval()
+    wrapped = lora_wrap(AutoModelForCausalLM.from_pretrained(path), LoraParams(enabled=True)).eval()
+    with torch.no_grad():  # make the adapter non-trivial
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.1)
+    ids = torch.tensor([[1, 5, 9, 20, 33]])
+    with torch.no_grad():
+        assert not torch.allclose(wrapped(ids).logits, base(ids).logits)
+        with wrapped.disable_adapter():
+            assert torch.allclose(wrapped(ids).logits, base(ids).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["hdpo", "dpo"])
+def test_short_preference_run_learns_the_pairs_and_exports_plain_transformers(paired_project, tmp_path, variant):
+    project = copy_project(paired_project, tmp_path / "p")
+    cli(["hdpo", "--variant", variant, "--beta", "0.2"], project)
+    report = json.loads((project / f"reports/hdpo/{variant}.json").read_text())
+    assert report["train_reward_accuracy_last_10pct"] > 0.5 and report["beta"] == 0.2
+    assert report["val_reward_accuracy_per_bucket"]
+    before = AutoModelForCausalLM.from_pretrained(project / "models/sft/bucket").state_dict()
+    after = AutoModelForCausalLM.from_pretrained(project / f"models/hdpo/{variant}").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_frozen_reference_trains_like_precomputed(paired_project, tmp_path):
+    a = copy_project(paired_project, tmp_path / "a")
+    b = copy_project(paired_project, tmp_path / "b")
+    cli(["hdpo", "--variant", "dpo", "--set", "hdpo.max_steps=4"], a)
+    cli(["hdpo", "--variant", "dpo", "--set", "hdpo.max_steps=4", "--set", "hdpo.reference=frozen"], b)
+    ca = (a / "reports/hdpo/dpo/train.csv").read_text().splitlines()[1:]
+    cb = (b / "reports/hdpo/dpo/train.csv").read_text().splitlines()[1:]
+    np.testing.assert_allclose([float(x.split(",")[1]) for x in ca], [float(x.split(",")[1]) for x in cb],
+                               rtol=1e-4)
+
+
+@pytest.mark.parametrize(("setup", "args", "message"), [
+    ("drop_column", ["hdpo"], "lacks columns ['d_rejected']"),
+    (None, ["hdpo", "--beta", "0"], "hdpo.beta = 0"),
+    ("no_sft", ["hdpo"], "the SFT model"),
+    ("no_sft", ["pairs"], "not found in"),
+    (None, ["hdpo", "--variant", "nope", "--gamma", "1"], "no variant 'nope'"),
+])
+def test_bad_preference_input_exits_2(paired_project, tmp_path, setup, args, message):
+    project = copy_project(paired_project, tmp_path / "p")
+    if setup == "drop_column":
+        path = project / "data/pairs/train.parquet"
+        table = pq.read_table(path)
+        pq.write_table(table.drop(["d_rejected"]), path)
+    if setup == "no_sft":
+        import shutil
+
+        shutil.rmtree(project / "models/sft/bucket")
+    result = cli(args, project, check=False)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
