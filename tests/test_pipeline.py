@@ -42,12 +42,15 @@ def repo(tmp_path_factory) -> Path:
     write_tiny_params(path, data={"sources": [{"kind": "chatterbot", "languages": ["english", "chinese"],
                                                "categories": ["greetings", "ai", "emotion", "food", "trivia"]}]},
                       logging={"progress": False, "wandb": {"mode": "offline", "project": "polyalign",
-                                                            "entity": None}})
+                                                            "entity": None}},
+                      generation={"max_new_tokens": 16, "batch_size": 32}, pairs={"max_prompts": 48},
+                      hdpo={"epochs": 1})
     sh(["git", "init", "-q", "-b", "main"], path)
     sh(["git", "add", "-A"], path)
     sh(["git", "commit", "-qm", "project"], path)
     first = sh(["dvc", "repro"], path)
-    for stage in ("prepare", "bucketize", "init", "sft@global", "sft@bucket", "fit-critic"):
+    for stage in ("prepare", "bucketize", "init", "sft@global", "sft@bucket", "fit-critic", "pairs", "hdpo@dpo",
+                  "hdpo@hdpo"):
         assert f"Running stage '{stage}'" in first.stdout, stage
     sh(["git", "add", "-A"], path)
     sh(["git", "commit", "-qm", "repro"], path)
@@ -60,14 +63,16 @@ def test_repro_writes_bucketed_bilingual_data_models_and_reports(repo):
     for name in ("data/prepared/train.parquet", "data/buckets/test.parquet", "reports/buckets.md",
                  "reports/prepare.json", "reports/plots/buckets.png", "models/base/model.safetensors",
                  "models/sft/global/model.safetensors", "models/sft/bucket/config.json", "reports/sft/bucket.json",
-                 "reports/sft/global/train_loss.csv", "models/critic/model.safetensors", "reports/critic.json"):
+                 "reports/sft/global/train_loss.csv", "models/critic/model.safetensors", "reports/critic.json",
+                 "data/pairs/train.parquet", "reports/pairs.json", "models/hdpo/dpo/model.safetensors",
+                 "reports/hdpo/hdpo.json"):
         assert (repo / name).is_file(), name
     tracked = sh(["git", "ls-files"], repo).stdout.split()
     assert not [t for t in tracked if t.startswith(("data/prepared", "data/buckets", "reports/", "models/",
                                                      "checkpoints/", "logs/")) and not t.endswith(".gitignore")]
     # one W&B offline run per training stage and variant
     runs = [next(run.glob("*.wandb")).read_bytes() for run in (repo / "logs/wandb").glob("offline-run-*")]
-    for name in (b"sft-global", b"sft-bucket", b"critic-default"):
+    for name in (b"sft-global", b"sft-bucket", b"critic-default", b"hdpo-dpo", b"hdpo-hdpo"):
         assert sum(name in run for run in runs) == 1, name
 
 
@@ -96,6 +101,15 @@ def test_exp_run_of_one_variant_reruns_only_that_variant(repo):
     assert "alpha05" in sh(["dvc", "exp", "show", "--csv"], repo).stdout
 
 
+def test_exp_run_hdpo_beta_reruns_only_the_preference_stages(repo):
+    run = sh(["dvc", "exp", "run", "-S", "hdpo.beta=0.2", "-n", "beta02"], repo)
+    assert "Running stage 'hdpo@dpo'" in run.stdout and "Running stage 'hdpo@hdpo'" in run.stdout
+    for stage in ("prepare", "bucketize", "init", "sft@global", "sft@bucket", "fit-critic", "pairs"):
+        assert f"Running stage '{stage}'" not in run.stdout, stage
+    shown = sh(["dvc", "exp", "show", "--csv"], repo).stdout
+    assert "beta02" in shown and "val_reward_accuracy" in shown
+
+
 def test_exp_run_with_a_param_reruns_only_what_depends_on_it(repo):
     run = sh(["dvc", "exp", "run", "-S", "buckets.min_bucket_size=50", "-n", "min50"], repo)
     assert "Running stage 'bucketize'" in run.stdout and "Running stage 'prepare'" not in run.stdout
@@ -115,7 +129,7 @@ def test_stage_by_hand_equals_stage_by_dvc(repo, tmp_path):
 
 def test_cli_help_explains_every_command():
     result = sh([sys.executable, "-m", "polyalign", "--help"], ROOT)
-    for command in ("prepare", "bucketize", "init", "sft", "fit-critic", "params"):
+    for command in ("prepare", "bucketize", "init", "sft", "fit-critic", "pairs", "hdpo", "params"):
         assert command in result.stdout
-    for command in ("prepare", "bucketize", "init", "sft", "fit-critic"):
+    for command in ("prepare", "bucketize", "init", "sft", "fit-critic", "pairs", "hdpo"):
         assert "params" in sh([sys.executable, "-m", "polyalign", command, "--help"], ROOT).stdout
