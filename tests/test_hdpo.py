@@ -138,3 +138,21 @@ def test_bad_preference_input_exits_2(paired_project, tmp_path, setup, args, mes
     result = cli(args, project, check=False)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_users_own_preference_file_replaces_sampling(paired_project, tmp_path):
+    project = copy_project(paired_project, tmp_path / "p")
+    rows = [{"question": f"Question {i}?", "chosen": "A careful, human answer.", "rejected": "no",
+             "language": "en", "track": "single", "family": "qa", "length_bin": "short"} for i in range(30)]
+    path = project / "mine.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cli(["pairs", "--set", f"pairs.preference_file={path}"], project)
+    report = json.loads((project / "reports/pairs.json").read_text())
+    assert report["source"] == "file" and report["train_pairs"] + report["val_pairs"] == 30
+    train = pq.read_table(project / "data/pairs/train.parquet").to_pylist()
+    assert {r["chosen"] for r in train} == {"A careful, human answer."} and train[0]["bucket_id"] == "en|single|qa|short"
+    assert "ref_chosen_logp" in train[0]
+    bad = project / "bad.jsonl"
+    bad.write_text(json.dumps({**rows[0], "chosen": 3}) + "\n")
+    result = cli(["pairs", "--set", f"pairs.preference_file={bad}"], project, check=False)
+    assert result.returncode == 2 and "bad.jsonl:1: field 'chosen' must be a string" in result.stderr

@@ -145,8 +145,9 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     for offset, split in enumerate(("train", "val")):
         dropped: Counter = Counter()
         if user_rows is not None:
-            rng = np.random.default_rng(params.seed)
-            is_val = rng.random(len(user_rows)) < 0.1
+            is_val = np.random.default_rng(params.seed).random(len(user_rows)) < 0.1  # a 10% validation share
+            if len(user_rows) > 1 and not is_val.any():
+                is_val[-1] = True
             pairs = [dict(r) for r, v in zip(user_rows, is_val) if v == (split == "val")]
         else:
             records = read_records(root / params.paths.buckets / f"{split}.parquet", cfg.max_prompts, params.seed)
