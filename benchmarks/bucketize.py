@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import yaml
-from results_io import write_result
+from common import write_result
 
 from polyalign.buckets.features import FEATURE_NAMES, compute_features
 from polyalign.buckets.references import References

@@ -16,14 +16,11 @@ import time
 from pathlib import Path
 
 from bucketize import synthetic_records
-from results_io import write_result
+from common import ROOT, default_project, write_result
 
 from polyalign.critic.model import Critic
-from polyalign.params import load_params
-from polyalign.stages import bucketize, fit_critic, prepare
+from polyalign.stages import fit_critic
 from polyalign.text import count_tokens, length_bin
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -33,9 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        params = load_params(ROOT / "params.yaml", ["logging.progress=false", "logging.wandb.mode=disabled"])
-        prepare.run(params, root)
-        bucketize.run(params, root)
+        params = default_project(root, with_model=False)
         fit_critic.run(params, root)
         critic = Critic.load(root / "models/critic")
         bins = params.data.length_bins

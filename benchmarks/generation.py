@@ -15,16 +15,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
-from results_io import write_result
+from common import ROOT, default_project, write_result
 
 from polyalign.generation import generate
 from polyalign.modeling.model import load_model_dir
 from polyalign.modeling.prompts import PromptRenderer
-from polyalign.params import load_params
-from polyalign.stages import bucketize, prepare
-from polyalign.stages import init as init_stage
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -37,10 +32,7 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        params = load_params(ROOT / "params.yaml", ["logging.progress=false"])
-        prepare.run(params, root)
-        bucketize.run(params, root)
-        init_stage.run(params, root)
+        params = default_project(root)
         model, tokenizer = load_model_dir(root / "models/base")
         renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
                                   params.prompt.max_tokens)

@@ -28,19 +28,19 @@ import lightning as L
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from results_io import write_result
+from common import ROOT, default_project, write_result
 
 from polyalign.buckets.features import compute_features
 from polyalign.buckets.references import References
 from polyalign.modeling.model import load_model_dir
 from polyalign.modeling.prompts import PromptRenderer, chat_messages
-from polyalign.params import load_params
-from polyalign.stages import bucketize, prepare
-from polyalign.stages import init as init_stage
-from polyalign.training.preference import (PairCollator, PreferenceModule, encode_pair, pair_dataloader,
-                                           score_examples)
-
-ROOT = Path(__file__).resolve().parents[1]
+from polyalign.training.preference import (
+    PairCollator,
+    PreferenceModule,
+    encode_pair,
+    pair_dataloader,
+    score_examples,
+)
 
 
 class StepTimer(L.Callback):
@@ -135,10 +135,7 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        params = load_params(ROOT / "params.yaml", ["logging.progress=false"])
-        prepare.run(params, root)
-        bucketize.run(params, root)
-        init_stage.run(params, root)
+        params = default_project(root)
         model_dir = root / "models/base"
         model, tokenizer = load_model_dir(model_dir)
         renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,

@@ -17,14 +17,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from results_io import write_result
+from common import ROOT, default_project, write_result
 
-from polyalign.params import load_params
-from polyalign.stages import bucketize, prepare, sft
-from polyalign.stages import init as init_stage
+from polyalign.stages import sft
 from polyalign.training.data import SFTDataModule
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def padding_per_batch(data: SFTDataModule) -> np.ndarray:
@@ -43,11 +39,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        params = load_params(ROOT / "params.yaml", ["logging.progress=false", "logging.wandb.mode=disabled",
-                                                    f"sft.max_steps={args.steps}"])
-        prepare.run(params, root)
-        bucketize.run(params, root)
-        init_stage.run(params, root)
+        params = default_project(root, [f"sft.max_steps={args.steps}"])
         for variant in ("global", "bucket"):
             v = params.sft.variants[variant]
             data = SFTDataModule(root / params.paths.buckets, root / "models/base", params.prompt, params.sft, v,
