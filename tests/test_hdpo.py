@@ -156,3 +156,16 @@ def test_users_own_preference_file_replaces_sampling(paired_project, tmp_path):
     bad.write_text(json.dumps({**rows[0], "chosen": 3}) + "\n")
     result = cli(["pairs", "--set", f"pairs.preference_file={bad}"], project, check=False)
     assert result.returncode == 2 and "bad.jsonl:1: field 'chosen' must be a string" in result.stderr
+
+
+def test_lora_reference_trains_and_merges(paired_project, tmp_path):
+    project = copy_project(paired_project, tmp_path / "p")
+    cli(["hdpo", "--variant", "hdpo", "--set", "hdpo.reference=lora", "--set", "hdpo.lora.enabled=true",
+         "--set", "hdpo.max_steps=6", "--set", "hdpo.lr=0.01"], project)
+    out = project / "models/hdpo/hdpo"
+    assert not (out / "adapter_config.json").exists()
+    before = AutoModelForCausalLM.from_pretrained(project / "models/sft/bucket").state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all("proj" in k for k in changed)
+    assert json.loads((project / "reports/hdpo/hdpo.json").read_text())["reference"] == "lora"
