@@ -32,9 +32,12 @@ test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python benchmarks/bucketize.py
 	$(BIN)/python benchmarks/sft_throughput.py
 	$(BIN)/python benchmarks/critic_scoring.py
+	$(BIN)/python benchmarks/generation.py
+	$(BIN)/python benchmarks/preference_step.py
 
 clean-venv:
 	rm -rf $(VENV)
