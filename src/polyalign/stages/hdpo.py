@@ -8,7 +8,6 @@ and `reports/hdpo/<variant>.json`.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from pathlib import Path
@@ -22,7 +21,7 @@ from polyalign.log import console
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.params import Params
 from polyalign.training.preference import PairCollator, PreferenceModule, encode_pair, pair_dataloader
-from polyalign.training.trainer import build_trainer, check_devices, finish_loggers
+from polyalign.training.trainer import build_trainer, check_devices, finish_loggers, total_optimizer_steps
 
 REQUIRED = ("question", "chosen", "rejected", "bucket_id", "d_chosen", "d_rejected", "weight", "language",
             "track", "family", "length_bin")
@@ -70,12 +69,10 @@ def run(params: Params, variant: str, root: Path = Path(".")) -> dict | None:
     trainer = build_trainer(params, root, "hdpo", variant, max_epochs=h.epochs, max_steps=h.max_steps,
                             accumulate=h.accumulate_grad_batches, clip=h.gradient_clip_val, val_every_n_steps=0,
                             checkpoint_every=h.checkpoint_every_n_steps)
-    per_step = h.batch_size * trainer.world_size * h.accumulate_grad_batches
-    total_steps = h.epochs * math.ceil(len(train) / per_step)
-    if h.max_steps > 0:
-        total_steps = min(total_steps, h.max_steps)
+    train_loader = pair_dataloader(train, collate, h.batch_size, train=True, seed=params.seed, trainer=trainer)
+    total_steps = total_optimizer_steps(len(train_loader), h.epochs, h.accumulate_grad_batches, h.max_steps)
     module = PreferenceModule(str(start), h, v, buckets, total_steps)
-    trainer.fit(module, pair_dataloader(train, collate, h.batch_size, train=True, seed=params.seed, trainer=trainer),
+    trainer.fit(module, train_loader,
                 pair_dataloader(val, collate, h.batch_size, train=False, seed=params.seed, trainer=trainer))
     if not trainer.is_global_zero:
         return None

@@ -7,7 +7,6 @@ Writes `models/sft/<variant>/` (save_pretrained form), `reports/sft/<variant>.js
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from pathlib import Path
@@ -20,7 +19,7 @@ from polyalign.log import console
 from polyalign.params import Params
 from polyalign.training.data import SFTDataModule
 from polyalign.training.sft import SFTModule
-from polyalign.training.trainer import build_trainer, check_devices, finish_loggers
+from polyalign.training.trainer import build_trainer, check_devices, finish_loggers, total_optimizer_steps
 
 
 def variant_params(params: Params, variant: str):
@@ -50,10 +49,8 @@ def run(params: Params, variant: str, resume: bool = False, root: Path = Path(".
     trainer = build_trainer(params, root, "sft", variant, max_epochs=sft.epochs, max_steps=sft.max_steps,
                             accumulate=sft.accumulate_grad_batches, clip=sft.gradient_clip_val,
                             val_every_n_steps=sft.val_every_n_steps, checkpoint_every=sft.checkpoint_every_n_steps)
-    batches = len(data.train_sampler(world_size=trainer.world_size))
-    total_steps = sft.epochs * math.ceil(batches / sft.accumulate_grad_batches)
-    if sft.max_steps > 0:
-        total_steps = min(total_steps, sft.max_steps)
+    total_steps = total_optimizer_steps(len(data.train_sampler(world_size=trainer.world_size)), sft.epochs,
+                                        sft.accumulate_grad_batches, sft.max_steps)
     module = SFTModule(str(base), sft, v.balance, data.bucket_names, total_steps)
     trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None, weights_only=True)
     trainer.save_checkpoint(ckpt, weights_only=False)  # last.ckpt = the final state (the step checkpoints fire every n steps only)

@@ -3,6 +3,7 @@ checkpoints (last + best, for --resume), progress bar and the scale-out settings
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -73,6 +74,12 @@ def build_trainer(params: Params, root: Path, stage: str, variant: str, *, max_e
         )
     except (ValueError, TypeError, RuntimeError) as exc:  # Lightning's MisconfigurationException is a ValueError
         raise UserError(f"trainer settings rejected by Lightning: {exc}") from None
+
+
+def total_optimizer_steps(batches_per_epoch: int, epochs: int, accumulate: int, max_steps: int) -> int:
+    """Length of the LR schedule, from the dataloader we built (see `make_optimizer` for why not Lightning's)."""
+    total = epochs * math.ceil(batches_per_epoch / accumulate)
+    return min(total, max_steps) if max_steps > 0 else total
 
 
 def finish_loggers(trainer: L.Trainer) -> None:
