@@ -205,6 +205,43 @@ def hdpo(
     _run(action)
 
 
+@app.command()
+def evaluate(
+    max_prompts: Annotated[int | None, typer.Option(help="evaluate.max_prompts (0: the full test split)")] = None,
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = [],  # noqa: B006
+) -> None:
+    """Generate with every method of evaluate.methods on the same test prompts and decoding, score naturalness,
+    faithfulness and utility per bucket and slice with bootstrap intervals: reports/eval/, reports/metrics.json."""
+    named = [f"evaluate.max_prompts={max_prompts}"] * (max_prompts is not None)
+
+    def action() -> None:
+        from polyalign.stages import evaluate as stage
+
+        stage.run(_setup(params_file, [*named, *overrides]))
+
+    _run(action)
+
+
+@app.command()
+def report(
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = [],  # noqa: B006
+) -> None:
+    """Rebuild reports/eval/report.md, its plots, reports/metrics.json and the per-bucket CSVs from the JSON files
+    in reports/eval/ alone (no model is loaded)."""
+
+    def action() -> None:
+        from polyalign.evaluation import report as builder
+
+        params = _setup(params_file, overrides)
+        reports = Path(params.paths.reports)
+        builder.build(reports / "eval", reports, params.evaluate.compare)
+        console.print(f"report: {reports / 'eval' / 'report.md'}")
+
+    _run(action)
+
+
 def main() -> None:
     # Offline unless the user says otherwise: nothing may reach the hub or telemetry behind their back.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

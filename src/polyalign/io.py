@@ -4,6 +4,7 @@ never leaves a half-written artifact that DVC or a later stage would trust."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -55,3 +56,18 @@ def write_text(target: str | Path, text: str) -> None:
 
 def write_json(target: str | Path, data: Any) -> None:
     write_text(target, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def json_safe(data: Any) -> Any:
+    """NaN and infinities become null (they are not JSON), numpy scalars and tuples plain values."""
+    if isinstance(data, dict):
+        return {str(k): json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    if hasattr(data, "tolist"):  # numpy arrays and scalars
+        data = data.tolist()
+        if isinstance(data, list):
+            return json_safe(data)
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data

@@ -34,6 +34,7 @@ class PathsParams(Section):
     reports: str = "reports"
     checkpoints: str = Field("checkpoints", description="Lightning checkpoints for --resume (not a DVC output)")
     logs: str = Field("logs", description="CSV logs and W&B offline runs")
+    cache: str = Field("cache", description="generations kept across runs by evaluate (not a DVC output)")
 
 
 class WandbParams(Section):
@@ -285,7 +286,7 @@ class CriticParams(Section):
 
 
 class GenerationParams(Section):
-    """Decoding for pair sampling (and, later, evaluation): one batched, KV-cached generator."""
+    """Decoding settings of the one batched, KV-cached generator (pair sampling; evaluation has its own)."""
 
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(1.0, ge=0, description="0 decodes greedily")
@@ -343,6 +344,47 @@ class HdpoParams(Section):
         return self
 
 
+METHOD_PATTERN = r"^(base|sft@[\w.-]+|hdpo@[\w.-]+)$"
+
+
+class EvaluateParams(Section):
+    """`evaluate`: every method on the same test prompts with the same decoding, then the metrics (DESIGN §9)."""
+
+    methods: list[Annotated[str, Field(pattern=METHOD_PATTERN)]] = Field(
+        default_factory=lambda: ["sft@global", "sft@bucket", "hdpo@dpo", "hdpo@hdpo"], min_length=1,
+        description="base | sft@<variant> | hdpo@<variant>")
+    compare: list[tuple[str, str]] = Field(
+        default_factory=lambda: [("sft@bucket", "sft@global"), ("hdpo@hdpo", "hdpo@dpo")],
+        description="pairs (a, b): the report gives a - b with a paired bootstrap interval")
+    max_prompts: int = Field(0, ge=0, description="evaluate a seeded subset of the test split (0: all of it)")
+    generation: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=128))
+    bootstrap_resamples: int = Field(1000, ge=0, description="0: no intervals")
+    confidence: float = Field(0.95, gt=0, lt=1)
+    bng_cap: float = Field(3.0, gt=0, description="cap of each feature's gap in BNG")
+    hcr_core: list[str] = Field(
+        default_factory=lambda: ["n_tokens", "n_sentences", "sentence_tokens_mean", "punct_per_token", "distinct_1"],
+        min_length=1, description="features of the joint human-support coverage rate")
+    self_bleu_samples: int = Field(200, ge=1, description="hypotheses per bucket in self-BLEU")
+    c2st_min_n: int = Field(10, ge=2, description="smallest bucket that gets a classifier two-sample test")
+    c2st_folds: int = Field(5, ge=2)
+    mauve: Literal["auto", "off"] = Field("auto", description="auto: computed when the `mauve` extra is installed")
+    mauve_min_n: int = Field(20, ge=2, description="smallest bucket that gets a MAUVE score")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvaluateParams:
+        from polyalign.buckets.features import FEATURE_NAMES
+
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("evaluate.methods lists a method twice")
+        for a, b in self.compare:
+            if a not in self.methods or b not in self.methods or a == b:
+                raise ValueError(f"evaluate.compare: ({a}, {b}) must name two different methods of evaluate.methods")
+        unknown = [f for f in self.hcr_core if f not in FEATURE_NAMES]
+        if unknown:
+            raise ValueError(f"evaluate.hcr_core: unknown features {unknown}; known: {', '.join(FEATURE_NAMES)}")
+        return self
+
+
 class Params(Section):
     seed: int = 42
     paths: PathsParams = Field(default_factory=PathsParams)
@@ -357,6 +399,17 @@ class Params(Section):
     generation: GenerationParams = Field(default_factory=GenerationParams)
     pairs: PairsParams = Field(default_factory=PairsParams)
     hdpo: HdpoParams = Field(default_factory=HdpoParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+
+    @model_validator(mode="after")
+    def _methods_exist(self) -> Params:
+        for method in self.evaluate.methods:
+            stage, _, variant = method.partition("@")
+            known = {"sft": self.sft.variants, "hdpo": self.hdpo.variants}.get(stage)
+            if known is not None and variant not in known:
+                raise ValueError(f"evaluate.methods: {method!r} names no variant of {stage}.variants "
+                                 f"({', '.join(known)})")
+        return self
 
 
 # ----------------------------------------------------------------------------------------------------------

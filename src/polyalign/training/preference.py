@@ -39,18 +39,29 @@ def encode_pair(renderer: PromptRenderer, row: dict[str, Any]) -> dict[str, Any]
 
 
 @torch.no_grad()
-def score_examples(model, examples: list[dict[str, Any]], pad_id: int, batch_size: int = 16) -> np.ndarray:
-    """Summed response log-probs of examples (input_ids + labels) under `model`, batched."""
+def response_logps(model, examples: list[dict[str, Any]], pad_id: int,
+                   batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Summed response log-probs of examples (input_ids + labels) under `model` and their response token counts,
+    batched."""
     model.eval()
-    out = []
+    device = next(model.parameters()).device
+    sums, counts = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start: start + batch_size]
-        ids = pad([e["input_ids"] for e in chunk], pad_id)
-        labels = pad([e["labels"] for e in chunk], IGNORE_INDEX)
-        mask = pad([[1] * len(e["input_ids"]) for e in chunk], 0)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        out.append(sequence_logps(logits, labels)[0].double().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+        ids = pad([e["input_ids"] for e in chunk], pad_id).to(device)
+        labels = pad([e["labels"] for e in chunk], IGNORE_INDEX).to(device)
+        mask = pad([[1] * len(e["input_ids"]) for e in chunk], 0).to(device)
+        logps, n = sequence_logps(model(input_ids=ids, attention_mask=mask).logits, labels)
+        sums.append(logps.double().cpu().numpy())
+        counts.append(n.cpu().numpy())
+    if not sums:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    return np.concatenate(sums), np.concatenate(counts)
+
+
+def score_examples(model, examples: list[dict[str, Any]], pad_id: int, batch_size: int = 16) -> np.ndarray:
+    """Summed response log-probs of examples (input_ids + labels) under `model`, batched."""
+    return response_logps(model, examples, pad_id, batch_size)[0]
 
 
 class PairCollator:

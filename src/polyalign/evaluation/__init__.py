@@ -1,0 +1,1 @@
+"""Evaluation metrics (pure functions on lists and arrays) and the ablation report."""

@@ -1,0 +1,355 @@
+"""The ablation report, rebuilt from the evaluation JSON files alone (`polyalign report`): `reports/metrics.json`
+for `dvc metrics show` / `dvc exp show`, per-bucket CSVs for `dvc plots`, `reports/eval/report.md` with the tables
+and PNG plots, and the same tables in a W&B run."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from polyalign.errors import UserError
+from polyalign.evaluation.summary import GROUPS, SLICES, interval, naturalness_score, pareto_front, slice_of
+from polyalign.io import atomic_path, json_safe, write_json, write_text
+
+# (metric, column label, which way is better)
+HEADLINE = (("f1", "F1", "higher"), ("rouge_l", "ROUGE-L", "higher"), ("nll", "NLL", "lower"),
+            ("bng", "BNG", "lower"), ("hcr_joint_gap", "HCR gap", "lower"), ("length_w1", "Len W1", "lower"),
+            ("c2st", "C2ST", "lower"), ("tdm", "TDM", "higher"), ("nuf_score", "NUF", "higher"))
+METRICS_JSON = ("em", "em_norm", "f1", "rouge_l", "nll", "bng", "hcr_joint", "hcr_joint_gap", "length_w1",
+                "length_ks", "c2st", "tdm", "mauve", "distinct_2", "self_bleu", "critic_distance", "nuf_score")
+PLOT_METRICS = ("bng", "hcr_joint_gap", "f1")
+DIVERSITY = ("distinct_1", "distinct_2", "distinct_3", "self_bleu")
+
+
+def _num(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def load(folder: Path) -> tuple[dict, list[dict]]:
+    """human.json and the method files in their evaluation order; all must cover the same test ids."""
+    human_path = folder / "human.json"
+    if not human_path.is_file():
+        raise UserError(f"report: {human_path} not found (run `polyalign evaluate` first)")
+    human = json.loads(human_path.read_text(encoding="utf-8"))
+    results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))
+               if p.name != "human.json"]
+    if not results:
+        raise UserError(f"report: no method results in {folder} (run `polyalign evaluate` first)")
+    results.sort(key=lambda r: r["order"])
+    for r in results:
+        if r["test_ids"] != human["test_ids"]:
+            raise UserError(f"report: {r['method']} was scored on other test rows than the human reference "
+                            f"({r['n']} vs {human['n']}); rerun `polyalign evaluate`")
+    return human, results
+
+
+def value(result: dict, group: str, metric: str) -> float:
+    return _num(result["groups"][group].get(metric))
+
+
+def replicates(result: dict, group: str, metric: str) -> np.ndarray | None:
+    series = result["bootstrap"]["replicates"].get(group, {}).get(metric)
+    return np.array([_num(x) for x in series]) if series else None
+
+
+def difference(a: dict, b: dict, group: str, metric: str) -> tuple[float, float, float]:
+    """a - b with the interval of the paired bootstrap differences (the same resamples for every method)."""
+    diff = value(a, group, metric) - value(b, group, metric)
+    ra, rb = replicates(a, group, metric), replicates(b, group, metric)
+    if ra is None or rb is None or a["bootstrap"]["seed"] != b["bootstrap"]["seed"]:
+        return diff, float("nan"), float("nan")
+    low, high = interval(ra - rb, a["bootstrap"]["level"], diff)
+    return diff, low, high
+
+
+def metrics_json(results: Sequence[dict], compare: Sequence[Sequence[str]]) -> dict:
+    """Flat headline numbers per method: `<metric>` over all test rows (n-weighted over buckets) and
+    `<metric>_macro` (every bucket counts once), plus the compared differences."""
+    out: dict = {}
+    for r in results:
+        flat = {}
+        for metric in METRICS_JSON:
+            flat[metric] = value(r, "overall", metric)
+            flat[f"{metric}_macro"] = value(r, "macro", metric)
+        if "mauve_unconditional" in r["groups"]["overall"]:
+            flat["mauve_unconditional"] = _num(r["groups"]["overall"]["mauve_unconditional"])
+        out[r["method"]] = flat
+    by_name = {r["method"]: r for r in results}
+    pairs = [(a, b) for a, b in compare if a in by_name and b in by_name]
+    if pairs:
+        out["compare"] = {f"{a} - {b}": {f"{m}_macro": difference(by_name[a], by_name[b], "macro", m)[0]
+                                         for m, _, _ in HEADLINE} for a, b in pairs}
+    return out
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "—" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _cell(result: dict, group: str, metric: str) -> str:
+    v = value(result, group, metric)
+    low, high = (result.get("intervals", {}).get(group, {}).get(metric) or [None, None])
+    if math.isnan(v):
+        return "—"
+    if low is None or math.isnan(_num(low)):
+        return _fmt(v)
+    return f"{_fmt(v)} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def _label(result: dict) -> str:
+    return f"{result['method']} (oracle)" if result.get("oracle") else result["method"]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+def _overlap(a: dict, b: dict, group: str, metric: str) -> str:
+    ia = a.get("intervals", {}).get(group, {}).get(metric)
+    ib = b.get("intervals", {}).get(group, {}).get(metric)
+    if not ia or not ib or any(x is None or math.isnan(_num(x)) for x in (*ia, *ib)):
+        return "—"
+    return "yes" if ia[0] <= ib[1] and ib[0] <= ia[1] else "no"
+
+
+def _winners(results: Sequence[dict], group: str) -> list[list[str]]:
+    rows = []
+    for metric, label, better in HEADLINE:
+        scored = [(value(r, group, metric), r) for r in results if not math.isnan(value(r, group, metric))]
+        if len(scored) < 2:
+            continue
+        scored.sort(key=lambda s: s[0], reverse=better == "higher")
+        best, second = scored[0][1], scored[1][1]
+        diff, low, high = difference(best, second, group, metric)
+        verdict = "—" if math.isnan(low) else ("yes" if low <= 0 <= high else "no")
+        rows.append([label, f"{better} is better", _cell(best, group, metric), _label(best),
+                     _cell(second, group, metric), _label(second), _overlap(best, second, group, metric),
+                     f"{_fmt(diff)} [{_fmt(low)}, {_fmt(high)}]", verdict])
+    return rows
+
+
+def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[str]]) -> str:
+    first = results[0]
+    d = first["decoding"]
+    oracle = any(r.get("oracle") for r in results)
+    out = ["# PolyAlign evaluation report\n"]
+    if oracle:
+        out.append("> **ORACLE RUN** — `prompt.conditioning: oracle_length`: every prompt carried the human answer's "
+                   "length bin, which a deployed model cannot know. Do not compare these numbers with a "
+                   "non-oracle run.\n")
+    out.append(f"Every method answered the same **{first['n']} test prompts** (the ids are identical in every "
+               f"`<method>.json`), rendered by one prompt renderer (conditioning `{first['conditioning']}`) and "
+               f"decoded with the same settings: temperature {d['temperature']}, top-p {d['top_p']}, top-k "
+               f"{d['top_k']}, repetition penalty {d['repetition_penalty']}, at most {d['max_new_tokens']} new "
+               f"tokens, seed {first['seed']}. Intervals are {int(first['bootstrap']['level'] * 100)}% bootstrap "
+               f"intervals over {first['bootstrap']['resamples']} resamples within buckets, the same resamples for "
+               "every method.\n")
+    header = ["method", *[f"{label} ({'↑' if b == 'higher' else '↓'})" for _, label, b in HEADLINE]]
+    titles = {"overall": "All test rows (buckets weighted by size)", "macro": "Macro over buckets (each counts once)"}
+    for group in GROUPS:
+        n = first["groups"][group]["n"]
+        out.append(f"## {titles.get(group, 'Slice ' + group)} — n = {n}, {first['groups'][group]['buckets']} buckets\n")
+        if n == 0:
+            out.append("No test rows in this slice.\n")
+            continue
+        out.append(_table(header, [[_label(r), *[_cell(r, group, m) for m, _, _ in HEADLINE]] for r in results]))
+    by_name = {r["method"]: r for r in results}
+    rows = []
+    for a, b in compare:
+        if a in by_name and b in by_name:
+            for group in ("overall", "macro"):
+                for metric, label, better in HEADLINE:
+                    diff, low, high = difference(by_name[a], by_name[b], group, metric)
+                    if math.isnan(diff):
+                        continue
+                    excludes = "—" if math.isnan(low) else ("no" if low <= 0 <= high else "yes")
+                    rows.append([f"{a} − {b}", group, f"{label} ({better} is better)",
+                                 f"{_fmt(diff)} [{_fmt(low)}, {_fmt(high)}]", excludes])
+    if rows:
+        out.append("## Differences (paired bootstrap)\n")
+        out.append(_table(["comparison", "group", "metric", "a − b [interval]", "interval excludes 0"], rows))
+    for group in ("overall", "macro"):
+        rows = _winners(results, group)
+        if rows:
+            out.append(f"## Best method per metric ({group})\n")
+            out.append(_table(["metric", "direction", "best [interval]", "method", "runner-up [interval]", "method",
+                               "intervals overlap", "best − runner-up, paired [interval]", "contains 0"], rows))
+    out.append("## Diversity (all test rows; human answers first)\n")
+    div_rows = [["human", *[_fmt(_num(human["groups"]["overall"].get(m))) for m in DIVERSITY]]]
+    div_rows += [[_label(r), *[_fmt(value(r, "overall", m)) for m in DIVERSITY]] for r in results]
+    out.append(_table(["responses", "distinct-1", "distinct-2", "distinct-3", "self-BLEU-4"], div_rows))
+    out.append("## MAUVE\n")
+    if first.get("mauve") == "computed":
+        out.append(_table(["method", "conditional (per bucket, n-weighted)", "unconditional"],
+                          [[_label(r), _fmt(value(r, "overall", "mauve")),
+                            _fmt(_num(r["groups"]["overall"].get("mauve_unconditional")))] for r in results]))
+    else:
+        out.append(f"MAUVE {first.get('mauve')}.\n")
+    out.append("## Naturalness–utility frontier\n")
+    points = [(naturalness_score(value(r, "macro", "bng")), value(r, "overall", "rouge_l")) for r in results]
+    front = pareto_front(points)
+    out.append(_table(["method", "naturalness exp(−BNG macro)", "utility (ROUGE-L)", "NUF score", "on the frontier"],
+                      [[_label(r), _fmt(p[0]), _fmt(p[1]), _fmt(value(r, "overall", "nuf_score")),
+                        "yes" if f else "no"] for r, p, f in zip(results, points, front)]))
+    out.append("![frontier](frontier.png)\n")
+    out.append("## Per bucket\n")
+    buckets = sorted(human["buckets"])
+    rows = []
+    for b in buckets:
+        h = human["buckets"][b]
+        for r in results:
+            v = r["buckets"][b]
+            rows.append([b, str(v["n"]), _label(r), _fmt(_num(v.get("bng"))), _fmt(_num(v.get("hcr_joint"))),
+                         _fmt(_num(h.get("hcr_joint"))), _fmt(_num(v.get("length_mean")), 1),
+                         _fmt(_num(h.get("length_mean")), 1), _fmt(_num(v.get("f1"))), _fmt(_num(v.get("c2st")))])
+    out.append(_table(["bucket", "n", "method", "BNG", "HCR joint", "HCR joint (human)", "length",
+                       "length (human)", "F1", "C2ST"], rows))
+    out.append("![lengths per slice](lengths.png)\n\n![per-bucket metrics](per_bucket.png)\n")
+    out.append("## Diagnostics\n")
+    out.append("The critic's distance is shown for completeness only: HDPO optimised it, so it cannot judge HDPO.\n")
+    out.append(_table(["method", "critic distance", "empty predictions", "generated tokens", "cache",
+                       "generation s", "NLL s", "metrics s"],
+                      [[_label(r), _fmt(value(r, "overall", "critic_distance")),
+                        str(r["counts"]["empty_predictions"]), str(r["generated_tokens"]), r["cache"],
+                        *[_fmt(r["timing_s"][k], 1) for k in ("generation", "nll", "metrics")]] for r in results]))
+    out.append(METRIC_NOTES)
+    return "\n".join(out)
+
+
+METRIC_NOTES = """## What the metrics mean
+
+- **F1 / ROUGE-L / EM**: overlap with the human answer in words (English) or characters (Chinese); a row whose
+  human answer is empty is not scored (an empty prediction there is an abstention, counted apart).
+- **NLL**: the model's per-token negative log-likelihood of the human answers.
+- **BNG**: per bucket, the mean over non-constant features of W1(generated, human) / human std, each gap capped.
+- **HCR gap**: |share of generated responses inside the bucket's human support band on all core features − the
+  same share for the human answers|.
+- **Len W1**: Wasserstein-1 distance of response lengths (language-neutral tokens) from the human ones.
+- **C2ST**: held-out accuracy of a classifier telling human from generated responses (0.5 = indistinguishable),
+  on hashed word/character n-grams — not the critic's features. Buckets with too few rows are not tested.
+- **TDM**: multi-turn buckets only; similarity (1 = identical) of how responses couple to the user turn (length
+  ratio, lexical overlap, latent cosine).
+- **NUF**: harmonic mean of exp(−BNG) and ROUGE-L.
+"""
+
+
+def _plot_lengths(human: dict, results: Sequence[dict], path: Path) -> None:
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharey=True)
+    def lengths(examples: list[dict], slice_name: str) -> np.ndarray:
+        return np.sort([e["n_tokens"] for e in examples if slice_of(e["bucket_id"]) == slice_name])
+
+    for ax, slice_name in zip(axes.flat, SLICES):
+        human_lengths = lengths(human["examples"], slice_name)
+        ax.set_title(f"{slice_name} (n = {len(human_lengths)})")
+        if len(human_lengths) == 0:
+            ax.text(0.5, 0.5, "no test rows", ha="center", va="center", transform=ax.transAxes)
+            continue
+        ax.step(human_lengths, np.arange(1, len(human_lengths) + 1) / len(human_lengths), where="post",
+                color="black", linewidth=2.5, label="human")
+        for r in results:
+            x = lengths(r["examples"], slice_name)
+            ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", label=_label(r))
+        ax.set_xlabel("response length (language-neutral tokens)")
+        ax.set_ylabel("share of responses ≤ length")
+        ax.legend(fontsize=8)
+    fig.suptitle("Response length distributions per slice: human answers vs each method")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _plot_per_bucket(results: Sequence[dict], path: Path) -> None:
+    buckets = sorted(results[0]["buckets"])
+    fig, axes = plt.subplots(1, len(PLOT_METRICS), figsize=(6 * len(PLOT_METRICS), 1 + 0.45 * len(buckets) *
+                                                             max(1, len(results)) / 2), sharey=True)
+    height = 0.8 / len(results)
+    y = np.arange(len(buckets))
+    for ax, metric in zip(np.atleast_1d(axes), PLOT_METRICS):
+        for k, r in enumerate(results):
+            values = [_num(r["buckets"][b].get(metric)) for b in buckets]
+            ax.barh(y + k * height, np.nan_to_num(values), height=height, label=_label(r))
+        ax.set_title(metric)
+        ax.set_yticks(y + 0.4 - height / 2, [f"{b} (n={results[0]['buckets'][b]['n']})" for b in buckets], fontsize=8)
+        ax.invert_yaxis()
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _plot_frontier(results: Sequence[dict], path: Path) -> None:
+    points = [(naturalness_score(value(r, "macro", "bng")), value(r, "overall", "rouge_l")) for r in results]
+    front = pareto_front(points)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for r, (x, yv), on in zip(results, points, front):
+        ax.scatter([x], [yv], s=60, marker="o" if on else "x")
+        ax.annotate(_label(r), (x, yv), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    line = sorted(p for p, on in zip(points, front) if on)
+    if len(line) > 1:
+        ax.plot(*zip(*line), linestyle="--", color="grey")
+    ax.set_xlabel("naturalness exp(−BNG, macro)")
+    ax.set_ylabel("utility (ROUGE-L)")
+    ax.set_title("Naturalness–utility frontier (o: on the frontier)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def per_bucket_csv(results: Sequence[dict], metric: str) -> str:
+    lines = ["label,bucket,method,n,value"]
+    for b in sorted(results[0]["buckets"]):
+        for r in results:
+            v = r["buckets"][b]
+            x = _num(v.get(metric))
+            lines.append(f"{b} · {r['method']},{b},{r['method']},{v['n']},{'' if math.isnan(x) else f'{x:.6f}'}")
+    return "\n".join(lines) + "\n"
+
+
+def build(folder: Path, reports: Path, compare: Sequence[Sequence[str]]) -> dict:
+    """Write report.md and the PNGs into `folder` (where the JSON files are), `metrics.json` and the per-bucket
+    CSVs under `reports`."""
+    human, results = load(folder)
+    metrics = metrics_json(results, compare)
+    write_json(reports / "metrics.json", json_safe(metrics))
+    for metric in PLOT_METRICS:
+        write_text(reports / "plots" / f"eval_{metric}.csv", per_bucket_csv(results, metric))
+    _plot_lengths(human, results, folder / "lengths.png")
+    _plot_per_bucket(results, folder / "per_bucket.png")
+    _plot_frontier(results, folder / "frontier.png")
+    write_text(folder / "report.md", markdown(human, results, compare))
+    return {"metrics": metrics, "human": human, "results": results}
+
+
+def log_to_wandb(params, root: Path, built: dict) -> None:
+    """The ablation and per-bucket tables and the headline numbers as one W&B run (offline by default)."""
+    cfg = params.logging.wandb
+    if cfg.mode == "disabled":
+        return
+    import wandb
+
+    logs = root / params.paths.logs
+    logs.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(logs), job_type="evaluate",
+                     group="evaluate", name="evaluate", config=params.model_dump(mode="json"), tags=["evaluate"])
+    results = built["results"]
+    columns = ["method", "group", *[m for m, _, _ in HEADLINE]]
+    ablation = [[r["method"], g, *[value(r, g, m) for m, _, _ in HEADLINE]] for r in results for g in GROUPS]
+    buckets = [[r["method"], b, v["n"], *[_num(v.get(m)) for m, _, _ in HEADLINE]]
+               for r in results for b, v in sorted(r["buckets"].items())]
+    run.log({"eval/ablation": wandb.Table(columns=columns, data=ablation),
+             "eval/per_bucket": wandb.Table(columns=["method", "bucket", "n", *columns[2:]], data=buckets)})
+    run.summary.update({f"{method}/{k}": v for method, flat in built["metrics"].items() if method != "compare"
+                        for k, v in flat.items() if not math.isnan(v)})
+    run.finish()

@@ -1,0 +1,201 @@
+"""Stage `evaluate`: every method of `evaluate.methods` answers the same test prompts with the same renderer and
+the same decoding, and is scored against the human answers (DESIGN §9).
+
+Reads params: seed, paths, prompt, evaluate (and sft/hdpo variant names). Reads the test split and references
+(data/buckets), the critic (models/critic, a diagnostic only) and each method's model. Writes
+`reports/eval/<method>.json` (every number, intervals, bootstrap replicates, per-example responses),
+`reports/eval/human.json`, the report (see `polyalign.evaluation.report`) and a W&B run.
+
+Generations and the human answers' NLL are cached in `cache/eval/<method>/<key>.json`, keyed by the model's
+files, the prompts, the decoding settings and the seed: changing a metric setting reuses them, changing the
+model or the decoding regenerates. Prompts are rendered from the prompt fields only, so neither the human answer
+nor (unless `prompt.conditioning: oracle_length`, which the report labels) its length bin can reach a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from polyalign.buckets.references import References
+from polyalign.critic.encoders import NgramEncoder
+from polyalign.critic.model import Critic
+from polyalign.errors import UserError
+from polyalign.evaluation import report as report_builder
+from polyalign.evaluation.naturalness import mauve_available
+from polyalign.evaluation.suite import Settings, Side, EvalRows, human_values, summarise
+from polyalign.evaluation.summary import aggregate
+from polyalign.evaluation.utility import score_utility
+from polyalign.generation import generate
+from polyalign.io import atomic_path, json_safe, write_json
+from polyalign.log import console
+from polyalign.modeling.model import load_model_dir
+from polyalign.modeling.prompts import PromptRenderer
+from polyalign.params import Params
+from polyalign.training.preference import response_logps
+
+PROMPT_FIELDS = ("id", "language", "track", "family", "question", "context", "dialogue_history")
+TDM_ENCODER_TEXTS = 20_000  # train texts the latent space of the turn-coupling metric is fit on
+
+
+def prompt_record(record: dict, conditioning: str) -> dict:
+    """The fields a prompt may see: never the human answer; its length bin only under oracle conditioning."""
+    fields = PROMPT_FIELDS + (("length_bin",) if conditioning == "oracle_length" else ())
+    return {k: record[k] for k in fields}
+
+
+def model_dir(method: str, params: Params, root: Path) -> Path:
+    stage, _, variant = method.partition("@")
+    models = root / params.paths.models
+    return models / "base" if stage == "base" else models / stage / variant
+
+
+def folder_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        with path.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def _sha(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def read_test(params: Params, root: Path) -> list[dict]:
+    path = root / params.paths.buckets / "test.parquet"
+    if not path.is_file():
+        raise UserError(f"evaluate: {path} not found (run `polyalign bucketize` first)")
+    rows = sorted(pq.read_table(path).to_pylist(), key=lambda r: r["id"])
+    if not rows:
+        raise UserError(f"evaluate: {path} holds no test record")
+    limit = params.evaluate.max_prompts
+    if limit and len(rows) > limit:
+        keep = np.sort(np.random.default_rng(params.seed).choice(len(rows), size=limit, replace=False))
+        rows = [rows[i] for i in keep]
+    return rows
+
+
+def tdm_encoder(params: Params, root: Path) -> NgramEncoder:
+    """The latent space of the turn-coupling dynamics: character n-gram TF-IDF + SVD fit on training questions
+    and answers (a seeded sample), never on the test split."""
+    table = pq.read_table(root / params.paths.buckets / "train.parquet", columns=["question", "human_answer"])
+    texts = table.column("question").to_pylist() + table.column("human_answer").to_pylist()
+    if len(texts) > TDM_ENCODER_TEXTS:
+        keep = np.random.default_rng(params.seed).choice(len(texts), size=TDM_ENCODER_TEXTS, replace=False)
+        texts = [texts[i] for i in np.sort(keep)]
+    return NgramEncoder((1, 3), 20_000, 64, params.seed).fit(texts)
+
+
+def generations(method: str, records: list[dict], params: Params, root: Path) -> dict:
+    """The method's responses to the test prompts and its NLL of the human answers, from the cache when the
+    model files, prompts, decoding and seed are unchanged."""
+    folder = model_dir(method, params, root)
+    model, tokenizer = load_model_dir(folder, f"the model of {method}")
+    p, g = params.prompt, params.evaluate.generation
+    renderer = PromptRenderer(tokenizer, p.conditioning, p.max_prompt_tokens, p.max_tokens)
+    shown = [prompt_record(r, p.conditioning) for r in records]
+    prompts = [renderer.prompt_ids(r) for r in shown]
+    answers = [r["human_answer"] for r in records]
+    key = _sha({"model": folder_digest(folder), "prompts": prompts, "answers": answers, "decoding": g.model_dump(),
+                "seed": params.seed, "max_tokens": p.max_tokens})
+    cache = root / params.paths.cache / "eval" / method / f"{key[:24]}.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if cached.get("key") == key:
+            return {**cached, "cache": "hit", "model_dir": folder, "timing_s": {"generation": 0.0, "nll": 0.0}}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    start = time.perf_counter()
+    ids = generate(model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=g.max_new_tokens,
+                   temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, repetition_penalty=g.repetition_penalty,
+                   batch_size=g.batch_size, seed=params.seed, progress=params.logging.progress,
+                   description=f"evaluate: generating ({method})")
+    generated_s = time.perf_counter() - start
+    responses = [tokenizer.decode(sample[0], skip_special_tokens=True).strip() for sample in ids]
+    start = time.perf_counter()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else renderer.eot_ids[0]
+    examples = [renderer.example({**r, "human_answer": a}) for r, a in zip(shown, answers)]
+    logps, counts = response_logps(model, examples, pad_id, batch_size=g.batch_size)
+    nll_s = time.perf_counter() - start
+    result = {"key": key, "responses": responses, "generated_tokens": sum(len(s[0]) for s in ids),
+              "nll_sum": (-logps).tolist(), "nll_tokens": counts.tolist()}
+    write_json(cache, result)
+    return {**result, "cache": "miss", "model_dir": folder, "timing_s": {"generation": generated_s, "nll": nll_s}}
+
+
+def score_method(method: str, order: int, records: list[dict], test: EvalRows, human: Side, encoder,
+                 critic: Critic, settings: Settings, params: Params, root: Path) -> dict:
+    out = generations(method, records, params, root)
+    start = time.perf_counter()
+    responses = out["responses"]
+    gen = Side.build(responses, test, encoder)
+    scores = score_utility(responses, human.texts, test.languages)
+    scores.update(nll_sum=np.asarray(out["nll_sum"], dtype=np.float64),
+                  nll_tokens=np.asarray(out["nll_tokens"], dtype=np.float64),
+                  critic_distance=critic.distance(responses, test.bucket_ids, progress=False))
+    cfg = params.evaluate
+    summary = summarise(test, gen, human, scores, settings, cfg.bootstrap_resamples, cfg.confidence)
+    metrics_s = time.perf_counter() - start
+    lengths = gen.features[:, 0]
+    return {
+        "method": method, "order": order, "model_dir": str(out["model_dir"].relative_to(root)),
+        "conditioning": params.prompt.conditioning, "oracle": params.prompt.conditioning == "oracle_length",
+        "decoding": cfg.generation.model_dump(), "seed": params.seed, "n": len(records), "test_ids": test.ids,
+        "cache": out["cache"], "generated_tokens": out["generated_tokens"],
+        "timing_s": {**out["timing_s"], "metrics": metrics_s},
+        "counts": {"empty_predictions": int(scores["empty_prediction"].sum()),
+                   "empty_references": int(scores["empty_reference"].sum()),
+                   "abstentions": int((scores["empty_prediction"] & scores["empty_reference"]).sum())},
+        "mauve": "computed" if settings.mauve else (
+            "off (evaluate.mauve: off)" if cfg.mauve == "off" else
+            "not computed: install the optional GPL-3.0 extra with `pip install -e '.[mauve]'`"),
+        **summary,
+        "examples": [{"id": i, "bucket_id": b, "response": r, "n_tokens": int(n), "f1": f, "rouge_l": rl,
+                      "critic_distance": float(d)}
+                     for i, b, r, n, f, rl, d in zip(test.ids, test.bucket_ids, responses, lengths, scores["f1"],
+                                                     scores["rouge_l"], scores["critic_distance"])],
+    }
+
+
+def run(params: Params, root: Path = Path(".")) -> dict:
+    cfg = params.evaluate
+    missing = [m for m in cfg.methods if not (model_dir(m, params, root) / "config.json").is_file()]
+    if missing:
+        raise UserError(f"evaluate: no model for {', '.join(missing)} (run `dvc repro` or the stages that write "
+                        f"{', '.join(str(model_dir(m, params, root)) for m in missing)})")
+    records = read_test(params, root)
+    refs = References.load(root / params.paths.buckets / "references.json")
+    critic = Critic.load(root / params.paths.models / "critic")
+    encoder = tdm_encoder(params, root)
+    settings = Settings(cfg.bng_cap, cfg.self_bleu_samples, cfg.c2st_min_n, cfg.c2st_folds,
+                        cfg.mauve == "auto" and mauve_available(), cfg.mauve_min_n, params.seed)
+    test = EvalRows(records, refs, encoder, cfg.hcr_core)
+    human = Side.build([r["human_answer"] for r in records], test, encoder)
+    per_bucket = human_values(test, human, settings)
+    human_report = {
+        "n": len(records), "test_ids": test.ids, "buckets": per_bucket,
+        "groups": aggregate(per_bucket, test.counts(), [m for m in next(iter(per_bucket.values())) if m != "n"]),
+        "examples": [{"id": i, "bucket_id": b, "n_tokens": int(n)}
+                     for i, b, n in zip(test.ids, test.bucket_ids, human.features[:, 0])],
+    }
+    results = [score_method(m, k, records, test, human, encoder, critic, settings, params, root)
+               for k, m in enumerate(cfg.methods)]
+    reports = root / params.paths.reports
+    with atomic_path(reports / "eval", directory=True) as tmp:
+        write_json(tmp / "human.json", json_safe(human_report))
+        for result in results:
+            write_json(tmp / f"{result['method']}.json", json_safe(result))
+        built = report_builder.build(tmp, reports, cfg.compare)
+    report_builder.log_to_wandb(params, root, built)
+    timing = {r["method"]: {k: round(v, 2) for k, v in r["timing_s"].items()} for r in results}
+    console.print(f"evaluate: {len(cfg.methods)} methods on {len(records)} test prompts; seconds per method "
+                  f"(generation / nll / metrics): {timing}; report in {reports / 'eval' / 'report.md'}")
+    return built
