@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.image
 import pytest
 
 from conftest import ROOT
@@ -44,13 +45,14 @@ def repo(tmp_path_factory) -> Path:
                       logging={"progress": False, "wandb": {"mode": "offline", "project": "polyalign",
                                                             "entity": None}},
                       generation={"max_new_tokens": 16, "batch_size": 32}, pairs={"max_prompts": 48},
-                      hdpo={"epochs": 1})
+                      hdpo={"epochs": 1},
+                      evaluate={"generation": {"max_new_tokens": 16, "batch_size": 32}, "bootstrap_resamples": 100})
     sh(["git", "init", "-q", "-b", "main"], path)
     sh(["git", "add", "-A"], path)
     sh(["git", "commit", "-qm", "project"], path)
     first = sh(["dvc", "repro"], path)
     for stage in ("prepare", "bucketize", "init", "sft@global", "sft@bucket", "fit-critic", "pairs", "hdpo@dpo",
-                  "hdpo@hdpo"):
+                  "hdpo@hdpo", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout, stage
     sh(["git", "add", "-A"], path)
     sh(["git", "commit", "-qm", "repro"], path)
@@ -108,6 +110,40 @@ def test_exp_run_hdpo_beta_reruns_only_the_preference_stages(repo):
         assert f"Running stage '{stage}'" not in run.stdout, stage
     shown = sh(["dvc", "exp", "show", "--csv"], repo).stdout
     assert "beta02" in shown and "val_reward_accuracy" in shown
+
+
+def test_evaluation_scores_all_four_methods_into_metrics_report_plots_and_wandb(repo):
+    methods = {"sft@global", "sft@bucket", "hdpo@dpo", "hdpo@hdpo"}
+    shown = json.loads(sh(["dvc", "metrics", "show", "--json"], repo).stdout)
+    headline = next(v["data"]["reports/metrics.json"]["data"] for v in shown.values()
+                    if "reports/metrics.json" in v.get("data", {}))
+    assert methods <= set(headline)
+    assert all({"f1", "rouge_l", "nll", "bng_macro", "hcr_joint_gap_macro", "nuf_score"} <= set(headline[m])
+               for m in methods)
+    report = (repo / "reports/eval/report.md").read_text()
+    for slice_name in ("en/single", "en/multi", "zh/single", "zh/multi"):
+        assert f"Slice {slice_name}" in report
+    assert "hdpo@hdpo − hdpo@dpo" in report and "sft@bucket − sft@global" in report
+    ids = {json.dumps(json.loads((repo / f"reports/eval/{m}.json").read_text())["test_ids"]) for m in methods}
+    assert len(ids) == 1
+    for name in ("lengths.png", "per_bucket.png", "frontier.png"):
+        assert matplotlib.image.imread(repo / "reports/eval" / name).ndim == 3
+    plots = json.loads(sh(["dvc", "plots", "show", "--json"], repo).stdout)
+    assert not plots.get("errors") and any("eval_bng.csv" in key for key in plots["data"])
+    runs = [next(run.glob("*.wandb")).read_bytes() for run in (repo / "logs/wandb").glob("offline-run-*")]
+    assert any(b"eval/ablation" in run and b"eval/per_bucket" in run for run in runs)
+
+
+def test_exp_run_hdpo_gamma_changes_only_the_hdpo_headline_metrics(repo):
+    before = json.loads((repo / "reports/metrics.json").read_text())
+    run = sh(["dvc", "exp", "run", "-S", "hdpo.variants.hdpo.gamma=2", "-n", "gamma2"], repo)
+    assert "Running stage 'hdpo@hdpo'" in run.stdout and "Running stage 'evaluate'" in run.stdout
+    assert "Running stage 'hdpo@dpo'" not in run.stdout
+    after = json.loads((repo / "reports/metrics.json").read_text())
+    assert after["hdpo@dpo"] == before["hdpo@dpo"]  # same model, cached generations: the same numbers
+    assert after["hdpo@hdpo"]["bng_macro"] != before["hdpo@hdpo"]["bng_macro"]
+    shown = sh(["dvc", "exp", "show", "--csv"], repo).stdout
+    assert "gamma2" in shown and "hdpo@hdpo.bng_macro" in shown.splitlines()[0]
 
 
 def test_exp_run_with_a_param_reruns_only_what_depends_on_it(repo):

@@ -1,0 +1,134 @@
+"""The `evaluate` stage and `polyalign report` on a tiny bilingual project: same test ids for every method,
+no answer leakage into prompts, the oracle label, the generation cache, and a report rebuilt from JSON alone."""
+
+import json
+
+import matplotlib.image
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoTokenizer
+
+from polyalign.modeling.prompts import PromptRenderer
+from polyalign.params import load_params
+from polyalign.stages import bucketize, evaluate, fit_critic, prepare, sft
+from polyalign.stages import init as init_stage
+from sft_project import cli, copy_project, write_tiny_params
+
+EVALUATE = {"methods": ["base", "sft@bucket"], "compare": [["sft@bucket", "base"]], "bootstrap_resamples": 50,
+            "c2st_min_n": 6, "mauve": "off", "generation": {"max_new_tokens": 12, "batch_size": 16}}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    write_tiny_params(root, evaluate=EVALUATE)
+    params = load_params(root / "params.yaml")
+    prepare.run(params, root)
+    bucketize.run(params, root)
+    init_stage.run(params, root)
+    sft.run(params, "bucket", root=root)
+    fit_critic.run(params, root)
+    evaluate.run(params, root)
+    return root
+
+
+def results(root):
+    return {m: json.loads((root / "reports/eval" / f"{m}.json").read_text()) for m in EVALUATE["methods"]}
+
+
+def test_every_method_is_scored_on_the_same_full_test_split(project):
+    test_ids = sorted(pq.read_table(project / "data/buckets/test.parquet").column("id").to_pylist())
+    human = json.loads((project / "reports/eval/human.json").read_text())
+    assert human["test_ids"] == test_ids
+    for result in results(project).values():
+        assert result["test_ids"] == test_ids and result["n"] == len(test_ids)
+        assert [e["id"] for e in result["examples"]] == test_ids
+        assert result["decoding"] == results(project)["base"]["decoding"]
+        assert sum(b["n"] for b in result["buckets"].values()) == len(test_ids)
+        low, high = result["intervals"]["overall"]["f1"]
+        assert low <= result["groups"]["overall"]["f1"] <= high
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert set(metrics) == {"base", "sft@bucket", "compare"}
+    assert {"f1", "rouge_l", "nll", "bng_macro", "hcr_joint_gap_macro", "c2st", "tdm", "nuf_score"} <= set(
+        metrics["sft@bucket"])
+    assert "sft@bucket - base" in metrics["compare"]
+    assert metrics["sft@bucket"]["nll"] < metrics["base"]["nll"]  # SFT learnt the human answers
+
+
+def test_prompts_never_contain_the_answer_or_its_length_bin(project):
+    tokenizer = AutoTokenizer.from_pretrained(project / "models/sft/bucket")
+    records = pq.read_table(project / "data/buckets/test.parquet").to_pylist()
+    marker = {**records[0], "human_answer": "ZQXJ unique answer", "length_bin": "xlong"}
+    for conditioning in ("none", "observable"):
+        renderer = PromptRenderer(tokenizer, conditioning, 64, 96)
+        shown = evaluate.prompt_record(marker, conditioning)
+        assert "human_answer" not in shown and "length_bin" not in shown
+        text = renderer.prompt_text(shown)
+        assert "ZQXJ" not in text and "xlong" not in text and "length=" not in text
+        for record in records:
+            assert "length=" not in renderer.prompt_text(evaluate.prompt_record(record, conditioning))
+    oracle = PromptRenderer(tokenizer, "oracle_length", 64, 96)
+    text = oracle.prompt_text(evaluate.prompt_record(marker, "oracle_length"))
+    assert "length=xlong" in text and "oracle" in text and "ZQXJ" not in text
+
+
+def test_metric_changes_reuse_the_cached_generations_and_decoding_changes_regenerate(project, tmp_path):
+    root = copy_project(project, tmp_path / "p")
+    before = results(root)
+    assert {r["cache"] for r in before.values()} == {"miss"}
+    cli(["evaluate", "--set", "evaluate.bng_cap=1.5", "--set", "evaluate.bootstrap_resamples=20"], root)
+    again = results(root)
+    assert {r["cache"] for r in again.values()} == {"hit"}
+    for method in EVALUATE["methods"]:
+        assert [e["response"] for e in again[method]["examples"]] == [e["response"] for e in before[method]["examples"]]
+    cli(["evaluate", "--set", "evaluate.generation.top_p=0.5"], root)
+    assert {r["cache"] for r in results(root).values()} == {"miss"}
+
+
+def test_oracle_conditioning_is_labelled_in_the_report(project, tmp_path):
+    root = copy_project(project, tmp_path / "p")
+    cli(["evaluate", "--set", "prompt.conditioning=oracle_length"], root)
+    report = (root / "reports/eval/report.md").read_text()
+    assert "ORACLE RUN" in report and "sft@bucket (oracle)" in report
+    assert all(r["oracle"] and r["conditioning"] == "oracle_length" for r in results(root).values())
+    plain = (project / "reports/eval/report.md").read_text()
+    assert "ORACLE" not in plain and "(oracle)" not in plain
+
+
+def test_report_is_rebuilt_from_the_json_files_alone(project, tmp_path):
+    root = copy_project(project, tmp_path / "p")
+    original = (root / "reports/eval/report.md").read_text()
+    metrics = (root / "reports/metrics.json").read_text()
+    for name in ("report.md", "lengths.png", "per_bucket.png", "frontier.png"):
+        (root / "reports/eval" / name).unlink()
+    (root / "reports/metrics.json").unlink()
+    for path in (root / "models").rglob("*.safetensors"):  # no model is needed
+        path.unlink()
+    cli(["report"], root)
+    assert (root / "reports/eval/report.md").read_text() == original
+    assert (root / "reports/metrics.json").read_text() == metrics
+    for name in ("lengths.png", "per_bucket.png", "frontier.png"):
+        image = matplotlib.image.imread(root / "reports/eval" / name)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    for metric in ("bng", "hcr_joint_gap", "f1"):
+        lines = (root / f"reports/plots/eval_{metric}.csv").read_text().splitlines()
+        assert lines[0] == "label,bucket,method,n,value" and len(lines) > 2
+
+
+def test_report_refuses_methods_scored_on_other_test_rows(project, tmp_path):
+    root = copy_project(project, tmp_path / "p")
+    path = root / "reports/eval/base.json"
+    data = json.loads(path.read_text())
+    data["test_ids"] = data["test_ids"][1:]
+    path.write_text(json.dumps(data))
+    result = cli(["report"], root, check=False)
+    assert result.returncode == 2 and "other test rows" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_missing_model_or_unknown_method_exits_2_with_the_reason(project, tmp_path):
+    result = cli(["evaluate", "--set", "evaluate.methods=[sft@global]", "--set", "evaluate.compare=[]"], project,
+                 check=False)
+    assert result.returncode == 2 and "no model for sft@global" in result.stderr
+    result = cli(["evaluate", "--set", "evaluate.methods=[hdpo@nope]", "--set", "evaluate.compare=[]"], project,
+                 check=False)
+    assert result.returncode == 2 and "hdpo@nope" in result.stderr and "Traceback" not in result.stderr
