@@ -3,6 +3,7 @@ generated responses are the human ones."""
 
 import math
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -11,9 +12,8 @@ from polyalign.buckets.features import FEATURE_NAMES, compute_features
 from polyalign.buckets.references import References
 from polyalign.critic.encoders import NgramEncoder
 from polyalign.evaluation import diversity, naturalness, summary
-from polyalign.evaluation.suite import Settings, Side, EvalRows, bucket_values, summarise
+from polyalign.evaluation.suite import EvalRows, Settings, Side, bucket_values, summarise
 from polyalign.evaluation.utility import answer_units, lcs_length, rouge_l, score_utility, token_f1
-
 
 # ------------------------------------------------------------------------------------------------- utility
 
@@ -75,10 +75,9 @@ def test_self_bleu_by_hand():
     assert diversity.self_bleu([list("abcd"), list("abce")]) == pytest.approx(expected)
     # brevity penalty: "a b" against "a b c d" gives exp(1 - 4/2) times its precisions 1, 1, 0.1/1, 0.1/1
     short = (1 * 1 * 0.1 * 0.1) ** 0.25 * math.exp(1 - 2)
-    assert diversity.sentence_bleu([__import__("collections").Counter(diversity.ngrams(list("ab"), n + 1))
-                                    for n in range(4)], 2,
-                                   [{g: 1 for g in diversity.ngrams(list("abcd"), n + 1)} for n in range(4)], 4) \
-        == pytest.approx(short)
+    hyp = [Counter(diversity.ngrams(list("ab"), n + 1)) for n in range(4)]
+    clip = [dict.fromkeys(diversity.ngrams(list("abcd"), n + 1), 1) for n in range(4)]
+    assert diversity.sentence_bleu(hyp, 2, clip, 4) == pytest.approx(short)
     assert diversity.self_bleu([list("abcd")] * 3) == pytest.approx(1.0)  # copies of one another
     assert math.isnan(diversity.self_bleu([list("abcd"), []]))
 
@@ -86,8 +85,6 @@ def test_self_bleu_by_hand():
 def test_self_bleu_clipping_against_all_others_equals_a_direct_computation():
     rng = random.Random(1)
     texts = [[rng.choice("abc") for _ in range(rng.randint(1, 9))] for _ in range(12)]
-    from collections import Counter
-
     direct = []
     for i, hyp in enumerate(texts):
         refs = [t for j, t in enumerate(texts) if j != i]
@@ -131,7 +128,7 @@ def _sentences(rng: random.Random, words: list[str], n: int) -> list[str]:
 
 def test_c2st_is_chance_on_one_distribution_and_perfect_on_different_ones():
     rng = random.Random(0)
-    words = "the a cat dog runs sleeps on mat under table quickly slowly red blue".split()
+    words = ["the", "a", "cat", "dog", "runs", "sleeps", "on", "mat", "under", "table", "quickly", "slowly", "red", "blue"]
     one, two = _sentences(rng, words, 200), _sentences(rng, words, 200)
     assert abs(naturalness.c2st(one, two) - 0.5) < 0.1
     chinese = ["".join(rng.choice("我你他是的了在有人这中大为上个国") for _ in range(rng.randint(4, 12)))
