@@ -5,6 +5,7 @@ features (optional extra) and the multi-turn dynamics similarity TDM. Every func
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -98,6 +99,7 @@ def mauve_score(human: np.ndarray, generated: np.ndarray, seed: int = 0) -> floa
     """MAUVE (mauve-text, the optional `mauve` extra) on precomputed feature vectors: 1 = same distribution."""
     import mauve
 
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports every CPU feature probe at INFO
     if len(human) < 2 or len(generated) < 2:
         return float("nan")
     result = mauve.compute_mauve(p_features=np.asarray(human, dtype=np.float32),
