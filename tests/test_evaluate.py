@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
+from polyalign.buckets.features import FEATURE_NAMES
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.params import load_params
 from polyalign.stages import bucketize, evaluate, fit_critic, prepare, sft
@@ -45,6 +46,7 @@ def test_every_method_is_scored_on_the_same_full_test_split(project):
         assert [e["id"] for e in result["examples"]] == test_ids
         assert result["decoding"] == results(project)["base"]["decoding"]
         assert sum(b["n"] for b in result["buckets"].values()) == len(test_ids)
+        assert set(result["groups"]["overall"]["hcr_per_feature"]) == set(FEATURE_NAMES)
         low, high = result["intervals"]["overall"]["f1"]
         assert low <= result["groups"]["overall"]["f1"] <= high
     metrics = json.loads((project / "reports/metrics.json").read_text())

@@ -12,7 +12,7 @@ from polyalign.buckets.features import FEATURE_NAMES, compute_features
 from polyalign.buckets.references import References
 from polyalign.critic.encoders import NgramEncoder
 from polyalign.evaluation import diversity, naturalness, summary
-from polyalign.evaluation.suite import EvalRows, Settings, Side, bucket_values, summarise
+from polyalign.evaluation.suite import EvalRows, Settings, Side, bucket_values, per_feature_coverage, summarise
 from polyalign.evaluation.utility import answer_units, lcs_length, rouge_l, score_utility, token_f1
 
 # ------------------------------------------------------------------------------------------------- utility
@@ -120,6 +120,11 @@ def test_hcr_per_feature_and_joint_by_hand():
     assert inside.tolist() == [[True, False], [False, False], [True, True]]
     assert naturalness.hcr(inside, np.array([0, 1])) == {"hcr_mean": 0.5, "hcr_joint": pytest.approx(1 / 3)}
     assert naturalness.hcr(inside, np.array([0]))["hcr_joint"] == pytest.approx(2 / 3)
+    full = np.zeros((3, len(FEATURE_NAMES)), dtype=bool)
+    full[:, :2] = inside
+    per_feature = per_feature_coverage(full)
+    assert per_feature["n_tokens"] == pytest.approx(2 / 3) and per_feature["n_chars"] == pytest.approx(1 / 3)
+    assert per_feature["unit_entropy"] == 0.0
 
 
 def _sentences(rng: random.Random, words: list[str], n: int) -> list[str]:

@@ -187,6 +187,13 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
     div_rows = [["human", *[_fmt(_num(human["groups"]["overall"].get(m))) for m in DIVERSITY]]]
     div_rows += [[_label(r), *[_fmt(value(r, "overall", m)) for m in DIVERSITY]] for r in results]
     out.append(_table(["responses", "distinct-1", "distinct-2", "distinct-3", "self-BLEU-4"], div_rows))
+    out.append("## Human-support coverage per feature (all test rows)\n")
+    out.append("Share of responses inside the bucket's human support band [q10, q90] of the training answers; the "
+               "human test answers' own share is the target.\n")
+    coverage = [human["groups"]["overall"].get("hcr_per_feature", {})] + [
+        r["groups"]["overall"].get("hcr_per_feature", {}) for r in results]
+    out.append(_table(["feature", "human", *[_label(r) for r in results]],
+                      [[f, *[_fmt(_num(c.get(f)), 2) for c in coverage]] for f in coverage[0]]))
     out.append("## MAUVE\n")
     if first.get("mauve") == "computed":
         out.append(_table(["method", "conditional (per bucket, n-weighted)", "unconditional"],

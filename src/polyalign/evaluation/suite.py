@@ -116,6 +116,7 @@ def bucket_values(test: EvalRows, bucket: str, rows: np.ndarray, gen: Side, huma
         return v
     v["n"] = len(rows)
     v["hcr_mean"] = g_hcr["hcr_mean"]
+    v["hcr_per_feature"] = per_feature_coverage(gen.inside[rows])
     v["length_ks"] = naturalness.ks_statistic(g_feat[:, LENGTH], h_feat[:, LENGTH])
     v["length_mean"] = float(g_feat[:, LENGTH].mean())
     v["empty_prediction_share"] = float(scores["empty_prediction"][rows].mean())
@@ -131,6 +132,17 @@ def bucket_values(test: EvalRows, bucket: str, rows: np.ndarray, gen: Side, huma
     return v
 
 
+def per_feature_coverage(inside: np.ndarray) -> dict[str, float]:
+    """HCR of every feature: the share of responses inside the bucket's support band on that feature."""
+    return dict(zip(FEATURE_NAMES, np.asarray(inside, dtype=float).mean(axis=0).tolist()))
+
+
+def weighted_coverage(per_bucket: dict[str, dict]) -> dict[str, float]:
+    """Per-feature HCR over all rows: the buckets' values weighted by their size."""
+    total = sum(v["n"] for v in per_bucket.values())
+    return {f: sum(v["n"] * v["hcr_per_feature"][f] for v in per_bucket.values()) / total for f in FEATURE_NAMES}
+
+
 def human_values(test: EvalRows, human: Side, settings: Settings) -> dict[str, dict[str, float]]:
     """The human answers' own coverage, length and diversity per bucket (the target the methods aim at)."""
     out = {}
@@ -138,6 +150,7 @@ def human_values(test: EvalRows, human: Side, settings: Settings) -> dict[str, d
         units = [human.units[i] for i in rows]
         out[bucket] = {
             "n": len(rows), **naturalness.hcr(human.inside[rows], test.core),
+            "hcr_per_feature": per_feature_coverage(human.inside[rows]),
             "length_mean": float(human.features[rows, LENGTH].mean()),
             **{f"distinct_{n}": diversity.distinct_n(units, n) for n in (1, 2, 3)},
             "self_bleu": diversity.self_bleu(units, settings.self_bleu_samples, settings.seed),
@@ -158,6 +171,7 @@ def summarise(test: EvalRows, gen: Side, human: Side, scores: dict, settings: Se
     per_bucket = {b: bucket_values(test, b, rows, gen, human, scores, settings, full=True)
                   for b, rows in sorted(test.rows.items())}
     groups = _with_nuf(aggregate(per_bucket, counts, METRICS[:-1]))
+    groups["overall"]["hcr_per_feature"] = weighted_coverage(per_bucket)
     if settings.mauve:  # MAUVE of the pooled responses, blind to buckets (the per-bucket mean is conditional)
         root = test.refs.buckets[test.refs.resolve("*|*|*|*")]
         groups["overall"]["mauve_unconditional"] = naturalness.mauve_score(

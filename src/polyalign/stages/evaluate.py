@@ -29,7 +29,15 @@ from polyalign.critic.model import Critic
 from polyalign.errors import UserError
 from polyalign.evaluation import report as report_builder
 from polyalign.evaluation.naturalness import mauve_available
-from polyalign.evaluation.suite import Settings, Side, EvalRows, human_values, summarise
+from polyalign.evaluation.suite import (
+    HUMAN_METRICS,
+    EvalRows,
+    Settings,
+    Side,
+    human_values,
+    summarise,
+    weighted_coverage,
+)
 from polyalign.evaluation.summary import aggregate
 from polyalign.evaluation.utility import score_utility
 from polyalign.generation import generate
@@ -180,9 +188,10 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     test = EvalRows(records, refs, encoder, cfg.hcr_core)
     human = Side.build([r["human_answer"] for r in records], test, encoder)
     per_bucket = human_values(test, human, settings)
+    groups = aggregate(per_bucket, test.counts(), HUMAN_METRICS)
+    groups["overall"]["hcr_per_feature"] = weighted_coverage(per_bucket)
     human_report = {
-        "n": len(records), "test_ids": test.ids, "buckets": per_bucket,
-        "groups": aggregate(per_bucket, test.counts(), [m for m in next(iter(per_bucket.values())) if m != "n"]),
+        "n": len(records), "test_ids": test.ids, "buckets": per_bucket, "groups": groups,
         "examples": [{"id": i, "bucket_id": b, "n_tokens": int(n)}
                      for i, b, n in zip(test.ids, test.bucket_ids, human.features[:, 0])],
     }
