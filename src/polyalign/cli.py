@@ -68,12 +68,15 @@ def params(
 def prepare(
     on_invalid: Annotated[str | None, typer.Option(help="error | skip: what a malformed input row does")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the hashed train/val/test split")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="data.preset: default (data.sources) | paper-en | paper-zh | paper-all (the paper's hub corpora)")] = None,
     params_file: ParamsFile = Path("params.yaml"),
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
-    """Read the data sources (params: data.sources), clean, deduplicate and split them into
+    """Read the data sources (params: data.sources, or a data.preset), clean, deduplicate and split them into
     data/prepared/{train,val,test}.parquet; counts and every dropped record go to reports/prepare.json."""
     named = [f"data.on_invalid={on_invalid}"] * (on_invalid is not None) + [f"seed={seed}"] * (seed is not None)
+    named += [f"data.preset={preset}"] * (preset is not None)
 
     def action() -> None:
         from polyalign.stages import prepare as stage

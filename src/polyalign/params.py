@@ -93,11 +93,35 @@ class KdconvSource(_FileSource):
     language: Language | None = "zh"
 
 
+HF_DATASETS = ("dolly", "eli5", "ms_marco", "squad_v2", "natural_questions", "coqa", "daily_dialog", "multiwoz22",
+               "coig_cqia", "hc3_zh", "oasst2", "cmrc2018", "drcd", "dureader")
+
+
+class HfSource(Section):
+    """One of the paper's public corpora through `datasets.load_dataset`, mapped by its named adapter."""
+
+    kind: Literal["hf"]
+    dataset: Literal[HF_DATASETS] = Field(description="which adapter maps the rows")
+    path: str | None = Field(None, description="hub id or local folder/file; default: the adapter's hub id")
+    config: str | None = Field(None, description="dataset configuration; default: the adapter's (hub only)")
+    revision: str | None = Field(None, description="hub revision (branch, tag, commit); default: the adapter's")
+    data_files: dict[str, str | list[str]] | None = Field(
+        None, description="local files per official split, e.g. {train: dolly.jsonl} (offline use)")
+    splits: list[str] | None = Field(None, description="official splits to read; default: all of them")
+    max_rows: int = Field(0, ge=0, description="read at most this many rows per official split (0: all)")
+    name: str | None = Field(None, description="dataset label; default: the adapter's name")
+
+
 Source = Annotated[
-    ChatterbotSource | PolyalignSource | AlpacaSource | MessagesSource | SquadSource | KdconvSource,
+    ChatterbotSource | PolyalignSource | AlpacaSource | MessagesSource | SquadSource | KdconvSource | HfSource,
     Field(discriminator="kind"),
 ]
-SOURCE_KINDS = ("chatterbot", "polyalign", "alpaca", "messages", "squad", "kdconv")
+SOURCE_KINDS = ("chatterbot", "polyalign", "alpaca", "messages", "squad", "kdconv", "hf")
+PRESETS: dict[str, tuple[str, ...]] = {
+    "paper-en": ("dolly", "eli5", "ms_marco", "squad_v2", "natural_questions", "coqa", "daily_dialog", "multiwoz22"),
+    "paper-zh": ("coig_cqia", "hc3_zh", "oasst2", "cmrc2018", "drcd", "dureader"),
+}
+PRESETS["paper-all"] = PRESETS["paper-en"] + PRESETS["paper-zh"]
 
 
 class SplitRatios(Section):
@@ -136,6 +160,8 @@ class LengthBins(Section):
 class DataParams(Section):
     """`prepare`: which sources to read and how to turn them into clean, split records."""
 
+    preset: Literal["default", "paper-en", "paper-zh", "paper-all"] = Field(
+        "default", description="default: the sources below; paper-*: the paper's corpora (replace the sources)")
     sources: list[Source] = Field(default_factory=lambda: [ChatterbotSource()], min_length=1)
     on_invalid: Literal["error", "skip"] = Field(
         "error", description="a malformed row stops the run (error) or is skipped and counted (skip)"
@@ -144,6 +170,13 @@ class DataParams(Section):
     zh_threshold: float = Field(0.2, gt=0, le=1, description="share of CJK among letters that makes text zh")
     split_ratios: SplitRatios = Field(default_factory=SplitRatios)
     length_bins: LengthBins = Field(default_factory=LengthBins)
+
+
+    def effective_sources(self) -> list:
+        """The sources `prepare` reads: `sources`, or the preset's hub datasets."""
+        if self.preset == "default":
+            return list(self.sources)
+        return [HfSource(kind="hf", dataset=name) for name in PRESETS[self.preset]]
 
 
 class BucketsParams(Section):
@@ -442,7 +475,7 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         if part in SOURCE_KINDS:
             model = {
                 "chatterbot": ChatterbotSource, "polyalign": PolyalignSource, "alpaca": AlpacaSource,
-                "messages": MessagesSource, "squad": SquadSource, "kdconv": KdconvSource,
+                "messages": MessagesSource, "squad": SquadSource, "kdconv": KdconvSource, "hf": HfSource,
             }[part]
             continue
         field = getattr(model, "model_fields", {}).get(part)

@@ -12,13 +12,22 @@ from polyalign.text import count_tokens, detect_language, length_bin, normalise
 SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # a duplicate is kept in the first of these
 
 
-def hashed_split(seed: int, group_id: str, ratios) -> str:
-    """Deterministic split of a whole group (conversation, document) from a hash of its key and the seed."""
+def hashed_split(seed: int, group_id: str, ratios, pool: tuple[str, ...] | None = None) -> str:
+    """Deterministic split of a whole group (conversation, document) from a hash of its key and the seed,
+    among the splits of `pool` (default: all three) in proportion to their ratios."""
     digest = hashlib.blake2b(f"{seed}\x1f{group_id}".encode("utf-8"), digest_size=8).digest()
     u = int.from_bytes(digest, "big") / 2**64
-    if u < ratios.train:
-        return "train"
-    return "val" if u < ratios.train + ratios.val else "test"
+    splits = [s for s in ("train", "val", "test") if pool is None or s in pool]
+    weights = [getattr(ratios, s) for s in splits]
+    total = sum(weights)
+    if total <= 0:  # e.g. a pool of (train, test) with a test ratio of 0 and ... nothing to share out
+        return splits[0]
+    edge = 0.0
+    for split, weight in zip(splits, weights):
+        edge += weight / total
+        if u < edge:
+            return split
+    return splits[-1]
 
 
 def to_record(ex: Example, data: DataParams, seed: int) -> dict | str:
@@ -40,7 +49,7 @@ def to_record(ex: Example, data: DataParams, seed: int) -> dict | str:
     return {
         "id": ex.id or f"{ex.dataset}/{ex.origin.rsplit('/', 1)[-1]}",
         "dataset": ex.dataset,
-        "split": ex.split or hashed_split(seed, ex.group_id, data.split_ratios),
+        "split": ex.split or hashed_split(seed, ex.group_id, data.split_ratios, ex.split_pool),
         "language": language,
         "track": ex.track or ("multi" if history else "single"),
         "family": ex.family or "assistant",

@@ -50,6 +50,9 @@ class Example:
     family: str | None = None
     style_bucket: str | None = None
     split: str | None = None
+    # with split None: the splits the hashed split may choose (None: train, val and test), e.g. ("train", "test")
+    # carves a test split out of a source's official train split
+    split_pool: tuple[str, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,5 +1,5 @@
-"""Stage `prepare`: read every source in `params.data.sources`, clean and split the records, drop exact
-duplicates, write `data/prepared/{train,val,test}.parquet` and `reports/prepare.json`.
+"""Stage `prepare`: read every source in `params.data.sources` (or the corpora of `data.preset`), clean and split
+the records, drop exact duplicates, write `data/prepared/{train,val,test}.parquet` and `reports/prepare.json`.
 
 Reads params: seed, paths, data. Every record that does not reach a split is counted by reason in the
 report and listed in `reports/prepare_dropped.jsonl`.
@@ -26,6 +26,8 @@ SPLITS = ("train", "val", "test")
 
 
 def source_label(cfg) -> str:
+    if cfg.kind == "hf":
+        return cfg.name or cfg.dataset
     return getattr(cfg, "name", None) or (Path(cfg.path).stem if getattr(cfg, "path", None) else cfg.kind)
 
 
@@ -36,7 +38,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     per_source: dict[str, dict] = {}
 
     with progress_bar(params.logging.progress) as progress:
-        for cfg in data.sources:
+        for cfg in data.effective_sources():
             label = source_label(cfg)
             task = progress.add_task(f"reading {cfg.kind}:{label}", total=None)
             stats = per_source.setdefault(label, {"kind": cfg.kind, "read": 0, "kept": 0, "dropped": Counter()})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from polyalign.data.record import Example, Problem
 from polyalign.data.sources import chatterbot, files
+from polyalign.data.sources.hf import read_hf
 
 ADAPTERS = {
     "chatterbot": chatterbot.read,
@@ -15,6 +16,7 @@ ADAPTERS = {
     "messages": files.read_messages,
     "squad": files.read_squad,
     "kdconv": files.read_kdconv,
+    "hf": read_hf,
 }
 
 
