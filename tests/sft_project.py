@@ -51,3 +51,20 @@ def cli(args: list[str], cwd: Path, check: bool = True, **env) -> subprocess.Com
 def copy_project(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "logs"))
     return dst
+
+
+def bucket_aware_project(root: Path, **extra):
+    """A tiny project through prepare, bucketize, init, sft@bucket and fit-critic (what pairs and evaluate
+    start from), and its params."""
+    from polyalign.params import load_params
+    from polyalign.stages import bucketize, fit_critic, prepare, sft
+    from polyalign.stages import init as init_stage
+
+    write_tiny_params(root, **extra)
+    params = load_params(root / "params.yaml")
+    prepare.run(params, root)
+    bucketize.run(params, root)
+    init_stage.run(params, root)
+    sft.run(params, "bucket", root=root)
+    fit_critic.run(params, root)
+    return params

@@ -10,10 +10,8 @@ from transformers import AutoTokenizer
 
 from polyalign.buckets.features import FEATURE_NAMES
 from polyalign.modeling.prompts import PromptRenderer
-from polyalign.params import load_params
-from polyalign.stages import bucketize, evaluate, fit_critic, prepare, sft
-from polyalign.stages import init as init_stage
-from sft_project import cli, copy_project, write_tiny_params
+from polyalign.stages import evaluate
+from sft_project import bucket_aware_project, cli, copy_project
 
 EVALUATE = {"methods": ["base", "sft@bucket"], "compare": [["sft@bucket", "base"]], "bootstrap_resamples": 50,
             "c2st_min_n": 6, "mauve": "off", "generation": {"max_new_tokens": 12, "batch_size": 16}}
@@ -22,14 +20,7 @@ EVALUATE = {"methods": ["base", "sft@bucket"], "compare": [["sft@bucket", "base"
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
-    write_tiny_params(root, evaluate=EVALUATE)
-    params = load_params(root / "params.yaml")
-    prepare.run(params, root)
-    bucketize.run(params, root)
-    init_stage.run(params, root)
-    sft.run(params, "bucket", root=root)
-    fit_critic.run(params, root)
-    evaluate.run(params, root)
+    evaluate.run(bucket_aware_project(root, evaluate=EVALUATE), root)
     return root
 
 

@@ -10,11 +10,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from polyalign.generation import generate
 from polyalign.modeling.prompts import PromptRenderer
-from polyalign.params import load_params
-from polyalign.stages import bucketize, fit_critic, pairs, prepare, sft
-from polyalign.stages import init as init_stage
+from polyalign.stages import pairs
 from polyalign.training.preference import score_examples
-from sft_project import cli, copy_project, write_tiny_params
+from sft_project import bucket_aware_project, cli, copy_project
 
 EXTRA = {"critic": {"epochs": 3}, "generation": {"max_new_tokens": 16, "batch_size": 16},
          "pairs": {"max_prompts": 64}, "hdpo": {"epochs": 2, "batch_size": 8, "lr": 0.002}}
@@ -23,14 +21,7 @@ EXTRA = {"critic": {"epochs": 3}, "generation": {"max_new_tokens": 16, "batch_si
 @pytest.fixture(scope="module")
 def paired_project(tmp_path_factory):
     root = tmp_path_factory.mktemp("hdpo")
-    write_tiny_params(root, **EXTRA)
-    params = load_params(root / "params.yaml")
-    prepare.run(params, root)
-    bucketize.run(params, root)
-    init_stage.run(params, root)
-    sft.run(params, "bucket", root=root)
-    fit_critic.run(params, root)
-    pairs.run(params, root)
+    pairs.run(bucket_aware_project(root, **EXTRA), root)
     return root
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from transformers import AutoTokenizer
 
 from polyalign.buckets.references import References
 from polyalign.critic.encoders import NgramEncoder
@@ -106,7 +107,7 @@ def generations(method: str, records: list[dict], params: Params, root: Path) ->
     """The method's responses to the test prompts and its NLL of the human answers, from the cache when the
     model files, prompts, decoding and seed are unchanged."""
     folder = model_dir(method, params, root)
-    model, tokenizer = load_model_dir(folder, f"the model of {method}")
+    tokenizer = AutoTokenizer.from_pretrained(folder)  # enough for the cache key; the weights only on a miss
     p, g = params.prompt, params.evaluate.generation
     renderer = PromptRenderer(tokenizer, p.conditioning, p.max_prompt_tokens, p.max_tokens)
     shown = [prompt_record(r, p.conditioning) for r in records]
@@ -119,8 +120,8 @@ def generations(method: str, records: list[dict], params: Params, root: Path) ->
         cached = json.loads(cache.read_text(encoding="utf-8"))
         if cached.get("key") == key:
             return {**cached, "cache": "hit", "model_dir": folder, "timing_s": {"generation": 0.0, "nll": 0.0}}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    model, tokenizer = load_model_dir(folder, f"the model of {method}")
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
     ids = generate(model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=g.max_new_tokens,
                    temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, repetition_penalty=g.repetition_penalty,
