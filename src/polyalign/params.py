@@ -434,16 +434,6 @@ class Params(Section):
     hdpo: HdpoParams = Field(default_factory=HdpoParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
-    @model_validator(mode="after")
-    def _methods_exist(self) -> Params:
-        for method in self.evaluate.methods:
-            stage, _, variant = method.partition("@")
-            known = {"sft": self.sft.variants, "hdpo": self.hdpo.variants}.get(stage)
-            if known is not None and variant not in known:
-                raise ValueError(f"evaluate.methods: {method!r} names no variant of {stage}.variants "
-                                 f"({', '.join(known)})")
-        return self
-
 
 # ----------------------------------------------------------------------------------------------------------
 # loading, overrides and error messages
@@ -499,7 +489,7 @@ def format_validation_error(err: ValidationError, raw: dict, origin: str) -> str
                          f"allowed: {', '.join(SOURCE_KINDS)}")
             continue
         value = _lookup(raw, loc) if e["type"] != "missing" else None
-        shown = "" if e["type"] == "missing" else f" = {value!r}"
+        shown = "" if e["type"] == "missing" or not loc else f" = {value!r}"
         lines.append(f"  {where}{shown}: {e['msg']}")
     return "\n".join(lines)
 

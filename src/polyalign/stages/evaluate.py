@@ -174,8 +174,19 @@ def score_method(method: str, order: int, records: list[dict], test: EvalRows, h
     }
 
 
+def check_methods(params: Params) -> None:
+    """Every sft@/hdpo@ method must name a variant of its stage (checked here, not when params load, so that a
+    user who renames the SFT variants can still run `sft` before updating evaluate.methods)."""
+    for method in params.evaluate.methods:
+        stage, _, variant = method.partition("@")
+        known = {"sft": params.sft.variants, "hdpo": params.hdpo.variants}.get(stage)
+        if known is not None and variant not in known:
+            raise UserError(f"evaluate.methods: {method!r} names no variant of {stage}.variants ({', '.join(known)})")
+
+
 def run(params: Params, root: Path = Path(".")) -> dict:
     cfg = params.evaluate
+    check_methods(params)
     missing = [m for m in cfg.methods if not (model_dir(m, params, root) / "config.json").is_file()]
     if missing:
         raise UserError(f"evaluate: no model for {', '.join(missing)} (run `dvc repro` or the stages that write "
