@@ -38,6 +38,7 @@ bench: venv
 	$(BIN)/python benchmarks/critic_scoring.py
 	$(BIN)/python benchmarks/generation.py
 	$(BIN)/python benchmarks/preference_step.py
+	$(BIN)/python benchmarks/evaluate.py
 
 clean-venv:
 	rm -rf $(VENV)
