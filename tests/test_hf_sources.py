@@ -97,3 +97,11 @@ def test_prepare_reads_several_corpora_and_counts_their_drops_by_source_and_reas
     dialog = [r for r in rows if r["dataset"] == "daily_dialog"]
     assert {r["split"] for r in dialog} == {"train", "val", "test"}  # DailyDialog's official splits, kept
     assert all(json.loads(r["meta"])["official_split"] in ("train", "validation", "test") for r in dialog)
+
+
+def test_a_local_folder_that_is_not_a_dataset_is_a_clear_error(tmp_path):
+    (tmp_path / "train.jsonl").write_text("{not json\n", encoding="utf-8")
+    write_params(tmp_path, data={"sources": [{"kind": "hf", "dataset": "dolly", "path": "."}]})
+    result = cli(["prepare"], tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "hf:dolly" in result.stderr and "local files could not be read" in result.stderr

@@ -103,8 +103,9 @@ class HfSource(Section):
     kind: Literal["hf"]
     dataset: Literal[HF_DATASETS] = Field(description="which adapter maps the rows")
     path: str | None = Field(None, description="hub id or local folder/file; default: the adapter's hub id")
-    config: str | None = Field(None, description="dataset configuration; default: the adapter's (hub only)")
-    revision: str | None = Field(None, description="hub revision (branch, tag, commit); default: the adapter's")
+    config: str | None = Field(None, description="dataset configuration; default: the adapter's when path is unset")
+    revision: str | None = Field(None, description="hub revision (branch, tag, commit); default: the adapter's "
+                                 "when path is unset")
     data_files: dict[str, str | list[str]] | None = Field(
         None, description="local files per official split, e.g. {train: dolly.jsonl} (offline use)")
     splits: list[str] | None = Field(None, description="official splits to read; default: all of them")

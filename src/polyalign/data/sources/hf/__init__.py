@@ -123,6 +123,7 @@ def _load_one(cfg: HfSource, spec: HfAdapter, root: Path, config: str | None):
 
     path = cfg.path or spec.hub_id
     kwargs: dict = {}
+    local_files = True
     if cfg.data_files:
         files = {split: [root / f if not Path(f).is_absolute() else Path(f) for f in ([v] if isinstance(v, str) else v)]
                  for split, v in cfg.data_files.items()}
@@ -143,15 +144,18 @@ def _load_one(cfg: HfSource, spec: HfAdapter, root: Path, config: str | None):
                 kwargs["field"] = spec.json_field
         elif local.is_dir():
             path = str(local)
-        elif cfg.path is None or cfg.revision:
-            revision = cfg.revision or spec.revision
+        else:
+            local_files = False
+            revision = cfg.revision or (spec.revision if cfg.path is None else None)
             if revision:
                 kwargs["revision"] = revision
     try:
         return datasets.load_dataset(path, name=config, **kwargs)
     except Exception as exc:  # noqa: BLE001 - datasets raises many types (ConnectionError, DatasetNotFoundError ...)
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
-        if "scripts are no longer supported" in str(exc):
+        if local_files:
+            cause = "the local files could not be read as a dataset in this adapter's layout"
+        elif "scripts are no longer supported" in str(exc):
             cause = ("the hub repository holds a loading script, which this `datasets` version does not run: set "
                      "`revision: refs/convert/parquet` (the hub's parquet conversion) or point `path` / "
                      "`data_files` at downloaded files")
