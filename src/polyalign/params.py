@@ -117,7 +117,11 @@ Source = Annotated[
     ChatterbotSource | PolyalignSource | AlpacaSource | MessagesSource | SquadSource | KdconvSource | HfSource,
     Field(discriminator="kind"),
 ]
-SOURCE_KINDS = ("chatterbot", "polyalign", "alpaca", "messages", "squad", "kdconv", "hf")
+SOURCE_MODELS: dict[str, type[Section]] = {
+    "chatterbot": ChatterbotSource, "polyalign": PolyalignSource, "alpaca": AlpacaSource,
+    "messages": MessagesSource, "squad": SquadSource, "kdconv": KdconvSource, "hf": HfSource,
+}
+SOURCE_KINDS = tuple(SOURCE_MODELS)
 PRESETS: dict[str, tuple[str, ...]] = {
     "paper-en": ("dolly", "eli5", "ms_marco", "squad_v2", "natural_questions", "coqa", "daily_dialog", "multiwoz22"),
     "paper-zh": ("coig_cqia", "hc3_zh", "oasst2", "cmrc2018", "drcd", "dureader"),
@@ -463,11 +467,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        if part in SOURCE_KINDS:
-            model = {
-                "chatterbot": ChatterbotSource, "polyalign": PolyalignSource, "alpaca": AlpacaSource,
-                "messages": MessagesSource, "squad": SquadSource, "kdconv": KdconvSource, "hf": HfSource,
-            }[part]
+        if part in SOURCE_MODELS:
+            model = SOURCE_MODELS[part]
             continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:

@@ -20,7 +20,7 @@ def hashed_split(seed: int, group_id: str, ratios, pool: tuple[str, ...] | None 
     splits = [s for s in ("train", "val", "test") if pool is None or s in pool]
     weights = [getattr(ratios, s) for s in splits]
     total = sum(weights)
-    if total <= 0:  # e.g. a pool of (train, test) with a test ratio of 0 and ... nothing to share out
+    if total <= 0:  # every split of the pool has ratio 0: nothing to share out, use the pool's first split
         return splits[0]
     edge = 0.0
     for split, weight in zip(splits, weights):

@@ -16,7 +16,15 @@ import numpy as np
 from polyalign.buckets.features import FEATURE_NAMES, compute_features
 from polyalign.buckets.references import References, group_rows
 from polyalign.evaluation import diversity, naturalness
-from polyalign.evaluation.summary import GROUPS, aggregate, bootstrap_indices, interval, nuf_score, slice_of
+from polyalign.evaluation.summary import (
+    GROUPS,
+    aggregate,
+    bootstrap_indices,
+    interval,
+    nuf_score,
+    slice_of,
+    weighted_mean,
+)
 from polyalign.evaluation.utility import answer_units
 
 LENGTH = FEATURE_NAMES.index("n_tokens")
@@ -139,8 +147,8 @@ def per_feature_coverage(inside: np.ndarray) -> dict[str, float]:
 
 def weighted_coverage(per_bucket: dict[str, dict]) -> dict[str, float]:
     """Per-feature HCR over all rows: the buckets' values weighted by their size."""
-    total = sum(v["n"] for v in per_bucket.values())
-    return {f: sum(v["n"] * v["hcr_per_feature"][f] for v in per_bucket.values()) / total for f in FEATURE_NAMES}
+    sizes = [v["n"] for v in per_bucket.values()]
+    return {f: weighted_mean([v["hcr_per_feature"][f] for v in per_bucket.values()], sizes) for f in FEATURE_NAMES}
 
 
 def human_values(test: EvalRows, human: Side, settings: Settings) -> dict[str, dict[str, float]]:

@@ -108,8 +108,8 @@ def _builder(files: list[Path]) -> str:
 
 
 def load(cfg: HfSource, spec: HfAdapter, root: Path) -> list:
-    """The source as DatasetDicts (one per configuration read): from `data_files`, a local folder or file, or
-    the hub."""
+    """(configuration, DatasetDict) for each configuration read (None when only one is): from `data_files`, a
+    local folder or file, or the hub."""
     if cfg.path or cfg.data_files:  # local files: only a configuration the user names
         return [(None, _load_one(cfg, spec, root, cfg.config))]
     configs = cfg.config if cfg.config is not None else spec.config
