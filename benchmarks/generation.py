@@ -46,7 +46,7 @@ def main() -> None:
     start = time.perf_counter()
     single = [generate(model, tokenizer, [p], batch_size=1, **common)[0] for p in prompts]
     single_s = time.perf_counter() - start
-    tokens = sum(len(s[0]) for s in batched)
+    tokens = sum(len(s[0].ids) for s in batched)
     write_result(args.out, {
         "prompts": len(prompts), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
         "generated_tokens": tokens, "same_tokens": batched == single,

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from polyalign.generation import generate
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.stages import pairs
-from polyalign.training.preference import score_examples
+from polyalign.training.preference import pair_examples, score_examples
 from sft_project import bucket_aware_project, cli, copy_project
 
 EXTRA = {"critic": {"epochs": 3}, "generation": {"max_new_tokens": 16, "batch_size": 16},
@@ -30,24 +30,59 @@ def renderer_for(path):
     return tokenizer, PromptRenderer(tokenizer, "observable", 64, 96)
 
 
+def talkative_model(path, seed: int = 3):
+    """A freshly initialised model on the project's tokenizer: unlike the tiny SFT model (which ends its turn at
+    once), it writes non-empty, varied responses, so padding and budget bugs show in the output."""
+    from polyalign.modeling.model import create_scratch_model
+    from polyalign.params import ModelParams
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    cfg = ModelParams(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                      max_position_embeddings=128)
+    model = create_scratch_model(tokenizer, cfg, seed).eval()
+    with torch.no_grad():  # large random weights: greedy decoding follows the context instead of repeating one token
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    return model
+
+
 def test_batched_greedy_generation_equals_one_prompt_at_a_time(paired_project):
     path = paired_project / "models/sft/bucket"
-    model = AutoModelForCausalLM.from_pretrained(path)
+    model = talkative_model(path)
     tokenizer, renderer = renderer_for(path)
     records = pq.read_table(paired_project / "data/buckets/val.parquet").to_pylist()[:12]
     prompts = [renderer.prompt_ids(r) for r in records]
-    assert len({len(p) for p in prompts}) > 1  # different lengths: left padding matters
-    batched = generate(model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=12, temperature=0,
-                       batch_size=6, progress=False)
-    single = [generate(model, tokenizer, [p], stop_ids=renderer.eot_ids, max_new_tokens=12, temperature=0,
-                       batch_size=1, progress=False)[0] for p in prompts]
+    assert len({len(p) for p in prompts}) > 1  # different lengths in one batch: left padding matters
+    budgets = [4 + (i % 3) * 4 for i in range(len(prompts))]  # and different budgets in one batch
+    batched = generate(model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=budgets,
+                       temperature=0, batch_size=6, progress=False)
+    single = [generate(model, tokenizer, [p], stop_ids=renderer.eot_ids, max_new_tokens=b, temperature=0,
+                       batch_size=1, progress=False)[0] for p, b in zip(prompts, budgets)]
     assert batched == single
+    ids = [s[0].ids for s in batched]
+    assert all(ids) and len({tuple(x) for x in ids}) > len(ids) // 2  # non-empty and varied
+    assert all(len(s[0].ids) <= b and s[0].truncated == (len(s[0].ids) == b) for s, b in zip(batched, budgets))
     sampled = generate(model, tokenizer, prompts[:3], stop_ids=renderer.eot_ids, max_new_tokens=12, num_samples=2,
                        batch_size=3, seed=1, progress=False)
     assert [len(s) for s in sampled] == [2, 2, 2]
     again = generate(model, tokenizer, prompts[:3], stop_ids=renderer.eot_ids, max_new_tokens=12, num_samples=2,
                      batch_size=3, seed=1, progress=False)
     assert sampled == again  # seeded
+
+
+def test_a_sample_cut_by_its_budget_is_flagged_and_a_finished_one_is_not(paired_project):
+    path = paired_project / "models/sft/bucket"
+    tokenizer, renderer = renderer_for(path)
+    records = pq.read_table(paired_project / "data/buckets/val.parquet").to_pylist()[:8]
+    prompts = [renderer.prompt_ids(r) for r in records]
+    sft_model = AutoModelForCausalLM.from_pretrained(path)  # ends its turn at once: finished, empty samples
+    finished = generate(sft_model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=6, temperature=0,
+                        progress=False)
+    assert all(not s[0].truncated and len(s[0].ids) < 6 for s in finished)
+    cut = generate(talkative_model(path), tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=3,
+                   temperature=0, progress=False)
+    assert all(s[0].truncated and len(s[0].ids) == 3 for s in cut)
+    assert not any(t in renderer.eot_ids for s in cut for t in s[0].ids)
 
 
 def test_pairs_hold_human_chosen_sampled_rejected_distances_weights_and_reference_logps(paired_project):
@@ -66,6 +101,76 @@ def test_pairs_hold_human_chosen_sampled_rejected_distances_weights_and_referenc
     examples = [renderer.example({**r, "human_answer": r["chosen"]}) for r in rows[:10]]
     np.testing.assert_allclose(score_examples(model, examples, tokenizer.pad_token_id),
                                [r["ref_chosen_logp"] for r in rows[:10]], rtol=1e-5)
+
+
+def test_sampled_rejected_sides_are_scored_as_generated_and_truncated_ones_do_not_end(paired_project):
+    rows = pq.read_table(paired_project / "data/pairs/train.parquet").to_pylist()
+    report = json.loads((paired_project / "reports/pairs.json").read_text())
+    cut = [r for r in rows if r["rejected_truncated"]]
+    assert cut and report["train_samples_truncated"] >= len(cut)
+    path = paired_project / "models/sft/bucket"
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer, renderer = renderer_for(path)
+    for row in cut[:5] + [r for r in rows if not r["rejected_truncated"]][:5]:
+        _, rejected = pair_examples(renderer, row)
+        response = [t for t in rejected["labels"] if t != -100]
+        ends = response[-len(renderer.eot_ids):] == renderer.eot_ids
+        assert ends != row["rejected_truncated"]  # a cut sample never "ends its turn" in training
+        assert response[:len(row["rejected_ids"])] == row["rejected_ids"]  # the sampled ids, no re-encoding
+        ref = score_examples(model, [rejected], tokenizer.pad_token_id)[0]
+        assert ref == pytest.approx(row["ref_rejected_logp"], rel=1e-5)
+    assert report["val_critic_auroc_human_vs_sample"] is not None
+    assert {"val_critic_auroc_human_vs_sample/en", "val_critic_auroc_human_vs_sample/zh"} <= set(report)
+
+
+def test_pairs_can_drop_truncated_samples_and_count_them(paired_project, tmp_path):
+    project = copy_project(paired_project, tmp_path / "p")
+    cli(["pairs", "--set", "pairs.truncated=drop", "--set", "pairs.max_prompts=24"], project)
+    report = json.loads((project / "reports/pairs.json").read_text())
+    rows = pq.read_table(project / "data/pairs/train.parquet").to_pylist()
+    assert report["train_dropped"]["truncated_sample"] > 0
+    assert not any(r["rejected_truncated"] for r in rows)
+
+
+def test_hdpo_refuses_reference_logps_computed_with_another_prompt_format_or_model(paired_project, tmp_path):
+    project = copy_project(paired_project, tmp_path / "p")
+    result = cli(["hdpo", "--set", "prompt.conditioning=none", "--set", "hdpo.max_steps=1"], project, check=False)
+    assert result.returncode == 2 and "conditioning: 'observable' -> 'none'" in result.stderr, result.stderr
+    weights = project / "models/sft/bucket/model.safetensors"
+    other = AutoModelForCausalLM.from_pretrained(project / "models/sft/bucket")
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    other.save_pretrained(weights.parent)
+    result = cli(["hdpo", "--set", "hdpo.max_steps=1"], project, check=False)
+    assert result.returncode == 2 and "model_files changed" in result.stderr and "Traceback" not in result.stderr
+    cli(["hdpo", "--set", "hdpo.max_steps=1", "--set", "hdpo.reference=frozen"], project)  # no stored log-probs used
+
+
+def test_a_critic_trained_with_prompts_works_in_pairs_and_scores_with_them(paired_project, tmp_path):
+    project = copy_project(paired_project, tmp_path / "p")
+    cli(["fit-critic", "--set", "critic.use_prompt=true"], project)
+    cli(["pairs", "--set", "pairs.max_prompts=16"], project)
+    rows = pq.read_table(project / "data/pairs/train.parquet").to_pylist()
+    from polyalign.critic.model import Critic
+
+    critic = Critic.load(project / "models/critic")
+    assert critic.uses_prompt
+    np.testing.assert_allclose(critic.score_responses([r["rejected"] for r in rows], rows),
+                               [r["d_rejected"] for r in rows], rtol=1e-6)
+
+
+def test_stages_that_run_a_model_use_the_accelerator_the_trainer_settings_select(paired_project, tmp_path):
+    from polyalign.errors import UserError
+    from polyalign.modeling.model import inference_device
+
+    assert inference_device("cpu").type == "cpu"
+    assert inference_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            inference_device("gpu")
+        project = copy_project(paired_project, tmp_path / "p")
+        result = cli(["pairs", "--set", "trainer.accelerator=gpu"], project, check=False)
+        assert result.returncode == 2 and "no CUDA GPU" in result.stderr
 
 
 def test_lora_disabled_adapter_equals_the_base_model(paired_project):

@@ -66,3 +66,11 @@ def test_split_ratios_must_sum_to_one(in_tmp):
 def test_malformed_override_and_missing_params_file(in_tmp):
     assert "expected section.key=value" in bad(["params", "--set", "seed"])
     assert "params file not found: nope.yaml" in bad(["params", "--params", "nope.yaml"])
+
+
+def test_greedy_decoding_with_several_samples_per_prompt_is_refused_before_any_work(in_tmp):
+    out = bad(["pairs", "--set", "generation.temperature=0"])
+    assert "generation.temperature = 0" in out and "pairs.k = 2" in out
+    assert not (in_tmp / "data").exists()
+    assert runner.invoke(app, ["params", "--set", "generation.temperature=0", "--set", "pairs.k=1"]).exit_code == 0
+    assert "budget 'fixed' needs max_new_tokens >= 1" in bad(["params", "--set", "evaluate.generation.budget=fixed"])

@@ -1,30 +1,91 @@
 """Batched sampling shared by pair sampling and evaluation: prompts from the one renderer, left-padded batches of
 similar length, Hugging Face `generate` with its KV cache, the decoding settings from params, a stop at the
-end-of-turn token, a progress bar, and a seed per batch so results do not depend on what else was generated."""
+end-of-turn token, a progress bar, and a seed per batch so results do not depend on what else was generated.
+
+Every sample keeps its token ids and whether it was cut by its token budget (`truncated`): a truncated sample did
+not end, so training must not teach the model that it ended there (pairs) and evaluation counts it per bucket.
+Budgets are per prompt: `bucket_budgets` derives one per bucket from the training answers' lengths, so a bucket
+of long human answers is not measured against an arbitrary global cap.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from polyalign.buckets.references import backoff_chain
 from polyalign.log import progress_bar
+
+MIN_BUDGET_RECORDS = 10  # a bucket with fewer training answers takes its budget from its backoff parent
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated response: its token ids (without the end-of-turn token) and whether the budget cut it."""
+
+    ids: list[int]
+    truncated: bool
+
+
+def bucket_budgets(answer_lengths: Sequence[int], bucket_ids: Sequence[str], factor: float, quantile: float = 0.9,
+                   minimum: int = 8) -> dict[str, int]:
+    """A generation budget (new tokens) for every bucket and parent bucket of the training answers:
+    ceil(factor * q90 of the answers' model-token lengths), at least `minimum`. Look one up with `budget_of`."""
+    by_key: dict[str, list[int]] = {}
+    for n, bid in zip(answer_lengths, bucket_ids):
+        for key in backoff_chain(bid):
+            by_key.setdefault(key, []).append(int(n))
+    return {key: max(minimum, math.ceil(factor * float(np.quantile(v, quantile))))
+            for key, v in by_key.items() if len(v) >= MIN_BUDGET_RECORDS or key.count("*") == 4}
+
+
+def budget_of(budgets: Mapping[str, int], bucket_id: str, default: int) -> int:
+    """The budget of the most specific bucket on `bucket_id`'s backoff chain that has one."""
+    return next((budgets[k] for k in backoff_chain(bucket_id) if k in budgets), default)
+
+
+def prompt_budgets(g, tokenizer, train_answers: Sequence[str], train_buckets: Sequence[str],
+                   bucket_ids: Sequence[str], prompt_lengths: Sequence[int], context: int | None) -> list[int]:
+    """Each prompt's budget of new tokens under the generation settings `g` (params `generation` or
+    `evaluate.generation`): `fixed` gives max_new_tokens; `bucket` gives the bucket budget (`bucket_budgets` of
+    the training answers, tokenised by the model's tokenizer), at most max_new_tokens when that is set. Either way
+    the prompt plus its budget must fit the model's context, when that is known."""
+    if g.budget == "fixed":
+        budgets = [g.max_new_tokens] * len(bucket_ids)
+    else:
+        lengths = [len(ids) for ids in tokenizer(list(train_answers), add_special_tokens=False)["input_ids"]]
+        table = bucket_budgets(lengths, train_buckets, g.budget_factor)
+        budgets = [budget_of(table, b, table["*|*|*|*"]) for b in bucket_ids]
+        if g.max_new_tokens:
+            budgets = [min(b, g.max_new_tokens) for b in budgets]
+    if context:
+        budgets = [max(1, min(b, context - n)) for b, n in zip(budgets, prompt_lengths)]
+    return budgets
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, stop_ids: Sequence[int], max_new_tokens: int,
-             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
-             num_samples: int = 1, batch_size: int = 32, seed: int = 0, progress: bool = True,
-             description: str = "generating") -> list[list[list[int]]]:
-    """For each prompt (token ids), `num_samples` responses as token ids, without the end-of-turn token.
+def generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, stop_ids: Sequence[int],
+             max_new_tokens: int | Sequence[int], temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+             repetition_penalty: float = 1.0, num_samples: int = 1, batch_size: int = 32, seed: int = 0,
+             progress: bool = True, description: str = "generating") -> list[list[Sample]]:
+    """For each prompt (token ids), `num_samples` samples (ids without the end-of-turn token, truncated flag).
 
-    temperature 0 decodes greedily. Prompts are sorted by length so that batches waste little padding; the
-    output keeps the input order."""
+    `max_new_tokens` is one budget for all prompts or one per prompt. temperature 0 decodes greedily. Prompts
+    are sorted by budget and length so that batches waste little padding and few steps; the output keeps the
+    input order. A batch runs to its largest budget and each row is then cut to its own: sampling is
+    autoregressive, so the tokens before a row's cut do not depend on how far the batch ran."""
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: list[list[list[int]]] = [[] for _ in prompts]
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != len(prompts):
+        raise ValueError("max_new_tokens must be one int or one budget per prompt")
+    order = sorted(range(len(prompts)), key=lambda i: (budgets[i], len(prompts[i])))
+    out: list[list[Sample]] = [[] for _ in prompts]
     sampling = temperature > 0
     with progress_bar(progress) as bar:
         task = bar.add_task(description, total=len(prompts))
@@ -38,16 +99,17 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, stop_ids: Se
                 mask[row, width - len(prompts[i]):] = 1
             torch.manual_seed(seed + start)
             result = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                do_sample=sampling, temperature=temperature if sampling else None,
-                top_p=top_p if sampling else None, top_k=(top_k or None) if sampling else None,
-                repetition_penalty=repetition_penalty, num_return_sequences=num_samples,
-                eos_token_id=list(stop_ids), pad_token_id=pad_id, use_cache=True,
+                input_ids=ids.to(device), attention_mask=mask.to(device),
+                max_new_tokens=max(budgets[i] for i in chunk), do_sample=sampling,
+                temperature=temperature if sampling else None, top_p=top_p if sampling else None,
+                top_k=(top_k or None) if sampling else None, repetition_penalty=repetition_penalty,
+                num_return_sequences=num_samples, eos_token_id=list(stop_ids), pad_token_id=pad_id, use_cache=True,
             )
             new = result[:, width:].tolist()
             for row, i in enumerate(chunk):
                 for sample in new[row * num_samples: (row + 1) * num_samples]:
-                    cut = next((k for k, t in enumerate(sample) if t in stop_ids), len(sample))
-                    out[i].append(sample[:cut])
+                    sample = sample[:budgets[i]]
+                    stop = next((k for k, t in enumerate(sample) if t in stop_ids), None)
+                    out[i].append(Sample(sample if stop is None else sample[:stop], truncated=stop is None))
             bar.advance(task, len(chunk))
     return out

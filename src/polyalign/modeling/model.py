@@ -3,6 +3,7 @@ and any user loads them with plain `AutoModelForCausalLM` / `AutoTokenizer`."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -87,3 +88,31 @@ def load_model_dir(path: str | Path, what: str = "model") -> tuple[PreTrainedMod
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+
+
+def folder_digest(folder: Path) -> str:
+    """SHA-256 over a folder's file names and contents: which exact model (weights, tokenizer, template) this is."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        with path.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def inference_device(accelerator: str) -> torch.device:
+    """The device for the stages that run a model outside Lightning (sampling, scoring), chosen by the same
+    `trainer.accelerator` setting that places training: `auto` takes a CUDA GPU when there is one."""
+    if accelerator == "cpu":
+        return torch.device("cpu")
+    if accelerator in ("gpu", "cuda", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if accelerator == "auto":
+            return torch.device("cpu")
+        raise UserError(f"trainer.accelerator={accelerator!r}, but torch sees no CUDA GPU on this machine")
+    if accelerator == "mps":
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        raise UserError("trainer.accelerator='mps', but MPS is not available on this machine")
+    raise UserError(f"trainer.accelerator={accelerator!r}: sampling and scoring run on cpu, gpu (cuda), mps or auto")

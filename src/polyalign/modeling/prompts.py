@@ -103,8 +103,14 @@ class PromptRenderer:
     def example(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """input_ids and labels (IGNORE_INDEX on the prompt) for one training record; a response longer than
         the room left after the prompt is cut (and then has no end-of-turn token): `truncated` says so."""
+        return self.example_from_ids(record, self._encode(record["human_answer"]), ended=True)
+
+    def example_from_ids(self, record: Mapping[str, Any], response_ids: list[int], ended: bool) -> dict[str, Any]:
+        """Like `example`, for a response given as token ids (a model sample scored as it was generated, with no
+        decode/re-encode round trip). `ended=False` marks a sample its budget cut: it gets no end-of-turn token,
+        so its log-prob covers only what was generated and training never teaches it to stop there."""
         prompt = self.prompt_ids(record)
-        response = self.response_ids(record["human_answer"])
+        response = list(response_ids) + (self.eot_ids if ended else [])
         room = self.max_tokens - len(prompt)
         truncated = len(response) > room
         response = response[:room]
@@ -113,5 +119,5 @@ class PromptRenderer:
             "labels": [IGNORE_INDEX] * len(prompt) + response,
             "n_prompt": len(prompt),
             "n_response": len(response),
-            "truncated": truncated,
+            "truncated": truncated or not ended,
         }

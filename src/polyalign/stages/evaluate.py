@@ -1,14 +1,17 @@
 """Stage `evaluate`: every method of `evaluate.methods` answers the same test prompts with the same renderer and
 the same decoding, and is scored against the human answers (DESIGN §9).
 
-Reads params: seed, paths, prompt, evaluate (and sft/hdpo variant names). Reads the test split and references
-(data/buckets), the critic (models/critic, a diagnostic only) and each method's model. Writes
+Reads params: seed, paths, prompt, evaluate, trainer.accelerator (and sft/hdpo variant names). Reads the test
+split, the train split's answers (budgets) and references (data/buckets), the critic (models/critic, a diagnostic
+only) and each method's model. Writes
 `reports/eval/<method>.json` (every number, intervals, bootstrap replicates, per-example responses),
 `reports/eval/human.json`, the report (see `polyalign.evaluation.report`) and a W&B run.
 
+Each prompt gets the token budget of its bucket (`evaluate.generation.budget`, see `polyalign.generation`); every
+response records its budget and whether the budget cut it. Models run on the device `trainer.accelerator` selects.
 Generations and the human answers' NLL are cached in `cache/eval/<method>/<key>.json`, keyed by the model's
-files, the prompts, the decoding settings and the seed: changing a metric setting reuses them, changing the
-model or the decoding regenerates. Prompts are rendered from the prompt fields only, so neither the human answer
+files, the prompts, the budgets, the decoding settings and the seed: changing a metric setting reuses them,
+changing the model or the decoding regenerates; a damaged cache entry is a miss. Prompts are rendered from the prompt fields only, so neither the human answer
 nor (unless `prompt.conditioning: oracle_length`, which the report labels) its length bin can reach a model.
 """
 
@@ -21,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 from transformers import AutoTokenizer
 
 from polyalign.buckets.references import References
@@ -41,10 +43,10 @@ from polyalign.evaluation.suite import (
 )
 from polyalign.evaluation.summary import aggregate
 from polyalign.evaluation.utility import score_utility
-from polyalign.generation import generate
+from polyalign.generation import generate, prompt_budgets
 from polyalign.io import atomic_path, json_safe, write_json
 from polyalign.log import console
-from polyalign.modeling.model import load_model_dir
+from polyalign.modeling.model import folder_digest, inference_device, load_model_dir
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.params import Params
 from polyalign.training.preference import response_logps
@@ -63,15 +65,6 @@ def model_dir(method: str, params: Params, root: Path) -> Path:
     stage, _, variant = method.partition("@")
     models = root / params.paths.models
     return models / "base" if stage == "base" else models / stage / variant
-
-
-def folder_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode())
-        with path.open("rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()
 
 
 def _sha(data) -> str:
@@ -103,53 +96,66 @@ def tdm_encoder(params: Params, root: Path) -> NgramEncoder:
     return NgramEncoder((1, 3), 20_000, 64, params.seed).fit(texts)
 
 
-def generations(method: str, records: list[dict], params: Params, root: Path) -> dict:
+def model_context(folder: Path) -> int | None:
+    """The model's context length from its config.json (read without loading the weights)."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    return config.get("max_position_embeddings")
+
+
+def generations(method: str, records: list[dict], train: dict[str, list[str]], params: Params, root: Path) -> dict:
     """The method's responses to the test prompts and its NLL of the human answers, from the cache when the
-    model files, prompts, decoding and seed are unchanged."""
+    model files, prompts, budgets, decoding and seed are unchanged."""
     folder = model_dir(method, params, root)
     tokenizer = AutoTokenizer.from_pretrained(folder)  # enough for the cache key; the weights only on a miss
     p, g = params.prompt, params.evaluate.generation
     renderer = PromptRenderer(tokenizer, p.conditioning, p.max_prompt_tokens, p.max_tokens)
     shown = [prompt_record(r, p.conditioning) for r in records]
     prompts = [renderer.prompt_ids(r) for r in shown]
+    budgets = prompt_budgets(g, tokenizer, train["answers"], train["buckets"], [r["bucket_id"] for r in records],
+                             [len(x) for x in prompts], model_context(folder))
     answers = [r["human_answer"] for r in records]
     key = _sha({"model": folder_digest(folder), "prompts": prompts, "answers": answers, "decoding": g.model_dump(),
-                "seed": params.seed, "max_tokens": p.max_tokens})
+                "budgets": budgets, "seed": params.seed, "max_tokens": p.max_tokens})
     cache = root / params.paths.cache / "eval" / method / f"{key[:24]}.json"
     if cache.is_file():
-        cached = json.loads(cache.read_text(encoding="utf-8"))
+        try:
+            cached = json.loads(cache.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            cached = {}  # a damaged cache entry is a miss
         if cached.get("key") == key:
             return {**cached, "cache": "hit", "model_dir": folder, "timing_s": {"generation": 0.0, "nll": 0.0}}
     model, tokenizer = load_model_dir(folder, f"the model of {method}")
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(inference_device(params.trainer.accelerator))
     start = time.perf_counter()
-    ids = generate(model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=g.max_new_tokens,
-                   temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, repetition_penalty=g.repetition_penalty,
-                   batch_size=g.batch_size, seed=params.seed, progress=params.logging.progress,
-                   description=f"evaluate: generating ({method})")
+    samples = generate(model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=budgets,
+                       temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                       repetition_penalty=g.repetition_penalty, batch_size=g.batch_size, seed=params.seed,
+                       progress=params.logging.progress, description=f"evaluate: generating ({method})")
     generated_s = time.perf_counter() - start
-    responses = [tokenizer.decode(sample[0], skip_special_tokens=True).strip() for sample in ids]
+    responses = [tokenizer.decode(s[0].ids, skip_special_tokens=True).strip() for s in samples]
     start = time.perf_counter()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else renderer.eot_ids[0]
     examples = [renderer.example({**r, "human_answer": a}) for r, a in zip(shown, answers)]
     logps, counts = response_logps(model, examples, pad_id, batch_size=g.batch_size)
     nll_s = time.perf_counter() - start
-    result = {"key": key, "responses": responses, "generated_tokens": sum(len(s[0]) for s in ids),
+    result = {"key": key, "responses": responses, "generated_tokens": sum(len(s[0].ids) for s in samples),
+              "truncated": [s[0].truncated for s in samples], "budgets": budgets,
               "nll_sum": (-logps).tolist(), "nll_tokens": counts.tolist()}
     write_json(cache, result)
     return {**result, "cache": "miss", "model_dir": folder, "timing_s": {"generation": generated_s, "nll": nll_s}}
 
 
-def score_method(method: str, order: int, records: list[dict], test: EvalRows, human: Side, encoder,
-                 critic: Critic, settings: Settings, params: Params, root: Path) -> dict:
-    out = generations(method, records, params, root)
+def score_method(method: str, order: int, records: list[dict], train: dict[str, list[str]], test: EvalRows,
+                 human: Side, encoder, critic: Critic, settings: Settings, params: Params, root: Path) -> dict:
+    out = generations(method, records, train, params, root)
     start = time.perf_counter()
     responses = out["responses"]
     gen = Side.build(responses, test, encoder)
     scores = score_utility(responses, human.texts, test.languages)
     scores.update(nll_sum=np.asarray(out["nll_sum"], dtype=np.float64),
                   nll_tokens=np.asarray(out["nll_tokens"], dtype=np.float64),
-                  critic_distance=critic.distance(responses, test.bucket_ids, progress=False))
+                  critic_distance=critic.score_responses(responses, records, progress=False),
+                  truncated=np.asarray(out["truncated"], dtype=bool))
     cfg = params.evaluate
     summary = summarise(test, gen, human, scores, settings, cfg.bootstrap_resamples, cfg.confidence)
     metrics_s = time.perf_counter() - start
@@ -159,6 +165,7 @@ def score_method(method: str, order: int, records: list[dict], test: EvalRows, h
         "conditioning": params.prompt.conditioning, "oracle": params.prompt.conditioning == "oracle_length",
         "decoding": cfg.generation.model_dump(), "seed": params.seed, "n": len(records), "test_ids": test.ids,
         "cache": out["cache"], "generated_tokens": out["generated_tokens"],
+        "truncated_responses": int(np.sum(out["truncated"])),
         "timing_s": {**out["timing_s"], "metrics": metrics_s},
         "counts": {"empty_predictions": int(scores["empty_prediction"].sum()),
                    "empty_references": int(scores["empty_reference"].sum()),
@@ -168,9 +175,10 @@ def score_method(method: str, order: int, records: list[dict], test: EvalRows, h
             "not computed: install the optional GPL-3.0 extra with `pip install -e '.[mauve]'`"),
         **summary,
         "examples": [{"id": i, "bucket_id": b, "response": r, "n_tokens": int(n), "f1": f, "rouge_l": rl,
-                      "critic_distance": float(d)}
-                     for i, b, r, n, f, rl, d in zip(test.ids, test.bucket_ids, responses, lengths, scores["f1"],
-                                                     scores["rouge_l"], scores["critic_distance"])],
+                      "critic_distance": float(d), "budget": int(budget), "truncated": bool(cut)}
+                     for i, b, r, n, f, rl, d, budget, cut in zip(
+                         test.ids, test.bucket_ids, responses, lengths, scores["f1"], scores["rouge_l"],
+                         scores["critic_distance"], out["budgets"], out["truncated"])],
     }
 
 
@@ -207,7 +215,9 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         "examples": [{"id": i, "bucket_id": b, "n_tokens": int(n)}
                      for i, b, n in zip(test.ids, test.bucket_ids, human.features[:, 0])],
     }
-    results = [score_method(m, k, records, test, human, encoder, critic, settings, params, root)
+    table = pq.read_table(root / params.paths.buckets / "train.parquet", columns=["human_answer", "bucket_id"])
+    train = {"answers": table.column("human_answer").to_pylist(), "buckets": table.column("bucket_id").to_pylist()}
+    results = [score_method(m, k, records, train, test, human, encoder, critic, settings, params, root)
                for k, m in enumerate(cfg.methods)]
     reports = root / params.paths.reports
     with atomic_path(reports / "eval", directory=True) as tmp:

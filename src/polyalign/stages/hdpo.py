@@ -8,6 +8,7 @@ and `reports/hdpo/<variant>.json`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -20,7 +21,15 @@ from polyalign.io import atomic_path, write_json, write_text
 from polyalign.log import console
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.params import Params
-from polyalign.training.preference import PairCollator, PreferenceModule, encode_pair, pair_dataloader
+from polyalign.training.preference import (
+    FINGERPRINT,
+    PairCollator,
+    PreferenceModule,
+    encode_pair,
+    fingerprint_changes,
+    pair_dataloader,
+    reference_fingerprint,
+)
 from polyalign.training.trainer import build_trainer, check_devices, finish_loggers, total_optimizer_steps
 
 REQUIRED = ("question", "chosen", "rejected", "bucket_id", "d_chosen", "d_rejected", "weight", "language",
@@ -41,6 +50,24 @@ def read_pairs(path: Path, need_ref: bool) -> list[dict]:
     return table.to_pylist()
 
 
+def check_reference(pairs_dir: Path, start: Path, renderer: PromptRenderer) -> None:
+    """Precomputed reference log-probs are only valid for the model and prompt format they were computed with:
+    refuse them when either changed since `pairs` ran."""
+    path = pairs_dir / FINGERPRINT
+    if not path.is_file():
+        raise UserError(f"hdpo: {path} not found, so the precomputed reference log-probs cannot be checked "
+                        "(rerun `polyalign pairs`)")
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"hdpo: {path} is not valid JSON ({exc}); rerun `polyalign pairs`") from None
+    changes = fingerprint_changes(stored, reference_fingerprint(start, renderer))
+    if changes:
+        raise UserError(f"hdpo: the reference log-probs in {pairs_dir} were computed with another model or prompt "
+                        f"format than hdpo uses now ({'; '.join(changes)}); rerun `polyalign pairs`, or set "
+                        "hdpo.reference: frozen")
+
+
 def run(params: Params, variant: str, root: Path = Path(".")) -> dict | None:
     h = params.hdpo
     if variant not in h.variants:
@@ -59,6 +86,8 @@ def run(params: Params, variant: str, root: Path = Path(".")) -> dict | None:
     tokenizer = AutoTokenizer.from_pretrained(start)
     renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
                               params.prompt.max_tokens)
+    if need_ref:
+        check_reference(pairs_dir, start, renderer)
     for rows in (train, val):
         for r in rows:
             r.update(encode_pair(renderer, r))

@@ -2,9 +2,14 @@
 `models/sft/bucket` (`first`, or `farthest` by critic distance), or the user's own pairs
 (`pairs.preference_file`). Empty sides and samples identical to the human answer are dropped and counted.
 
-Reads params: seed, paths, prompt, generation, pairs. Writes `data/pairs/{train,val}.parquet` (prompt fields,
-chosen, rejected, bucket, critic distances d_chosen/d_rejected, bucket-balanced weight normalised over the
-file, and with `precompute_ref` the reference model's summed log-probs of both sides) and `reports/pairs.json`.
+Each prompt's token budget comes from `generation` (by default 1.5 x the q90 length of its bucket's training
+answers). A sample its budget cut is kept with `rejected_truncated` (and scored without an end-of-turn token)
+or dropped (`pairs.truncated`); samples are stored and scored as the token ids the model generated.
+
+Reads params: seed, paths, prompt, generation, pairs, trainer.accelerator. Writes `data/pairs/{train,val}.parquet`
+(prompt fields, chosen, rejected, rejected_ids, rejected_truncated, bucket, critic distances d_chosen/d_rejected,
+bucket-balanced weight normalised over the file, and with `precompute_ref` the reference model's summed log-probs
+of both sides), `data/pairs/fingerprint.json` (what those log-probs were computed with) and `reports/pairs.json`.
 """
 
 from __future__ import annotations
@@ -16,16 +21,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from sklearn.metrics import roc_auc_score
 
 from polyalign.critic.model import Critic
 from polyalign.errors import UserError
-from polyalign.generation import generate
+from polyalign.generation import Sample, generate, prompt_budgets
 from polyalign.io import atomic_path, write_json
 from polyalign.log import console
-from polyalign.modeling.model import load_model_dir
+from polyalign.modeling.model import inference_device, load_model_dir
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.params import Params
-from polyalign.training.preference import score_examples
+from polyalign.training.preference import FINGERPRINT, pair_examples, reference_fingerprint, score_examples
 
 PROMPT_FIELDS = ("id", "language", "track", "family", "length_bin", "question", "context", "dialogue_history",
                  "bucket_id")
@@ -68,53 +74,70 @@ def read_preference_file(path: str, root: Path) -> list[dict]:
 
 
 def sampled_pairs(records: list[dict], model, tokenizer, renderer: PromptRenderer, critic: Critic,
-                  params: Params, seed: int, dropped: Counter) -> list[dict]:
+                  params: Params, budgets: list[int], seed: int, dropped: Counter, report: dict) -> list[dict]:
+    """Sample `pairs.k` responses per prompt and pair the human answer (chosen) with one of them (rejected).
+
+    Samples keep the token ids the model generated and their `truncated` flag (cut by the budget, no end of
+    turn); `pairs.truncated: drop` leaves truncated samples out. `report` gets the share of truncated samples
+    and the critic's AUROC of human answers vs the samples, overall and per language: how well the critic
+    separates exactly the responses HDPO will be asked to move away from."""
     g, cfg = params.generation, params.pairs
     prompts = [renderer.prompt_ids(r) for r in records]
-    samples = generate(model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=g.max_new_tokens,
+    samples = generate(model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=budgets,
                        temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
                        repetition_penalty=g.repetition_penalty, num_samples=cfg.k, batch_size=g.batch_size,
                        seed=seed, progress=params.logging.progress, description="sampling rejected responses")
+    flat = [(i, s, tokenizer.decode(s.ids, skip_special_tokens=True).strip())
+            for i, outs in enumerate(samples) for s in outs]
+    report["samples"] = len(flat)
+    report["samples_truncated"] = sum(s.truncated for _, s, _ in flat)
+    sample_d = critic.score_responses([t for _, _, t in flat], [records[i] for i, _, _ in flat])
+    human_d = critic.score_responses([r["human_answer"] for r in records], records)
+    report.update(critic_separation(records, human_d, [(i, d) for (i, _, t), d in zip(flat, sample_d) if t]))
+
+    candidates: list[list[tuple[float, str, Sample]]] = [[] for _ in records]
+    for (i, sample, text), d in zip(flat, sample_d):
+        if not text:
+            dropped["empty_sample"] += 1
+        elif text == records[i]["human_answer"].strip():
+            dropped["sample_equals_human"] += 1
+        elif sample.truncated and cfg.truncated == "drop":
+            dropped["truncated_sample"] += 1
+        else:
+            candidates[i].append((float(d), text, sample))
     pairs = []
-    for record, outs in zip(records, samples):
-        candidates = []
-        for ids in outs:
-            text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-            if not text:
-                dropped["empty_sample"] += 1
-            elif text == record["human_answer"].strip():
-                dropped["sample_equals_human"] += 1
-            else:
-                candidates.append(text)
+    for record, options in zip(records, candidates):
         if not record["human_answer"].strip():
             dropped["empty_chosen"] += 1
-        elif not candidates:
+        elif not options:
             dropped["no_usable_sample"] += 1
         else:
+            _, text, sample = max(options, key=lambda o: o[0]) if cfg.rejected == "farthest" else options[0]
             pairs.append({**{k: record[k] for k in PROMPT_FIELDS}, "chosen": record["human_answer"],
-                          "candidates": candidates, "balance_weight": record["bucket_weight"]})
-    if cfg.rejected == "farthest" and pairs:
-        flat = [(i, c) for i, p in enumerate(pairs) for c in p["candidates"]]
-        d = critic.distance([c for _, c in flat], [pairs[i]["bucket_id"] for i, _ in flat])
-        best: dict[int, tuple[float, str]] = {}
-        for (i, c), dist in zip(flat, d):
-            if i not in best or dist > best[i][0]:
-                best[i] = (float(dist), c)
-        for i, p in enumerate(pairs):
-            p["rejected"] = best[i][1]
-    else:
-        for p in pairs:
-            p["rejected"] = p["candidates"][0]
-    for p in pairs:
-        del p["candidates"]
+                          "rejected": text, "rejected_ids": sample.ids, "rejected_truncated": sample.truncated,
+                          "balance_weight": record["bucket_weight"]})
     return pairs
+
+
+def critic_separation(records: list[dict], human_d: np.ndarray, samples: list[tuple[int, float]]) -> dict:
+    """AUROC of the critic telling the model's samples (should score farther) from the human answers of the same
+    prompts, overall and per language; None where one side is missing."""
+    out = {}
+    languages = sorted({r["language"] for r in records})
+    for lang in [None, *languages]:
+        humans = [d for r, d in zip(records, human_d) if lang in (None, r["language"])]
+        model = [d for i, d in samples if lang in (None, records[i]["language"])]
+        key = "critic_auroc_human_vs_sample" + (f"/{lang}" if lang else "")
+        out[key] = (float(roc_auc_score(np.r_[np.zeros(len(humans)), np.ones(len(model))], np.r_[humans, model]))
+                    if humans and model else None)
+    return out
 
 
 def finish(pairs: list[dict], critic: Critic, model, tokenizer, renderer: PromptRenderer, precompute: bool) -> None:
     """Critic distances, weights normalised over the file, and optionally reference log-probs."""
     buckets = [p["bucket_id"] for p in pairs]
-    d_c = critic.distance([p["chosen"] for p in pairs], buckets)
-    d_r = critic.distance([p["rejected"] for p in pairs], buckets)
+    d_c = critic.score_responses([p["chosen"] for p in pairs], pairs)
+    d_r = critic.score_responses([p["rejected"] for p in pairs], pairs)
     raw = np.array([p.get("balance_weight") or np.nan for p in pairs], dtype=np.float64)
     if np.isnan(raw).any():  # user data or unseen buckets: balance over the file's own buckets
         counts = Counter(buckets)
@@ -122,9 +145,9 @@ def finish(pairs: list[dict], critic: Critic, model, tokenizer, renderer: Prompt
     weights = raw / raw.mean()
     if precompute:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else renderer.eot_ids[0]
-        ref_c = score_examples(model, [renderer.example({**p, "human_answer": p["chosen"]}) for p in pairs], pad_id)
-        ref_r = score_examples(model, [renderer.example({**p, "human_answer": p["rejected"]}) for p in pairs],
-                               pad_id)
+        examples = [pair_examples(renderer, p) for p in pairs]
+        ref_c = score_examples(model, [c for c, _ in examples], pad_id)
+        ref_r = score_examples(model, [r for _, r in examples], pad_id)
     for i, p in enumerate(pairs):
         p.pop("balance_weight", None)
         p.update(d_chosen=float(d_c[i]), d_rejected=float(d_r[i]), weight=float(weights[i]))
@@ -132,16 +155,27 @@ def finish(pairs: list[dict], critic: Critic, model, tokenizer, renderer: Prompt
             p.update(ref_chosen_logp=float(ref_c[i]), ref_rejected_logp=float(ref_r[i]))
 
 
+def model_context(model) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
+
+
 def run(params: Params, root: Path = Path(".")) -> dict:
     cfg = params.pairs
     models = root / params.paths.models
-    model, tokenizer = load_model_dir(models / "sft" / "bucket", "the bucket-aware SFT model (sft@bucket)")
+    start = models / "sft" / "bucket"
+    model, tokenizer = load_model_dir(start, "the bucket-aware SFT model (sft@bucket)")
+    model.to(inference_device(params.trainer.accelerator))
     critic = Critic.load(models / "critic")
     renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
                               params.prompt.max_tokens)
-    report: dict = {"source": "file" if cfg.preference_file else "samples", "k": cfg.k, "rejected": cfg.rejected}
+    report: dict = {"source": "file" if cfg.preference_file else "samples", "k": cfg.k, "rejected": cfg.rejected,
+                    "truncated": cfg.truncated, "budget": params.generation.budget}
     out: dict[str, list[dict]] = {}
     user_rows = read_preference_file(cfg.preference_file, root) if cfg.preference_file else None
+    if user_rows is None:
+        train_all = read_records(root / params.paths.buckets / "train.parquet", 0, params.seed)
+        train_answers = [r["human_answer"] for r in train_all]
+        train_buckets = [r["bucket_id"] for r in train_all]
     for offset, split in enumerate(("train", "val")):
         dropped: Counter = Counter()
         if user_rows is not None:
@@ -149,21 +183,35 @@ def run(params: Params, root: Path = Path(".")) -> dict:
             if len(user_rows) > 1 and not is_val.any():
                 is_val[-1] = True
             pairs = [dict(r) for r, v in zip(user_rows, is_val) if v == (split == "val")]
+            for p in pairs:
+                p.update(rejected_ids=None, rejected_truncated=False)
         else:
             records = read_records(root / params.paths.buckets / f"{split}.parquet", cfg.max_prompts, params.seed)
-            pairs = sampled_pairs(records, model, tokenizer, renderer, critic, params, params.seed + offset, dropped)
+            budgets = prompt_budgets(params.generation, tokenizer, train_answers, train_buckets,
+                                     [r["bucket_id"] for r in records],
+                                     [len(renderer.prompt_ids(r)) for r in records], model_context(model))
+            sample_report: dict = {}
+            pairs = sampled_pairs(records, model, tokenizer, renderer, critic, params, budgets,
+                                  params.seed + offset, dropped, sample_report)
+            report.update({f"{split}_{k}": v for k, v in sample_report.items()})
+            report[f"{split}_budget_mean"] = float(np.mean(budgets)) if budgets else 0.0
         if not pairs:
             raise UserError(f"pairs: no usable {split} pair ({dict(dropped)})")
         finish(pairs, critic, model, tokenizer, renderer, cfg.precompute_ref)
         out[split] = pairs
         report[f"{split}_pairs"] = len(pairs)
         report[f"{split}_dropped"] = dict(dropped)
+        report[f"{split}_rejected_truncated"] = float(np.mean([p["rejected_truncated"] for p in pairs]))
         report[f"{split}_dist_gap"] = float(np.mean([p["d_rejected"] - p["d_chosen"] for p in pairs]))
         report[f"{split}_rejected_farther"] = float(np.mean([p["d_rejected"] > p["d_chosen"] for p in pairs]))
     with atomic_path(root / params.paths.data_pairs, directory=True) as tmp:
         for split, pairs in out.items():
             pq.write_table(pa.Table.from_pylist(pairs), tmp / f"{split}.parquet")
+        if cfg.precompute_ref:
+            write_json(tmp / FINGERPRINT, reference_fingerprint(start, renderer))
     write_json(root / params.paths.reports / "pairs.json", report)
+    auroc = report.get("val_critic_auroc_human_vs_sample")
     console.print(f"pairs: {report['train_pairs']} train / {report['val_pairs']} val pairs; the rejected side is "
-                  f"farther from human support in {report['train_rejected_farther']:.0%} of train pairs")
+                  f"farther from human support in {report['train_rejected_farther']:.0%} of train pairs"
+                  + (f"; critic AUROC human vs sample (val) {auroc:.3f}" if auroc is not None else ""))
     return report

@@ -8,6 +8,7 @@ adapter disabled.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,14 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
+from polyalign.modeling.model import folder_digest
 from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
 from polyalign.training.losses import sequence_logps
 from polyalign.training.preference_loss import hdpo_loss
 from polyalign.training.samplers import EpochBatchSampler, ResumableDataLoader
 from polyalign.training.sft import lora_wrap, make_optimizer
+
+FINGERPRINT = "fingerprint.json"  # beside the pairs: what their precomputed reference log-probs were computed with
 
 
 def pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -31,11 +35,46 @@ def pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return out
 
 
-def encode_pair(renderer: PromptRenderer, row: dict[str, Any]) -> dict[str, Any]:
+def pair_examples(renderer: PromptRenderer, row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The chosen and rejected training examples of a pair. A sampled rejected response is scored from the token
+    ids the model generated (`rejected_ids`), and one that its budget cut (`rejected_truncated`) gets no
+    end-of-turn token; text-only sides (human answers, the user's own pairs) are encoded and end their turn."""
     chosen = renderer.example({**row, "human_answer": row["chosen"]})
-    rejected = renderer.example({**row, "human_answer": row["rejected"]})
+    ids = row.get("rejected_ids")
+    if ids is None:
+        rejected = renderer.example({**row, "human_answer": row["rejected"]})
+    else:
+        rejected = renderer.example_from_ids(row, list(ids), ended=not row.get("rejected_truncated", False))
+    return chosen, rejected
+
+
+def encode_pair(renderer: PromptRenderer, row: dict[str, Any]) -> dict[str, Any]:
+    chosen, rejected = pair_examples(renderer, row)
     return {"chosen_ids": chosen["input_ids"], "chosen_labels": chosen["labels"],
             "rejected_ids": rejected["input_ids"], "rejected_labels": rejected["labels"]}
+
+
+def reference_fingerprint(model_dir: Path, renderer: PromptRenderer) -> dict[str, Any]:
+    """What precomputed reference log-probs depend on: the exact model files, the prompt format and the dtype
+    they were computed in. `hdpo` compares it with its own before trusting them."""
+    template = renderer.tokenizer.chat_template or ""
+    return {"model_files_sha256": folder_digest(model_dir), "conditioning": renderer.conditioning,
+            "max_prompt_tokens": renderer.max_prompt_tokens, "max_tokens": renderer.max_tokens,
+            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
+            "end_of_turn_ids": list(renderer.eot_ids), "dtype": "float32"}
+
+
+def fingerprint_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two reference fingerprints (empty when they match)."""
+    changes = []
+    for key in sorted(set(stored) | set(current)):
+        if stored.get(key) != current.get(key):
+            was, now = stored.get(key), current.get(key)
+            if key.endswith("sha256"):
+                changes.append(f"{key.removesuffix('_sha256')} changed")
+            else:
+                changes.append(f"{key}: {was!r} -> {now!r}")
+    return changes
 
 
 @torch.no_grad()

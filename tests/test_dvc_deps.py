@@ -1,0 +1,82 @@
+"""Every DVC stage depends on exactly the project code it runs: a change to any module a stage imports (directly or
+through other modules) reruns that stage, and no stage lists code it never imports. Stale outputs come from the
+first kind of gap (e.g. `pairs` once missed the prompt renderer, so precomputed reference log-probs outlived a
+template change); needless reruns from the second."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+SRC = ROOT / "src"
+PACKAGE = SRC / "polyalign"
+# Plumbing every stage imports that does not change what a stage computes: the CLI, parameter parsing (its values
+# are DVC params), errors, logging and atomic writes.
+PLUMBING = {"__init__.py", "__main__.py", "cli.py", "errors.py", "log.py", "io.py", "params.py"}
+
+
+def module_file(name: str) -> Path | None:
+    base = SRC.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_files(path: Path) -> set[Path]:
+    """The project modules one file imports, anywhere in it (also inside functions)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            if name.split(".")[0] == "polyalign" and (found := module_file(name)) is not None:
+                out.add(found)
+    return out
+
+
+def is_plumbing(path: Path) -> bool:
+    return path.relative_to(PACKAGE).as_posix() in PLUMBING
+
+
+def closure(start: Path) -> set[Path]:
+    """The project modules a stage runs: its own file and everything it imports, transitively (not through the
+    plumbing, whose imports serve parameter validation)."""
+    seen, todo = set(), [start]
+    while todo:
+        path = todo.pop()
+        if path in seen or is_plumbing(path):
+            continue
+        seen.add(path)
+        todo += imported_files(path) - seen
+    return seen
+
+
+def stages() -> list[tuple[str, str, list[str]]]:
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    return [(name, stage["cmd"].split()[1], [d for d in stage["deps"] if d.startswith("src/")])
+            for name, stage in spec.items()]
+
+
+@pytest.mark.parametrize(("stage", "command", "deps"), stages(), ids=[s[0] for s in stages()])
+def test_a_stage_depends_on_exactly_the_code_it_imports(stage, command, deps):
+    entry = PACKAGE / "stages" / f"{command.replace('-', '_')}.py"
+    used = closure(entry)
+    dep_paths = [ROOT / d for d in deps]
+
+    def covered(path: Path) -> bool:
+        return any(path == d or d in path.parents for d in dep_paths)
+
+    missing = sorted(p.relative_to(ROOT).as_posix() for p in used if not covered(p))
+    assert not missing, f"dvc.yaml stage {stage} imports {missing} but does not depend on them"
+    unused = [d.relative_to(ROOT).as_posix() for d in dep_paths
+              if not any(p == d or d in p.parents for p in used)]
+    assert not unused, f"dvc.yaml stage {stage} depends on {unused} but never imports them"

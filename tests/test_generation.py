@@ -1,0 +1,48 @@
+"""Per-bucket generation budgets: derived from the training answers' lengths in model tokens, backed off for small
+buckets, capped by max_new_tokens and by the model's context."""
+
+import math
+
+import pytest
+
+from polyalign.generation import bucket_budgets, budget_of, prompt_budgets
+from polyalign.params import GenerationParams
+
+
+class WordTokenizer:
+    """One token per space-separated word: lengths the test can count by hand."""
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [list(range(len(t.split()))) for t in texts]}
+
+
+def test_a_bucket_budget_is_factor_times_its_q90_length_and_small_buckets_back_off():
+    long = [float(n) for n in range(100, 300, 10)]  # 20 answers: q90 = 270 + 0.1 * 10 = 271 (linear)
+    short = [float(n) for n in range(1, 21)]  # 20 answers: q90 = 18.1
+    lengths = long + short + [500, 600]
+    buckets = ["en|single|qa|xlong"] * 20 + ["en|single|qa|short"] * 20 + ["en|single|qa|long"] * 2
+    table = bucket_budgets(lengths, buckets, factor=1.5)
+    assert table["en|single|qa|xlong"] == math.ceil(1.5 * 271)
+    assert table["en|single|qa|short"] == math.ceil(1.5 * 18.1)
+    assert "en|single|qa|long" not in table  # 2 answers: too few for a quantile of its own
+    parent = table["en|single|qa|*"]
+    assert budget_of(table, "en|single|qa|long", 1) == parent
+    assert budget_of(table, "zh|multi|dialogue|short", 1) == table["*|*|*|*"]  # never seen: the global budget
+
+
+def test_prompt_budgets_fixed_bucket_capped_and_within_the_context():
+    answers = ["w " * 10] * 12 + ["w " * 100] * 12
+    buckets = ["en|single|qa|short"] * 12 + ["en|single|qa|xlong"] * 12
+    asked = ["en|single|qa|short", "en|single|qa|xlong", "en|single|qa|xlong"]
+    tok = WordTokenizer()
+    assert prompt_budgets(GenerationParams(budget="fixed", max_new_tokens=7), tok, answers, buckets, asked,
+                          [5, 5, 5], None) == [7, 7, 7]
+    assert prompt_budgets(GenerationParams(), tok, answers, buckets, asked, [5, 5, 5], None) == [15, 150, 150]
+    assert prompt_budgets(GenerationParams(max_new_tokens=64), tok, answers, buckets, asked, [5, 5, 5],
+                          None) == [15, 64, 64]
+    assert prompt_budgets(GenerationParams(), tok, answers, buckets, asked, [5, 5, 100], 128) == [15, 123, 28]
+
+
+def test_fixed_budget_needs_a_number_of_tokens():
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        GenerationParams(budget="fixed", max_new_tokens=0)
