@@ -70,6 +70,15 @@ def test_training_lowers_val_loss_changes_parameters_and_exports_plain_transform
     assert report["balance"] == "sampler" and report["val_loss"] < 10 and report["tokens_per_s"] > 0
     assert {b.split("|")[0] for b in report["val_loss_per_bucket"]} == {"en", "zh"}
     assert (project / "reports/sft/bucket/train_loss.csv").read_text().startswith("step,loss\n")
+    # training answers that prompt.max_tokens cuts are counted, as the renderer sees them
+    from polyalign.modeling.prompts import PromptRenderer
+
+    renderer = PromptRenderer(AutoTokenizer.from_pretrained(base), params.prompt.conditioning,
+                              params.prompt.max_prompt_tokens, params.prompt.max_tokens)
+    train = pq.read_table(project / "data/buckets/train.parquet").to_pylist()
+    cut = sum(renderer.example(r)["truncated"] for r in train)
+    assert report["truncated_train_examples"] == cut
+    assert report["truncated_train_share"] == pytest.approx(cut / len(train), abs=1e-4)
 
 
 def read_curve(path):

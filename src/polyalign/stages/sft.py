@@ -11,6 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from transformers import AutoTokenizer
 
 from polyalign.errors import UserError
@@ -83,7 +85,10 @@ def run(params: Params, variant: str, resume: bool = False, root: Path = Path(".
         "epochs": trainer.current_epoch,
         "train_examples": len(data.train),
         "val_examples": len(data.val),
+        # training answers cut by prompt.max_tokens (they lose their end and their end-of-turn token); counted here
+        # because prepare runs before any tokenizer exists
         "truncated_train_examples": int(sum(data.train["truncated"])),
+        "truncated_train_share": round(float(np.mean(data.train["truncated"])) if len(data.train) else 0.0, 4),
         "train_loss": curves["train"][-1][1] if curves["train"] else float("nan"),
         "val_loss": val["loss"],
         "val_loss_macro": val["loss_macro"],
@@ -98,5 +103,6 @@ def run(params: Params, variant: str, resume: bool = False, root: Path = Path(".
     finish_loggers(trainer)
     console.print(f"sft@{variant}: {report['steps']} steps, train loss {report['train_loss']:.3f}, "
                   f"val loss {report['val_loss']:.3f} (macro {report['val_loss_macro']:.3f}), "
-                  f"{report['tokens_per_s']:.0f} tokens/s")
+                  f"{report['tokens_per_s']:.0f} tokens/s; {report['truncated_train_examples']} training examples "
+                  f"cut by prompt.max_tokens={params.prompt.max_tokens}")
     return report
