@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from conftest import FIXTURES, write_params
 from polyalign.cli import app
-from polyalign.data.clean import dedup_key
-from polyalign.params import load_params
+from polyalign.data.clean import dedup_key, split_counts, stratified_split
+from polyalign.params import SplitRatios, load_params
 from polyalign.stages import prepare
 
 runner = CliRunner()
@@ -97,6 +97,90 @@ def test_empty_answers_are_dropped_and_counted_unless_kept(tmp_path):
     assert report["dropped"] == {"empty_answer": 1} and len(rows["test"]) == 3
     report, rows = run_prepare(tmp_path / "b", src, "data.drop_empty_answers=false")
     assert report["dropped_total"] == 0 and "" in [r["human_answer"] for r in rows["test"]]
+
+
+# ------------------------------------------------------------------------------- slices in every split
+
+
+def conversations(slice_sizes, **extra):
+    """Polyalign rows: for each (language, track) the given number of two-record conversations."""
+    rows = []
+    for (language, track), n in slice_sizes.items():
+        for g in range(n):
+            for turn in range(2):
+                history = [{"role": "user", "text": "hi"}, {"role": "assistant", "text": "hello"}] * (track == "multi")
+                rows.append({"question": f"{language} {track} conversation {g} turn {turn}?",
+                             "human_answer": f"answer {g}.{turn}", "language": language, "track": track,
+                             "family": "dialogue", "group_id": f"{language}-{track}-{g}",
+                             "dialogue_history": history, **extra})
+    return rows
+
+
+def slice_splits(rows):
+    out = defaultdict(set)
+    for split, records in rows.items():
+        for r in records:
+            out[f"{r['language']}/{r['track']}"].add(split)
+    return out
+
+
+def test_default_corpus_has_every_slice_in_every_split_and_reports_the_counts(tmp_path):
+    report, rows = run_prepare(tmp_path, [{"kind": "chatterbot"}])
+    assert set(report["slices"]) == {"en/single", "en/multi", "zh/single", "zh/multi"}
+    for name, per_split in report["slices"].items():
+        assert per_split == {s: sum(f"{r['language']}/{r['track']}" == name for r in rows[s]) for s in rows}
+        assert all(per_split[s] > 0 for s in prepare.SPLITS), (name, per_split)
+    assert report["uncovered_slices"] == {}
+    assert report["slice_groups"]["zh/multi"]["test"] >= 1
+
+
+def test_a_slice_with_three_conversations_reaches_each_split_and_a_smaller_one_is_named(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "conv.jsonl", conversations({("en", "single"): 40, ("zh", "multi"): 3,
+                                                               ("en", "multi"): 2}))
+    for seed in (0, 1, 2):
+        report, rows = run_prepare(tmp_path / str(seed), [{"kind": "polyalign", "path": path}], f"seed={seed}")
+        assert slice_splits(rows)["zh/multi"] == {"train", "val", "test"}
+        assert report["slice_groups"]["zh/multi"] == {"train": 1, "val": 1, "test": 1}
+        assert report["slice_groups"]["en/single"] == {"train": 32, "val": 4, "test": 4}
+        assert report["uncovered_slices"] == {"en/multi": ["val", "test"]}  # 2 conversations: both in train
+        groups = defaultdict(set)
+        for split, records in rows.items():
+            for r in records:
+                groups[r["group_id"]].add(split)
+        assert all(len(s) == 1 for s in groups.values())
+    captured = capsys.readouterr()
+    assert "uncovered slices: en/multi (no val/test)" in (captured.out + captured.err).replace("\n", " ")
+
+
+def test_official_splits_are_kept_and_only_hashed_records_are_stratified(tmp_path):
+    hashed = write_jsonl(tmp_path / "hashed.jsonl", conversations({("zh", "multi"): 3}))
+    official = write_jsonl(tmp_path / "official.jsonl", conversations({("en", "single"): 5}, split="train"))
+    report, rows = run_prepare(tmp_path, [{"kind": "polyalign", "path": hashed},
+                                          {"kind": "polyalign", "path": official}])
+    assert slice_splits(rows) == {"zh/multi": {"train", "val", "test"}, "en/single": {"train"}}
+    assert report["uncovered_slices"] == {"en/single": ["val", "test"]}
+
+
+def test_stratified_split_respects_pools_majority_slices_and_is_deterministic():
+    def rec(group, language, track):
+        return {"group_id": group, "language": language, "track": track, "split": None}
+
+    # six groups of one train-only hf split (pool train/test): 2 records zh/multi + 1 zh/single each
+    records = [rec(f"g{g}", "zh", t) for g in range(6) for t in ("multi", "multi", "single")]
+    records += [rec(f"u{g}", "en", "single") for g in range(10)]  # no pool: kept as they are
+    pools = [("train", "test")] * 18 + [None] * 10
+    ratios = SplitRatios()
+    stratified_split(records, pools, 3, ratios)
+    splits = [r["split"] for r in records[:18]]
+    assert set(splits) == {"train", "test"} and all(r["split"] is None for r in records[18:])
+    assert all(len(set(splits[i:i + 3])) == 1 for i in range(0, 18, 3))  # a group stays together
+    assert splits.count("test") == 3  # one of 6 groups (0.1 / 0.9 of 6 rounds to 1): one zh/multi stratum
+    again = [dict(r, split=None) for r in records]
+    stratified_split(again, pools, 3, ratios)
+    assert [r["split"] for r in again] == [r["split"] for r in records]
+    assert split_counts(2, ratios, ("train", "val", "test")) == {"train": 2, "val": 0, "test": 0}
+    assert split_counts(3, ratios, ("train", "val", "test")) == {"train": 1, "val": 1, "test": 1}
+    assert split_counts(33, ratios, ("train", "val", "test")) == {"train": 27, "val": 3, "test": 3}
 
 
 # --------------------------------------------------------------------------------------------- bad input

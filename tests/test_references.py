@@ -45,13 +45,44 @@ def test_small_buckets_back_off_to_parents_and_unknown_buckets_resolve():
 def test_balance_buckets_merge_small_ones_and_weights_have_mean_one():
     ids = ["a|s|q|short"] * 60 + ["a|s|q|long"] * 5 + ["a|s|d|short"] * 30 + ["b|m|d|short"] * 2
     balance = BalanceBuckets(ids, min_size=10)
-    assert balance.resolve("a|s|q|long") == "*|*|*|*"  # 5 -> a|s|q|* -> a|s|*|* -> a|*|*|* -> root, all < 10
-    assert balance.counts == {"*|*|*|*": 7, "a|s|d|short": 30, "a|s|q|short": 60}
+    assert balance.resolve("a|s|q|long") == "a|s|q|short+long"  # the adjacent length bin of its family
+    # a language of 2 records: nothing shares a part with it, so it joins the smaller group of its length bin
+    assert balance.counts == {"a|s|d|short + b|m|d|short": 32, "a|s|q|short+long": 65}
     weights = np.array([balance.weight(b) for b in ids])
     assert weights.mean() == pytest.approx(1.0)
     # equal total mass per balance bucket
     masses = {b: sum(balance.weight(i) for i in ids if balance.resolve(i) == b) for b in balance.counts}
     assert len({round(m, 9) for m in masses.values()}) == 1
+
+
+def test_two_leftover_records_never_weigh_more_than_a_full_bucket():
+    # the case: 2 records of en|multi|dialogue|long whose siblings are large enough on their own
+    ids = (["en|multi|dialogue|short"] * 100 + ["en|multi|dialogue|medium"] * 40 + ["en|multi|dialogue|long"] * 2
+           + ["en|multi|qa|short"] * 50 + ["en|single|qa|short"] * 200 + ["zh|single|qa|short"] * 80)
+    min_size = 30
+    balance = BalanceBuckets(ids, min_size=min_size)
+    assert min(balance.counts.values()) >= min_size
+    full_bucket_weight = len(ids) / (len(balance.counts) * min_size)  # a group of exactly min_size records
+    weights = [balance.weight(b) for b in ids]
+    assert max(weights) <= full_bucket_weight
+    assert balance.resolve("en|multi|dialogue|long") == "en|multi|dialogue|medium+long"
+    assert balance.weight("en|multi|dialogue|long") == balance.weight("en|multi|dialogue|medium") < 3
+    assert balance.merges() == [
+        {"bucket": "en|multi|dialogue|long", "train": 2, "balance": "en|multi|dialogue|medium+long",
+         "group_train": 42},
+        {"bucket": "en|multi|dialogue|medium", "train": 40, "balance": "en|multi|dialogue|medium+long",
+         "group_train": 42}]
+    # unseen buckets go to their nearest group: the nearest length bin, else the nearest family, track, language
+    assert balance.resolve("en|multi|dialogue|xlong") == "en|multi|dialogue|medium+long"
+    assert balance.resolve("en|multi|assistant|short") == "en|multi|qa|short"  # of two equally near: the smaller
+    assert balance.resolve("zh|multi|dialogue|long") == "zh|single|qa|short"
+    assert balance.weight("fr|single|qa|short") > 0
+
+
+def test_a_train_split_smaller_than_min_size_is_one_group():
+    balance = BalanceBuckets(["a|s|q|short"] * 3 + ["b|m|d|long"] * 2, min_size=10)
+    assert balance.counts == {"a|s|q|short + b|m|d|long": 5}
+    assert balance.weight("a|s|q|short") == balance.weight("c|s|q|xlong") == 1.0
 
 
 def test_references_use_the_train_split_only(tmp_path):
@@ -98,3 +129,8 @@ def test_bucketize_outputs_on_the_default_corpus(tmp_path):
     assert (tmp_path / "reports/plots/buckets.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "reports/plots/buckets.csv").read_text().startswith("bucket,train,val,test\n")
     assert all(isinstance(v, (int, float)) for v in report.values())  # flat, for dvc metrics
+    # every balance group has min_bucket_size training records, so no weight exceeds a full bucket's
+    sizes = train.groupby("balance_bucket").size()
+    assert sizes.min() == report["smallest_balance_group"] >= params.buckets.min_bucket_size
+    assert train["bucket_weight"].max() <= len(train) / (len(sizes) * params.buckets.min_bucket_size)
+    assert report["merged_buckets"] > 0 and "## Merged balance groups" in md

@@ -78,3 +78,21 @@ def test_bucketize_on_all_three_real_sources(tmp_path):
     assert report["records_zh"] > 1000 and report["records_en"] > 1000
     # human val responses sit mostly inside their bucket's support band on most features
     assert report["support_distance_val"] < 0.5
+
+
+def test_real_mixed_corpus_covers_every_slice_and_no_leftover_bucket_outweighs_a_full_one(tmp_path):
+    sources = [
+        {"kind": "alpaca", "path": str(shared_file("polyalign-sample/dist_sft_val.json"))},
+        {"kind": "kdconv", "path": str(shared_file("kdconv/film_dev.json"))},
+        {"kind": "squad", "path": str(shared_file("cmrc2018/cmrc2018_trial.json"))},
+    ]
+    params = load_params(None, [f"data.sources={json.dumps(sources)}", "logging.progress=false"])
+    report = prepare.run(params, tmp_path)
+    assert report["uncovered_slices"] == {}
+    assert all(min(per_split.values()) > 0 for per_split in report["slices"].values())
+    bucketize.run(params, tmp_path)
+    train = pq.read_table(tmp_path / "data/buckets/train.parquet").to_pandas()
+    min_size = params.buckets.min_bucket_size
+    sizes = train.groupby("balance_bucket").size()
+    assert sizes.min() >= min_size
+    assert train["bucket_weight"].max() <= len(train) / (len(sizes) * min_size)

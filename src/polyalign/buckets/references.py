@@ -136,35 +136,87 @@ class References:
         return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
 
 
+DEFAULT_LENGTH_ORDER = ("short", "medium", "long", "xlong")
+
+
 class BalanceBuckets:
-    """The buckets that balancing (sampler probabilities, loss weights) counts in.
+    """The groups of buckets that balancing (sampler probabilities, loss weights) counts in.
 
-    A bucket with fewer than `min_size` training records is merged into its parent, and a parent that is still
-    too small into its own parent, so that no balance bucket is tiny and no weight explodes (a 1-record bucket
-    would otherwise get weight N / K). Weights are w_b = N / (K * n_b) over the training split (mean 1)."""
+    Every training bucket starts as its own group. While a group holds fewer than `min_size` training records
+    (and there is more than one group), the smallest such group is merged into its nearest group: the one
+    sharing the most leading parts (language, then track, then family) with it, then the nearest length bin,
+    then the smaller one. So a small length bin joins the adjacent bin of its family, a small family the
+    family of its language and track with the same length, and so on; every group ends with at least
+    `min_size` records unless the whole train split is smaller, and no handful of records gets a whole
+    bucket's mass. Weights are w_g = N / (K * n_g) over the training split (mean 1), at most N / (K * min_size).
+    """
 
-    def __init__(self, train_bucket_ids: Sequence[str], min_size: int):
-        groups = Counter(train_bucket_ids)
-        self.merged: dict[str, str] = {b: b for b in groups}
-        root = WILDCARD + ("|" + WILDCARD) * 3
-        for level in range(4):  # merge the too-small groups of each level into the next level up
-            for key in [k for k in groups if k.count(WILDCARD) == level and groups[k] < min_size and k != root]:
-                parent = backoff_chain(key)[1]  # the key with one more part dropped
-                groups[parent] += groups.pop(key)
-                self.merged = {b: parent if g == key else g for b, g in self.merged.items()}
-        self.counts = dict(sorted(groups.items()))
+    def __init__(self, train_bucket_ids: Sequence[str], min_size: int,
+                 length_order: Sequence[str] = DEFAULT_LENGTH_ORDER):
+        self.length_order = list(length_order)
+        self.bucket_counts = dict(sorted(Counter(train_bucket_ids).items()))
+        groups = [[b] for b in self.bucket_counts]
+        while len(groups) > 1:
+            small = [g for g in groups if self._size(g) < min_size]
+            if not small:
+                break
+            g = min(small, key=lambda x: (self._size(x), x))
+            groups.remove(g)
+            h = min(groups, key=lambda x: (self._distance(g, x), self._size(x), x))
+            h.extend(g)
+        self.members = {self._name(g): sorted(g, key=self._order) for g in groups}
+        self.merged: dict[str, str] = {b: name for name, g in self.members.items() for b in g}
+        self.counts = {name: self._size(g) for name, g in sorted(self.members.items())}
         total, k = sum(self.counts.values()), len(self.counts)
-        self.weights = {b: total / (k * n) for b, n in self.counts.items()}
+        self.weights = {name: total / (k * n) for name, n in self.counts.items()}
+
+    def _size(self, group: Sequence[str]) -> int:
+        return sum(self.bucket_counts[b] for b in group)
+
+    def _order(self, bid: str) -> tuple:
+        *labels, length = bid.split("|")
+        return (*labels, self._length_index(length), length)
+
+    def _name(self, group: Sequence[str]) -> str:
+        """`en|single|assistant|medium+long` for buckets that differ only in the parts joined by `+`; the
+        members joined by ` + ` when the group is not such a product of parts."""
+        group = sorted(group, key=self._order)
+        if len(group) == 1:
+            return group[0]
+        parts = [list(dict.fromkeys(p)) for p in zip(*(b.split("|") for b in group))]
+        if int(np.prod([len(p) for p in parts])) == len(group):
+            return "|".join("+".join(p) for p in parts)
+        return " + ".join(group)
+
+    def _length_index(self, length_bin: str) -> int:
+        return self.length_order.index(length_bin) if length_bin in self.length_order else len(self.length_order)
+
+    def _pair_distance(self, a: str, b: str) -> tuple[int, int]:
+        """(label parts not shared before the first difference, length bins apart) of two bucket ids."""
+        pa, pb = a.split("|"), b.split("|")
+        shared = next((i for i in range(3) if pa[i] != pb[i]), 3)
+        return 3 - shared, abs(self._length_index(pa[3]) - self._length_index(pb[3]))
+
+    def _distance(self, g: Sequence[str], h: Sequence[str]) -> tuple[int, int]:
+        return min(self._pair_distance(a, b) for a in g for b in h)
 
     def resolve(self, bid: str) -> str:
-        """Balance bucket of `bid`; a bucket that training never saw goes to its first ancestor that is one."""
+        """Balance group of `bid`; a bucket that training never saw goes to its nearest group (as above)."""
         if bid in self.merged:
             return self.merged[bid]
-        return next((key for key in backoff_chain(bid) if key in self.counts), backoff_chain(bid)[-1])
+        if not self.members:
+            return backoff_chain(bid)[-1]
+        return min(self.members, key=lambda name: (self._distance([bid], self.members[name]), self.counts[name],
+                                                   name))
 
     def weight(self, bid: str) -> float:
-        """NaN for a bucket whose balance bucket holds no training record."""
+        """NaN when training holds no record at all."""
         return self.weights.get(self.resolve(bid), float("nan"))
+
+    def merges(self) -> list[dict]:
+        """Each training bucket that shares its balance group with others: its count and its group's."""
+        return [{"bucket": b, "train": n, "balance": self.merged[b], "group_train": self.counts[self.merged[b]]}
+                for b, n in self.bucket_counts.items() if len(self.members[self.merged[b]]) > 1]
 
 
 def group_rows(labels: Sequence[str]) -> dict[str, np.ndarray]:

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 
 from polyalign.data.record import Example
 from polyalign.params import DataParams
 from polyalign.text import count_tokens, detect_language, length_bin, normalise
 
+SPLITS = ("train", "val", "test")
 SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # a duplicate is kept in the first of these
+
+
+def group_hash(seed: int, group_id: str) -> float:
+    """A uniform number in [0, 1) fixed by the seed and the group key."""
+    digest = hashlib.blake2b(f"{seed}\x1f{group_id}".encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 def hashed_split(seed: int, group_id: str, ratios, pool: tuple[str, ...] | None = None) -> str:
     """Deterministic split of a whole group (conversation, document) from a hash of its key and the seed,
-    among the splits of `pool` (default: all three) in proportion to their ratios."""
-    digest = hashlib.blake2b(f"{seed}\x1f{group_id}".encode("utf-8"), digest_size=8).digest()
-    u = int.from_bytes(digest, "big") / 2**64
-    splits = [s for s in ("train", "val", "test") if pool is None or s in pool]
+    among the splits of `pool` (default: all three) in proportion to their ratios. `prepare` refines this
+    per-group choice across the whole corpus with `stratified_split`."""
+    u = group_hash(seed, group_id)
+    splits = [s for s in SPLITS if pool is None or s in pool]
     weights = [getattr(ratios, s) for s in splits]
     total = sum(weights)
     if total <= 0:  # every split of the pool has ratio 0: nothing to share out, use the pool's first split
@@ -28,6 +36,60 @@ def hashed_split(seed: int, group_id: str, ratios, pool: tuple[str, ...] | None 
         if u < edge:
             return split
     return splits[-1]
+
+
+def slice_of(record: dict) -> str:
+    """The evaluation slice of a record: language/track, e.g. zh/multi."""
+    return f"{record['language']}/{record['track']}"
+
+
+def split_counts(n: int, ratios, pool: tuple[str, ...]) -> dict[str, int]:
+    """How many of n groups each split of `pool` gets: the ratios rounded by largest remainder, then at least
+    one group for every split with a positive ratio when there are enough groups for that."""
+    splits = [s for s in SPLITS if s in pool]
+    weights = [getattr(ratios, s) for s in splits]
+    total = sum(weights)
+    if total <= 0:
+        return {s: n if i == 0 else 0 for i, s in enumerate(splits)}
+    exact = [n * w / total for w in weights]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(splits)), key=lambda j: (counts[j] - exact[j], j))
+    for j in by_remainder[: n - sum(counts)]:
+        counts[j] += 1
+    positive = [j for j, w in enumerate(weights) if w > 0]
+    if n >= len(positive):
+        for j in positive:
+            if counts[j] == 0:  # take one group from the split that has the most
+                donor = max(range(len(splits)), key=lambda k: (counts[k], -k))
+                counts[donor] -= 1
+                counts[j] += 1
+    return dict(zip(splits, counts))
+
+
+def stratified_split(records: list[dict], pools: list[tuple[str, ...] | None], seed: int, ratios) -> None:
+    """Re-split, in place, the records that have no official split (their pool is not None) so that every
+    slice with enough groups reaches every split of its pool.
+
+    Groups (conversations, documents) are stratified by (pool, slice): a group belongs to the slice that holds
+    most of its records (a tie goes to the slice name that sorts first). Within a stratum the groups are
+    ordered by a seeded hash of their key and cut into consecutive runs sized by `split_counts`, so one
+    group stays in one split, a stratum of n >= 3 groups (2 for a two-split pool) has a group in each split,
+    and the result depends only on the seed and the set of groups."""
+    groups: dict[tuple, list[int]] = {}
+    for i, pool in enumerate(pools):
+        if pool is not None:  # records of one source split share a pool
+            groups.setdefault((pool, records[i]["group_id"]), []).append(i)
+    strata: dict[tuple, list[str]] = {}
+    for (pool, gid), rows in groups.items():
+        slices = Counter(slice_of(records[i]) for i in rows)
+        home = min(slices, key=lambda s: (-slices[s], s))
+        strata.setdefault((pool, home), []).append(gid)
+    for (pool, _), gids in strata.items():
+        gids.sort(key=lambda g: (group_hash(seed, g), g))
+        sequence = [s for s, k in split_counts(len(gids), ratios, pool).items() for _ in range(k)]
+        for gid, split in zip(gids, sequence):
+            for i in groups[(pool, gid)]:
+                records[i]["split"] = split
 
 
 def to_record(ex: Example, data: DataParams, seed: int) -> dict | str:

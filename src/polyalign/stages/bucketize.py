@@ -7,7 +7,7 @@ human reference distributions from the train split only, and write
 - `reports/buckets.json` (flat numbers for `dvc metrics`), `reports/buckets.md` (bucket table),
   `reports/plots/buckets.csv` and `reports/plots/buckets.png` (records per bucket and split).
 
-Reads params: paths, buckets, logging.
+Reads params: paths, buckets, data.length_bins.names (the order of the length bins), logging.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
 
     refs = References.build(features["train"], ids["train"], FEATURE_NAMES, min_bucket_size=cfg.min_bucket_size,
                             support_low=cfg.support_low, support_high=cfg.support_high, epsilon=cfg.epsilon)
-    balance = BalanceBuckets(ids["train"], cfg.min_bucket_size)
+    balance = BalanceBuckets(ids["train"], cfg.min_bucket_size, params.data.length_bins.names)
 
     out_tables = {}
     for split, table in tables.items():
@@ -67,7 +67,6 @@ def run(params: Params, root: Path = Path(".")) -> dict:
             "bucket_id": pa.array(ids[split], pa.string()),
             "reference_bucket": pa.array(refs.resolve_many(ids[split]), pa.string()),
             "balance_bucket": pa.array([balance.resolve(b) for b in ids[split]], pa.string()),
-            # NaN for a val/test record whose balance bucket has no training record
             "bucket_weight": pa.array([balance.weight(b) for b in ids[split]], pa.float64()),
             "support_distance": pa.array(refs.distance(features[split], ids[split]), pa.float64()),
         }
@@ -79,7 +78,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
 
     rows = bucket_table(out_tables, refs, balance)
     report = build_report(out_tables, rows, refs, balance)
-    write_outputs(params, root, out_tables, refs, report, rows)
+    write_outputs(params, root, out_tables, refs, report, rows, balance.merges())
     console.print(f"bucketize: {report['buckets_train']} buckets in train, {report['reference_buckets']} reference "
                   f"buckets, {report['backed_off_buckets']} backed off; mean support distance val "
                   f"{report['support_distance_val']:.3f}")
@@ -111,6 +110,9 @@ def build_report(tables: dict[str, pa.Table], rows: list[dict], refs: References
         "reference_buckets": len(refs.buckets),
         "backed_off_buckets": sum(r["reference"] != r["bucket"] for r in rows),
         "balance_buckets": len(balance.counts),
+        "merged_buckets": len(balance.merges()),  # training buckets that share a balance group with others
+        "smallest_balance_group": min(balance.counts.values()),
+        "largest_balance_group": max(balance.counts.values()),
         "smallest_train_bucket": min(train_sizes),
         "largest_train_bucket": max(train_sizes),
         "weight_min": min(balance.weights.values()),
@@ -125,7 +127,7 @@ def build_report(tables: dict[str, pa.Table], rows: list[dict], refs: References
     return report
 
 
-def render_markdown(rows: list[dict], report: dict) -> str:
+def render_markdown(rows: list[dict], report: dict, merges: list[dict]) -> str:
     lines = [
         "# Buckets",
         "",
@@ -135,8 +137,9 @@ def render_markdown(rows: list[dict], report: dict) -> str:
         "",
         "`reference` is the bucket whose human distribution a record is compared with: the bucket itself, or the "
         "parent it backs off to (`*` = dropped part) when training holds fewer than `min_bucket_size` records. "
-        "`balance` is the bucket that balancing counts in (small buckets merged upward until they hold "
-        "`min_bucket_size` training records) and `weight` its weight N / (K n_b) over the train split.",
+        "`balance` is the group of buckets that balancing counts in (a bucket with fewer than `min_bucket_size` "
+        "training records is merged into its nearest group: same language, track and family first, then the "
+        "adjacent length bin; `+` joins the merged parts) and `weight` its weight N / (K n_g) over the train split.",
         "",
         "| bucket | train | val | test | reference | balance | weight | median tokens (train) |",
         "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: |",
@@ -145,6 +148,13 @@ def render_markdown(rows: list[dict], report: dict) -> str:
         ref, bal = (f"`{r[k]}`" if r[k] == r["bucket"] else f"**`{r[k]}`**" for k in ("reference", "balance"))
         lines.append(f"| `{r['bucket']}` | {r['train']} | {r['val']} | {r['test']} | {ref} | {bal} | "
                      f"{r['weight']:.3f} | {r['median_tokens']:g} |")
+    lines += ["", "## Merged balance groups", "",
+              (f"{report['balance_buckets']} balance groups of {report['smallest_balance_group']} to "
+               f"{report['largest_balance_group']} training records; {report['merged_buckets']} training buckets "
+               "share theirs with other buckets.")]
+    if merges:
+        lines += ["", "| bucket | train | balance group | group train |", "| --- | ---: | --- | ---: |"]
+        lines += [f"| `{m['bucket']}` | {m['train']} | `{m['balance']}` | {m['group_train']} |" for m in merges]
     return "\n".join(lines) + "\n"
 
 
@@ -172,14 +182,14 @@ def plot_buckets(rows: list[dict], path: Path) -> None:
 
 
 def write_outputs(params: Params, root: Path, tables: dict[str, pa.Table], refs: References, report: dict,
-                  rows: list[dict]) -> None:
+                  rows: list[dict], merges: list[dict]) -> None:
     with atomic_path(root / params.paths.buckets, directory=True) as tmp:
         for split, table in tables.items():
             pq.write_table(table, tmp / f"{split}.parquet")
         write_json(tmp / "references.json", refs.to_json())
     reports = root / params.paths.reports
     write_json(reports / "buckets.json", report)
-    write_text(reports / "buckets.md", render_markdown(rows, report))
+    write_text(reports / "buckets.md", render_markdown(rows, report, merges))
     csv = "bucket,train,val,test\n" + "".join(f"{r['bucket']},{r['train']},{r['val']},{r['test']}\n" for r in rows)
     write_text(reports / "plots" / "buckets.csv", csv)
     with atomic_path(reports / "plots" / "buckets.png") as tmp:

@@ -1,5 +1,8 @@
 """Stage `prepare`: read every source in `params.data.sources` (or the corpora of `data.preset`), clean and split
-the records, drop exact duplicates, write `data/prepared/{train,val,test}.parquet` and `reports/prepare.json`.
+the records (records without an official split: a seeded split stratified by slice, language x track, at the
+conversation level; see `data.clean.stratified_split`), drop exact duplicates, write
+`data/prepared/{train,val,test}.parquet` and `reports/prepare.json` (with records per slice and split and the
+slices a split lacks).
 
 Reads params: seed, paths, data. Every record that does not reach a split is counted by reason in the
 report and listed in `reports/prepare_dropped.jsonl`.
@@ -14,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from polyalign.data.clean import deduplicate, to_record
+from polyalign.data.clean import deduplicate, slice_of, stratified_split, to_record
 from polyalign.data.record import RECORD_SCHEMA, Problem
 from polyalign.data.sources import read_source
 from polyalign.errors import UserError
@@ -34,6 +37,7 @@ def source_label(cfg) -> str:
 def run(params: Params, root: Path = Path(".")) -> dict:
     data = params.data
     records: list[dict] = []
+    pools: list[tuple[str, ...] | None] = []  # per record: the splits a hashed split may choose, None if official
     dropped: list[dict] = []
     per_source: dict[str, dict] = {}
 
@@ -56,11 +60,13 @@ def run(params: Params, root: Path = Path(".")) -> dict:
                     if isinstance(record, dict):
                         record["_source"] = label
                         records.append(record)
+                        pools.append(None if item.split else (item.split_pool or SPLITS))
                         continue
                     reason, entry = record, {"origin": item.origin, "id": item.id}
                 stats["dropped"][reason] += 1
                 dropped.append({"source": label, "reason": reason, **entry})
 
+    stratified_split(records, pools, params.seed, data.split_ratios)
     records, duplicates = deduplicate(records)
     for rec in duplicates:
         per_source[rec["_source"]]["dropped"]["duplicate"] += 1
@@ -76,8 +82,28 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     console.print(f"prepare: {report['records']} records "
                   f"(train {report['splits']['train']}, val {report['splits']['val']}, "
                   f"test {report['splits']['test']}), {report['dropped_total']} dropped "
-                  f"{dict(report['dropped'])}")
+                  f"{dict(report['dropped'])}" + uncovered_note(report["uncovered_slices"]))
     return report
+
+
+def uncovered_note(uncovered: dict[str, list[str]]) -> str:
+    if not uncovered:
+        return ""
+    return "; uncovered slices: " + ", ".join(f"{s} (no {'/'.join(v)})" for s, v in uncovered.items())
+
+
+def slice_tables(records: list[dict]) -> tuple[dict, dict, dict]:
+    """Records and groups per slice and split, and the slices missing from a split that holds records."""
+    counts, groups = Counter(), defaultdict(set)
+    for rec in records:
+        counts[(slice_of(rec), rec["split"])] += 1
+        groups[(slice_of(rec), rec["split"])].add(rec["group_id"])
+    slices = sorted({s for s, _ in counts})
+    filled = [split for split in SPLITS if any(r["split"] == split for r in records)]
+    per_records = {s: {split: counts[(s, split)] for split in SPLITS} for s in slices}
+    per_groups = {s: {split: len(groups[(s, split)]) for split in SPLITS} for s in slices}
+    uncovered = {s: missing for s in slices if (missing := [x for x in filled if not counts[(s, x)]])}
+    return per_records, per_groups, uncovered
 
 
 def build_report(records: list[dict], dropped: list[dict], per_source: dict[str, dict]) -> dict:
@@ -86,6 +112,7 @@ def build_report(records: list[dict], dropped: list[dict], per_source: dict[str,
         for key in ("split", "language", "track", "family"):
             by[key][rec[key]] += 1
         by["split_language"][f"{rec['split']}/{rec['language']}"] += 1
+    slices, slice_groups, uncovered = slice_tables(records)
     return {
         "records": len(records),
         "splits": {s: by["split"][s] for s in SPLITS},
@@ -93,6 +120,9 @@ def build_report(records: list[dict], dropped: list[dict], per_source: dict[str,
         "tracks": dict(sorted(by["track"].items())),
         "families": dict(sorted(by["family"].items())),
         "split_language": dict(sorted(by["split_language"].items())),
+        "slices": slices,  # records per slice (language/track) and split
+        "slice_groups": slice_groups,  # conversations/documents per slice and split
+        "uncovered_slices": uncovered,  # slice -> the splits (of those holding records) without it
         "dropped_total": len(dropped),
         "dropped": dict(sorted(Counter(d["reason"] for d in dropped).items())),
         "sources": {name: {**s, "dropped": dict(sorted(s["dropped"].items()))} for name, s in per_source.items()},
