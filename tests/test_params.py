@@ -74,3 +74,8 @@ def test_greedy_decoding_with_several_samples_per_prompt_is_refused_before_any_w
     assert not (in_tmp / "data").exists()
     assert runner.invoke(app, ["params", "--set", "generation.temperature=0", "--set", "pairs.k=1"]).exit_code == 0
     assert "budget 'fixed' needs max_new_tokens >= 1" in bad(["params", "--set", "evaluate.generation.budget=fixed"])
+
+
+def test_label_smoothing_with_ipo_is_refused_rather_than_ignored(in_tmp):
+    out = bad(["params", "--set", "hdpo.loss_type=ipo", "--set", "hdpo.label_smoothing=0.1"])
+    assert "label_smoothing" in out and "sigmoid" in out

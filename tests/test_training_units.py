@@ -1,15 +1,22 @@
 """Pure pieces of training: the renderer and its loss mask, samplers, loss functions, the LR schedule."""
 
+import math
+
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
 
+from polyalign.modeling.model import create_scratch_model
 from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
 from polyalign.modeling.tokenizer import IM_END, train_tokenizer
+from polyalign.params import ModelParams, SftParams
+from polyalign.stages.evaluate import prompt_record
+from polyalign.training.data import Collator
 from polyalign.training.losses import per_example_loss, sft_loss
 from polyalign.training.samplers import EpochBatchSampler, bucket_probabilities
-from polyalign.training.sft import warmup_cosine
+from polyalign.training.sft import SFTModule, warmup_cosine
 
 CORPUS = ["Hello there, how are you today?", "I am fine, thanks.", "What is AI?", "你好，今天天气怎么样？",
           "今天天气很好，我们去公园吧。", "机器学习是人工智能的一个分支。"] * 20
@@ -53,14 +60,38 @@ def test_only_the_response_and_end_of_turn_carry_loss(tokenizer, rec):
     assert tokenizer.decode([t for t in ex["labels"] if t != IGNORE_INDEX]) == rec["human_answer"] + IM_END
 
 
-def test_prompt_is_byte_identical_in_training_and_generation(tokenizer):
-    renderer = PromptRenderer(tokenizer, "observable", max_prompt_tokens=200, max_tokens=256)
-    for rec in RECORDS:
-        generation = renderer.prompt_ids(rec)  # what generation feeds the model
-        training = renderer.example(rec)["input_ids"][: renderer.example(rec)["n_prompt"]]
-        assert training == generation
-        assert tokenizer.decode(generation).encode() == renderer.prompt_text(rec).encode()
-        assert renderer.prompt_text(rec).endswith("<|im_start|>assistant\n")
+LONG_HISTORY = [("user", f"turn {i} " * 6) if i % 2 == 0 else ("assistant", f"reply {i} " * 6) for i in range(10)]
+EVAL_RECORDS = [
+    *RECORDS,
+    record("ok", "last question?", history=LONG_HISTORY, track="multi", context="France is in Europe. " * 3),
+    record("好的。", "最后一个问题？", history=[("user", "你好" * 30), ("assistant", "在" * 30)], language="zh",
+           track="multi"),
+    record("fine", "What is AI? " * 40, context="Hello there, how are you today? " * 20),  # no history to drop: cut
+]
+
+
+@pytest.mark.parametrize("conditioning", ["none", "observable", "oracle_length"])
+@pytest.mark.parametrize("max_prompt_tokens", [1000, 120])
+def test_evaluation_prompts_are_the_training_prompts(tokenizer, conditioning, max_prompt_tokens):
+    """What `evaluate` feeds the model (a record reduced to its prompt fields by `prompt_record`, then rendered)
+    is token for token the prompt part of the SFT example of the full record, also when the prompt is cut."""
+    renderer = PromptRenderer(tokenizer, conditioning, max_prompt_tokens=max_prompt_tokens, max_tokens=1200)
+    cut = 0
+    for i, full in enumerate(EVAL_RECORDS):
+        full = {**full, "id": f"r{i}"}
+        shown = prompt_record(full, conditioning)
+        assert "human_answer" not in shown and ("length_bin" in shown) == (conditioning == "oracle_length")
+        evaluation = renderer.prompt_ids(shown)
+        training = renderer.example(full)
+        assert evaluation == training["input_ids"][: training["n_prompt"]]
+        assert tokenizer.decode(evaluation).endswith("<|im_start|>assistant\n")
+        whole = renderer.prompt_text(full)
+        if len(tokenizer(whole, add_special_tokens=False)["input_ids"]) > max_prompt_tokens:
+            cut += 1
+        else:  # an uncut prompt is the chat template's text, byte for byte
+            assert tokenizer.decode(evaluation).encode() == whole.encode()
+    # the last three records are cut at 120 tokens (history dropped; no history: the middle cut)
+    assert cut == 0 if max_prompt_tokens == 1000 else cut >= 3
 
 
 def test_conditioning_profiles(tokenizer):
@@ -151,13 +182,57 @@ def test_per_example_loss_is_the_mean_token_cross_entropy_of_the_response():
     assert losses.item() == pytest.approx((-np.log(p1) - np.log(1 / 3)) / 2, rel=1e-6)
 
 
-def test_sft_loss_mean_and_weighted_by_a_constant():
-    losses = torch.tensor([1.0, 2.0, 4.0])
-    assert sft_loss(losses).item() == pytest.approx(7 / 3)
-    weights = torch.tensor([0.5, 1.0, 2.0])
-    assert sft_loss(losses, weights, normaliser=4).item() == pytest.approx((0.5 + 2 + 8) / 4)
+def test_weighted_sft_loss_needs_a_constant_normaliser():
     with pytest.raises(ValueError):
-        sft_loss(losses, weights)
+        sft_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.5, 1.0]))
+
+
+def hand_response_nll(model, example) -> float:
+    """Mean token NLL of one example's labelled tokens, from its own unpadded forward pass, in Python floats."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([example["input_ids"]])).logits[0].double().tolist()
+    total, n = 0.0, 0
+    for t, label in enumerate(example["labels"]):
+        if label == IGNORE_INDEX:
+            continue
+        row = logits[t - 1]  # position t - 1 predicts token t
+        top = max(row)
+        total += top + math.log(sum(math.exp(v - top) for v in row)) - row[label]
+        n += 1
+    return total / n
+
+
+@pytest.mark.parametrize("balance", ["loss_weight", "none"])
+def test_sft_module_normalises_the_batch_loss_by_its_own_rule(tokenizer, balance):
+    """SFTModule's training loss, run by Lightning on a full batch and on a short last batch: loss_weight divides
+    sum_i w_i * l_i by the nominal batch size (a constant, so a short batch or a light batch weighs less), the
+    other modes take the batch mean. Checked against per-example NLLs computed by hand."""
+    renderer = PromptRenderer(tokenizer, "observable", max_prompt_tokens=100, max_tokens=128)
+    rows = [{**renderer.example(r), "bucket_weight": w, "bucket_id": "b"}
+            for r, w in zip(EVAL_RECORDS, [0.5, 2.0, 1.0, 3.0, 0.25, 1.5])]
+    batches = [rows[:4], rows[4:]]  # nominal batch size 4; the last batch has 2
+    collate = Collator(tokenizer.pad_token_id, {"b": 0})
+    shape = ModelParams(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1)
+    model = create_scratch_model(tokenizer, shape, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sft = SftParams(batch_size=4, lr=1e-30, warmup_ratio=0.0)  # steps too small to move float32 weights
+    module = SFTModule("unused", sft, balance, ["b"], total_steps=2)
+    module.model = model
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    loader = torch.utils.data.DataLoader([collate(b) for b in batches], batch_size=None)
+    trainer.fit(module, train_dataloaders=loader)
+    # both steps saw the same model (only weights at exactly 0 can move, by ~1e-30)
+    assert max((before[k] - v).abs().max().item() for k, v in model.state_dict().items()) < 1e-20
+
+    expected = []
+    for batch in batches:
+        nll = [hand_response_nll(model, row) for row in batch]
+        if balance == "loss_weight":
+            expected.append(sum(r["bucket_weight"] * x for r, x in zip(batch, nll)) / 4)
+        else:
+            expected.append(sum(nll) / len(nll))
+    assert [loss for _, loss in module.history["train"]] == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
