@@ -38,8 +38,14 @@ def test_every_method_is_scored_on_the_same_full_test_split(project):
         assert result["decoding"] == results(project)["base"]["decoding"]
         assert sum(b["n"] for b in result["buckets"].values()) == len(test_ids)
         assert set(result["groups"]["overall"]["hcr_per_feature"]) == set(FEATURE_NAMES)
-        low, high = result["intervals"]["overall"]["f1"]
-        assert low <= result["groups"]["overall"]["f1"] <= high
+        assert "c2st" in result["intervals"]["macro"]
+        held = [(result["groups"][g][m], bounds) for g, ms in result["intervals"].items() for m, bounds in ms.items()]
+        held += [(v[m], bounds) for v in result["buckets"].values() for m, bounds in v["intervals"].items()]
+        assert all(low <= x <= high for x, (low, high) in held if x is not None)  # every interval holds its estimate
+        # per-bucket budgets (at most the configured cap) and the truncated flag of every response
+        assert all(1 <= e["budget"] <= 12 for e in result["examples"])
+        assert result["truncated_responses"] == sum(e["truncated"] for e in result["examples"])
+        assert all(e["n_tokens"] > 0 for e in result["examples"] if e["truncated"])
     metrics = json.loads((project / "reports/metrics.json").read_text())
     assert set(metrics) == {"base", "sft@bucket", "compare"}
     assert {"f1", "rouge_l", "nll", "bng_macro", "hcr_joint_gap_macro", "c2st", "tdm", "nuf_score"} <= set(

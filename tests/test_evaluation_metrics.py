@@ -11,8 +11,17 @@ import pytest
 from polyalign.buckets.features import FEATURE_NAMES, compute_features
 from polyalign.buckets.references import References
 from polyalign.critic.encoders import NgramEncoder
-from polyalign.evaluation import diversity, naturalness, summary
-from polyalign.evaluation.suite import EvalRows, Settings, Side, bucket_values, per_feature_coverage, summarise
+from polyalign.evaluation import diversity, naturalness, report, summary
+from polyalign.evaluation.suite import (
+    BOOTSTRAP_METRICS,
+    EvalRows,
+    Settings,
+    Side,
+    bucket_values,
+    c2st_rows,
+    per_feature_coverage,
+    summarise,
+)
 from polyalign.evaluation.utility import answer_units, lcs_length, rouge_l, score_utility, token_f1
 
 # ------------------------------------------------------------------------------------------------- utility
@@ -140,6 +149,13 @@ def test_c2st_is_chance_on_one_distribution_and_perfect_on_different_ones():
                for _ in range(200)]
     assert naturalness.c2st(one, chinese) >= 0.95
     assert naturalness.c2st(one, one) == 0.5  # both sides of a prompt share a fold: identical sets are a coin flip
+    per_prompt = naturalness.c2st_correct(one[:40], chinese[:40])
+    assert set(per_prompt.tolist()) <= {0.0, 0.5, 1.0} and per_prompt.mean() == naturalness.c2st(one[:40], chinese[:40])
+
+
+def test_replacement_share_counts_responses_with_broken_bytes():
+    assert naturalness.replacement_share(["fine", "bro\ufffdken", "\ufffd\ufffd", "ok"]) == 0.5
+    assert math.isnan(naturalness.replacement_share([]))
 
 
 def test_tdm_is_one_for_identical_dynamics_and_decays_with_a_shift():
@@ -149,7 +165,10 @@ def test_tdm_is_one_for_identical_dynamics_and_decays_with_a_shift():
     shifted = human + np.array([0.5, 0.0, 0.0])
     expected = (math.exp(-0.5 / max(human[:, 0].std(), 0.05)) + 2) / 3
     assert naturalness.tdm(shifted, human) == pytest.approx(expected)
-    assert 0 < naturalness.tdm(human + 100, human) < 1e-6 + 1
+    # by hand: human column stds 1, 0 and 0 (floored at 0.05); W1 of the columns 2, 0.05 and 0
+    human = np.array([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    generated = np.array([[1.0, 0.0, 0.0], [5.0, 0.1, 0.0]])
+    assert naturalness.tdm(generated, human) == pytest.approx((math.exp(-2) + math.exp(-1) + 1) / 3)
 
 
 def test_turn_dynamics_by_hand():
@@ -180,19 +199,58 @@ def test_groups_weight_buckets_by_size_macro_counts_each_once_and_slices_split_l
     assert groups["en/multi"]["n"] == 0 and math.isnan(groups["en/multi"]["f1"])
 
 
-def test_bootstrap_resamples_stay_inside_buckets_and_repeat_for_the_same_seed():
-    rows = {"b": np.array([0, 2, 4]), "a": np.array([1, 3])}
-    first, again = summary.bootstrap_indices(rows, 50, 7), summary.bootstrap_indices(rows, 50, 7)
+def test_replicates_of_all_resamples_aggregate_like_each_resample_alone():
+    rng = np.random.default_rng(0)
+    counts = {"en|single|qa|short": 30, "en|single|qa|long": 10, "zh|multi|dialogue|short": 5}
+    series = {b: {"f1": rng.uniform(size=40)} for b in counts}
+    series["zh|multi|dialogue|short"]["f1"][::3] = np.nan  # an undefined value leaves that bucket out
+    together = summary.aggregate_replicates(series, counts, ["f1"], 40)
+    for r in range(40):
+        alone = summary.aggregate({b: {"f1": v["f1"][r]} for b, v in series.items()}, counts, ["f1"])
+        for group in summary.GROUPS:
+            assert together[group]["f1"][r] == pytest.approx(alone[group]["f1"], nan_ok=True)
+    assert np.isnan(together["en/multi"]["f1"]).all()  # a slice without buckets
+
+
+def test_resamples_are_half_samples_inside_buckets_without_repeats_and_repeat_for_the_same_seed():
+    rows = {"b": np.array([0, 2, 4, 6, 8]), "a": np.array([1, 3]), "c": np.array([5])}
+    first, again = summary.subsample_indices(rows, 50, 7), summary.subsample_indices(rows, 50, 7)
     assert all(np.array_equal(first[k], again[k]) for k in rows)
-    assert first["b"].shape == (50, 3) and set(np.unique(first["b"])) <= {0, 2, 4}
+    assert first["b"].shape == (50, 2) and first["a"].shape == (50, 1) and first["c"].shape == (50, 1)
+    assert set(np.unique(first["b"])) == {0, 2, 4, 6, 8}
+    assert all(len(set(r)) == len(r) for r in first["b"])
+    # rescaling: a mean over 2 of 5 rows varies by (1/2 - 1/5) sigma^2, over all 5 by sigma^2 / 5
+    assert summary.subsample_scale(5) == pytest.approx(math.sqrt(2 / 3)) and summary.subsample_scale(4) == 1.0
+    assert summary.subsample_scale(1) == 0.0 and summary.rescale(3.0, 1.0, 0.5) == 2.0
 
 
-def test_bias_corrected_interval_moves_with_a_biased_bootstrap():
+def test_interval_is_centred_on_its_estimate_and_clipped_to_the_metric_range():
     replicates = np.linspace(1.0, 2.0, 1001)
     assert summary.interval(replicates, 0.95) == pytest.approx((1.025, 1.975))
-    low, high = summary.interval(replicates, 0.95, estimate=1.2)  # the estimate sits low in its replicates
-    assert low < 1.025 and high < 1.975
+    # replicates inflated above the estimate (a distance on fewer rows): shifted down by median - estimate
+    assert summary.interval(replicates, 0.95, estimate=1.4) == pytest.approx((0.925, 1.875))
+    assert summary.interval(replicates, 0.95, estimate=0.2, bounds=(0, 1)) == pytest.approx((0.0, 0.675))
     assert summary.interval([3.0] * 10, 0.95, estimate=3.0) == (3.0, 3.0)
+
+
+@pytest.mark.parametrize("shift", [1.0, 0.3])
+def test_wasserstein_intervals_cover_the_true_distance_at_bucket_sizes(shift):
+    """N(0, 1) against N(shift, 1): W1 = shift. Over many draws, the 95% interval from rescaled half-samples
+    covers it 90-99% of the time at n = 30-200 and always contains its estimate. (Resampling with replacement
+    with bias-corrected percentiles covered W1 = 0.3 only 73-88% of the time.)"""
+    rng = np.random.default_rng(0)
+    for n in (30, 75, 200):
+        idx = summary.subsample_indices({"b": np.arange(n)}, 300, seed=n)["b"]
+        hits = 0
+        for _ in range(400):
+            human, generated = rng.normal(0, 1, n), rng.normal(shift, 1, n)
+            estimate = naturalness.wasserstein_1(human, generated)
+            halves = naturalness.column_wasserstein(human[idx].T, generated[idx].T)
+            low, high = summary.interval(summary.rescale(halves, estimate, summary.subsample_scale(n)), 0.95,
+                                         estimate)
+            assert low <= estimate <= high
+            hits += low <= shift <= high
+        assert 0.90 <= hits / 400 <= 0.99, (n, hits / 400)
 
 
 def test_frontier_and_aggregate_score():
@@ -237,10 +295,118 @@ def test_identical_human_and_generated_sets_give_every_ideal_value():
     scores.update(nll_sum=np.ones(len(records)), nll_tokens=np.ones(len(records)),
                   critic_distance=np.zeros(len(records)))
     settings = Settings(c2st_min_n=4)  # MAUVE of identical sets: test_mauve_is_one_for_identical_feature_sets
+    scores["c2st_correct"] = c2st_rows(test, generated, human, settings)
     for bucket, rows in test.rows.items():
         v = bucket_values(test, bucket, rows, generated, human, scores, settings, full=True)
         assert v["bng"] == 0 and v["hcr_joint_gap"] == 0 and v["length_w1"] == 0 and v["length_ks"] == 0
-        assert v["c2st"] == 0.5 and v["f1"] == 1 and v["rouge_l"] == 1 and v["em"] == 1
+        assert v["c2st"] == 0.5 and v["c2st_gap"] == 0 and v["f1"] == 1 and v["rouge_l"] == 1 and v["em"] == 1
+        assert v["replacement_char_share"] == 0 and math.isnan(v["truncated_share"])  # no flags given: unknown
         assert v["tdm"] == 1.0 if "multi" in bucket else math.isnan(v["tdm"])
     result = summarise(test, generated, human, scores, settings, resamples=20, level=0.95)
     assert result["groups"]["macro"]["bng"] == 0 and result["intervals"]["macro"]["bng"] == [0.0, 0.0]
+
+
+def _method(records, test, encoder, texts, truncated=None, resamples=200):
+    """One method's real `summarise` output on the tiny test rows (the generated texts given)."""
+    human = Side.build([r["human_answer"] for r in records], test, encoder)
+    generated = Side.build(texts, test, encoder)
+    scores = score_utility(generated.texts, human.texts, test.languages)
+    rng = np.random.default_rng(len(texts[0]))
+    scores.update(nll_sum=rng.uniform(1, 3, len(records)), nll_tokens=np.full(len(records), 2.0),
+                  critic_distance=rng.uniform(0, 1, len(records)))
+    if truncated is not None:
+        scores["truncated"] = truncated
+    return summarise(test, generated, human, scores, Settings(c2st_min_n=8), resamples=resamples, level=0.95)
+
+
+def _other_answers(records):
+    """Plausible but wrong responses: the same answer of the next copy (another number of trailing "ok"), two in
+    three with an extra word, so their distribution differs from the human one."""
+    return [records[(i + 8) % len(records)]["human_answer"] + (" indeed" if i % 3 else "")
+            for i in range(len(records))]
+
+
+def test_every_interval_of_a_real_summary_contains_its_estimate_and_c2st_has_one():
+    records, test, encoder = _test_rows(copies=6)
+    truncated = np.arange(len(records)) % 3 == 0
+    result = _method(records, test, encoder, _other_answers(records), truncated)
+    checked = 0
+    for group, intervals in result["intervals"].items():
+        for metric, (low, high) in intervals.items():
+            estimate = result["groups"][group][metric]
+            if not math.isnan(estimate):
+                assert low <= estimate <= high, (group, metric, estimate, low, high)
+                checked += 1
+    for bucket, values in result["buckets"].items():
+        assert set(values["intervals"]) == set(BOOTSTRAP_METRICS)
+        for metric, (low, high) in values["intervals"].items():
+            if not math.isnan(values[metric]):
+                assert low <= values[metric] <= high, (bucket, metric, values[metric], low, high)
+                checked += 1
+    assert checked > 100
+    low, high = result["intervals"]["overall"]["c2st"]
+    assert low < result["groups"]["overall"]["c2st"] < high  # a real interval, not a point
+    # truncated flags every third row: per bucket the share of its rows that were flagged
+    for bucket, rows in test.rows.items():
+        assert result["buckets"][bucket]["truncated_share"] == pytest.approx(truncated[rows].mean())
+
+
+def test_replacement_characters_are_counted_per_bucket():
+    records, test, encoder = _test_rows(copies=2)
+    texts = [r["human_answer"] + ("\ufffd" if i % 2 else "") for i, r in enumerate(records)]
+    result = _method(records, test, encoder, texts, resamples=0)
+    for bucket, rows in test.rows.items():
+        assert result["buckets"][bucket]["replacement_char_share"] == pytest.approx((rows % 2).mean())
+    assert result["groups"]["overall"]["replacement_char_share"] == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+def _report_input(methods: dict[str, dict]) -> tuple[dict, list[dict]]:
+    """human.json and <method>.json contents around real `summarise` outputs, as the evaluate stage writes them."""
+    first = next(iter(methods.values()))
+    human = {"n": 48, "buckets": {b: {"n": v["n"]} for b, v in first["buckets"].items()}, "groups": {"overall": {}}}
+    results = [{"method": name, "order": k, "oracle": False, "conditioning": "observable", "seed": 0, "n": 48,
+                "decoding": {"temperature": 1.0, "top_p": 0.95, "top_k": 0, "repetition_penalty": 1.0,
+                             "max_new_tokens": 32},
+                "counts": {"empty_predictions": 0}, "generated_tokens": 100, "cache": "miss", "mauve": "off",
+                "timing_s": {"generation": 1.0, "nll": 1.0, "metrics": 1.0}, **summary_}
+               for k, (name, summary_) in enumerate(methods.items())]
+    return human, results
+
+
+def test_report_ranks_c2st_by_distance_from_one_half_and_warns_when_responses_are_not_text():
+    records, test, encoder = _test_rows(copies=6)
+    close = _method(records, test, encoder, _other_answers(records))
+    broken = _method(records, test, encoder, ["\ufffd\ufffd" + a[::-1] for a in _other_answers(records)],
+                     truncated=np.ones(len(records), dtype=bool))
+    # C2ST of 0.3 is as far from chance as 0.7: `close` (0.55) must beat a method at 0.3 although 0.3 < 0.55
+    below = {**close, "groups": {g: {**v, "c2st": 0.3, "c2st_gap": 0.2} for g, v in close["groups"].items()},
+             "intervals": {}}
+    close = {**close, "groups": {g: {**v, "c2st": 0.55, "c2st_gap": 0.05} for g, v in close["groups"].items()},
+             "intervals": {}}
+    human, results = _report_input({"close": close, "below": below})
+    text = report.markdown(human, results, [])
+    assert "WARNING" not in text
+    best_c2st = next(line for line in text.splitlines() if line.startswith("| C2ST distance from 0.5 |"))
+    cells = [c.strip() for c in best_c2st.split("|")]
+    assert cells[3:7] == ["0.050", "close", "0.200", "below"]
+    human, results = _report_input({"close": close, "broken": broken})
+    text = report.markdown(human, results, [])
+    assert text.splitlines()[2].startswith("> **WARNING") and "broken: " in text and "U+FFFD" in text
+    assert "close:" not in text.splitlines()[2]
+    bucket_rows = [line.split(" | ") for line in text.splitlines() if "| broken |" in line and "\\|multi\\|" in line]
+    assert bucket_rows and all(row[-2] == row[1] for row in bucket_rows)  # every response truncated: count = n
+
+
+def test_frontier_starts_at_zero_and_draws_the_intervals():
+    records, test, encoder = _test_rows(copies=6)
+    _, results = _report_input({"a": _method(records, test, encoder, _other_answers(records))})
+    fig = report.frontier_figure(results)
+    ax = fig.axes[0]
+    assert ax.get_xlim()[0] == 0 and ax.get_ylim()[0] == 0
+    x_bars, y_bars = ax.containers[0].lines[2]  # the error bars of the one point
+    (x_low, _), (x_high, _) = x_bars.get_segments()[0]
+    assert x_low < report.frontier_points(results)[0][0] < x_high
+    assert len(y_bars.get_segments()) == 1
+    report.plt.close(fig)

@@ -67,28 +67,42 @@ def _lexical_units(text: str) -> list[str]:
     return [" ".join(g) for n in (1, 2) for g in ngrams(units, n)]
 
 
-def c2st(human: Sequence[str], generated: Sequence[str], folds: int = 5, seed: int = 0) -> float:
-    """Classifier two-sample test: held-out accuracy of a logistic regression telling human from generated
-    responses (0.5 = indistinguishable, 1.0 = always told apart).
+def c2st_correct(human: Sequence[str], generated: Sequence[str], folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Classifier two-sample test, per prompt: the share (0, 0.5 or 1) of the prompt's two held-out predictions
+    (its human and its generated response) that a logistic regression telling human from generated got right.
+    Their mean is the C2ST accuracy (0.5 = indistinguishable, 1.0 = always told apart); kept per prompt so that
+    resampling prompts gives the accuracy an interval without refitting.
 
-    Rows are pairs (the human and the generated response of one prompt); both sides of a prompt are always in the
-    same fold. The featuriser is hashed unit unigrams and bigrams (words for English, characters for Chinese),
-    unlike the critic's character n-gram SVD embedding and bucket features, so a method that learnt to please
-    the critic is not judged by the critic's own view. NaN when there are fewer than two pairs."""
+    Both sides of a prompt are always in the same fold. The featuriser is hashed unit unigrams and bigrams (words
+    for English, characters for Chinese), unlike the critic's character n-gram SVD embedding and bucket
+    features, so a method that learnt to please the critic is not judged by the critic's own view. All NaN when
+    there are fewer than two pairs."""
     n = len(human)
     if n != len(generated):
         raise ValueError("c2st needs one generated response per human response")
     if n < 2:
-        return float("nan")
+        return np.full(n, np.nan)
     vectorizer = HashingVectorizer(analyzer=_lexical_units, n_features=2**18, alternate_sign=False, norm="l2")
     X = vectorizer.transform(list(human) + list(generated))
     y = np.r_[np.zeros(n), np.ones(n)]
     groups = np.r_[np.arange(n), np.arange(n)]
-    correct = 0
+    right = np.zeros(2 * n)
     for train, test in GroupKFold(n_splits=min(folds, n), shuffle=True, random_state=seed).split(X, y, groups):
         model = LogisticRegression(C=1.0, solver="liblinear", max_iter=1000).fit(X[train], y[train])
-        correct += int((model.predict(X[test]) == y[test]).sum())
-    return correct / (2 * n)
+        right[test] = model.predict(X[test]) == y[test]
+    return (right[:n] + right[n:]) / 2
+
+
+def c2st(human: Sequence[str], generated: Sequence[str], folds: int = 5, seed: int = 0) -> float:
+    """C2ST held-out accuracy over all 2n predictions (see `c2st_correct`); NaN with fewer than two pairs."""
+    correct = c2st_correct(human, generated, folds, seed)
+    return float(correct.mean()) if len(correct) >= 2 else float("nan")
+
+
+def replacement_share(texts: Sequence[str]) -> float:
+    """Share of responses containing U+FFFD, the character a tokenizer decodes broken byte sequences to: text
+    that is not text."""
+    return float(np.mean(["\ufffd" in t for t in texts])) if len(texts) else float("nan")
 
 
 def mauve_available() -> bool:

@@ -19,12 +19,21 @@ from polyalign.errors import UserError
 from polyalign.evaluation.summary import GROUPS, SLICES, interval, naturalness_score, pareto_front, slice_of
 from polyalign.io import atomic_path, json_safe, write_json, write_text
 
-# (metric, column label, which way is better)
+# (metric, column label, which way is better: higher, lower, or 0.5 = the closer to 0.5 the better)
 HEADLINE = (("f1", "F1", "higher"), ("rouge_l", "ROUGE-L", "higher"), ("nll", "NLL", "lower"),
             ("bng", "BNG", "lower"), ("hcr_joint_gap", "HCR gap", "lower"), ("length_w1", "Len W1", "lower"),
-            ("c2st", "C2ST", "lower"), ("tdm", "TDM", "higher"), ("nuf_score", "NUF", "higher"))
+            ("c2st", "C2ST", "0.5"), ("tdm", "TDM", "higher"), ("nuf_score", "NUF", "higher"))
+# What differences and rankings use: C2ST by its distance from 0.5 (0.3 is as far from chance as 0.7).
+RANKED = tuple(("c2st_gap", "C2ST distance from 0.5", "lower") if b == "0.5" else (m, label, b)
+               for m, label, b in HEADLINE)
+ARROWS = {"higher": "↑", "lower": "↓", "0.5": "best at 0.5"}
 METRICS_JSON = ("em", "em_norm", "f1", "rouge_l", "nll", "bng", "hcr_joint", "hcr_joint_gap", "length_w1",
-                "length_ks", "c2st", "tdm", "mauve", "distinct_2", "self_bleu", "critic_distance", "nuf_score")
+                "length_ks", "c2st", "c2st_gap", "tdm", "mauve", "distinct_2", "self_bleu", "critic_distance",
+                "replacement_char_share", "truncated_share", "nuf_score")
+# A method whose responses are told apart from human ones this easily, or that decodes to broken bytes this
+# often, is not producing text yet: its naturalness metrics compare non-text with text.
+NOT_TEXT_C2ST = 0.8
+NOT_TEXT_REPLACEMENT_SHARE = 0.05
 PLOT_METRICS = ("bng", "hcr_joint_gap", "f1")
 DIVERSITY = ("distinct_1", "distinct_2", "distinct_3", "self_bleu")
 
@@ -61,10 +70,12 @@ def replicates(result: dict, group: str, metric: str) -> np.ndarray | None:
 
 
 def difference(a: dict, b: dict, group: str, metric: str) -> tuple[float, float, float]:
-    """a - b with the interval of the paired bootstrap differences (the same resamples for every method)."""
+    """a - b with the interval of the paired differences of their replicates (the same half-samples for every
+    method; none when the two files were resampled differently)."""
     diff = value(a, group, metric) - value(b, group, metric)
     ra, rb = replicates(a, group, metric), replicates(b, group, metric)
-    if ra is None or rb is None or a["bootstrap"]["seed"] != b["bootstrap"]["seed"]:
+    same = all(a["bootstrap"].get(k) == b["bootstrap"].get(k) for k in ("seed", "resamples", "scheme"))
+    if ra is None or rb is None or not same:
         return diff, float("nan"), float("nan")
     low, high = interval(ra - rb, a["bootstrap"]["level"], diff)
     return diff, low, high
@@ -86,7 +97,7 @@ def metrics_json(results: Sequence[dict], compare: Sequence[Sequence[str]]) -> d
     pairs = [(a, b) for a, b in compare if a in by_name and b in by_name]
     if pairs:
         out["compare"] = {f"{a} - {b}": {f"{m}_macro": difference(by_name[a], by_name[b], "macro", m)[0]
-                                         for m, _, _ in HEADLINE} for a, b in pairs}
+                                         for m, _, _ in RANKED} for a, b in pairs}
     return out
 
 
@@ -95,8 +106,21 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 
 def _cell(result: dict, group: str, metric: str) -> str:
-    v = value(result, group, metric)
-    low, high = (result.get("intervals", {}).get(group, {}).get(metric) or [None, None])
+    return _with_interval(value(result, group, metric), result.get("intervals", {}).get(group, {}).get(metric))
+
+
+def _bucket_cell(values: dict, metric: str) -> str:
+    return _with_interval(_num(values.get(metric)), values.get("intervals", {}).get(metric))
+
+
+def _count(values: dict, share_metric: str) -> str:
+    """A per-bucket share as a count of responses ("—" when it was not measured)."""
+    share = _num(values.get(share_metric))
+    return "—" if math.isnan(share) else str(round(share * values["n"]))
+
+
+def _with_interval(v: float, bounds) -> str:
+    low, high = bounds or [None, None]
     if math.isnan(v):
         return "—"
     if low is None or math.isnan(_num(low)):
@@ -109,8 +133,11 @@ def _label(result: dict) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+    """A markdown table; a "|" inside a cell (bucket ids) is escaped so that it does not split the cell."""
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header)] + [line(row) for row in rows]) + "\n"
 
 
 def _overlap(a: dict, b: dict, group: str, metric: str) -> str:
@@ -123,7 +150,7 @@ def _overlap(a: dict, b: dict, group: str, metric: str) -> str:
 
 def _winners(results: Sequence[dict], group: str) -> list[list[str]]:
     rows = []
-    for metric, label, better in HEADLINE:
+    for metric, label, better in RANKED:
         scored = [(value(r, group, metric), r) for r in results if not math.isnan(value(r, group, metric))]
         if len(scored) < 2:
             continue
@@ -137,11 +164,40 @@ def _winners(results: Sequence[dict], group: str) -> list[list[str]]:
     return rows
 
 
+def not_text_reasons(result: dict) -> list[str]:
+    """Why one method's responses are clearly not human-like text: C2ST >= NOT_TEXT_C2ST in most of the buckets
+    that were tested, or a share of responses with U+FFFD replacement characters above
+    NOT_TEXT_REPLACEMENT_SHARE."""
+    tested = [_num(v.get("c2st")) for v in result["buckets"].values()]
+    tested = [x for x in tested if not math.isnan(x)]
+    high = sum(x >= NOT_TEXT_C2ST for x in tested)
+    reasons = []
+    if tested and high > len(tested) / 2:
+        reasons.append(f"C2ST ≥ {NOT_TEXT_C2ST} in {high} of {len(tested)} tested buckets")
+    share = value(result, "overall", "replacement_char_share")
+    if not math.isnan(share) and share >= NOT_TEXT_REPLACEMENT_SHARE:
+        reasons.append(f"{share:.0%} of responses contain U+FFFD replacement characters (broken bytes)")
+    return reasons
+
+
+def not_text_warning(results: Sequence[dict]) -> str | None:
+    flagged = [(r, not_text_reasons(r)) for r in results]
+    flagged = [f"{_label(r)}: {'; '.join(reasons)}" for r, reasons in flagged if reasons]
+    if not flagged:
+        return None
+    return ("> **WARNING — generated text is not human-like.** " + " — ".join(flagged) + ". For these methods "
+            "the naturalness metrics (BNG, HCR, Len W1, C2ST, TDM, MAUVE) compare non-text with human text: read "
+            "them as \"not text yet\", not as a ranking of naturalness.\n")
+
+
 def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[str]]) -> str:
     first = results[0]
     d = first["decoding"]
     oracle = any(r.get("oracle") for r in results)
     out = ["# PolyAlign evaluation report\n"]
+    warning = not_text_warning(results)
+    if warning:
+        out.append(warning)
     if oracle:
         out.append("> **ORACLE RUN** — `prompt.conditioning: oracle_length`: every prompt carried the human answer's "
                    "length bin, which a deployed model cannot know. Do not compare these numbers with a "
@@ -150,10 +206,12 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
                f"`<method>.json`), rendered by one prompt renderer (conditioning `{first['conditioning']}`) and "
                f"decoded with the same settings: temperature {d['temperature']}, top-p {d['top_p']}, top-k "
                f"{d['top_k']}, repetition penalty {d['repetition_penalty']}, at most {d['max_new_tokens']} new "
-               f"tokens, seed {first['seed']}. Intervals are {int(first['bootstrap']['level'] * 100)}% bootstrap "
-               f"intervals over {first['bootstrap']['resamples']} resamples within buckets, the same resamples for "
-               "every method.\n")
-    header = ["method", *[f"{label} ({'↑' if b == 'higher' else '↓'})" for _, label, b in HEADLINE]]
+               f"tokens, seed {first['seed']}. Intervals are {int(first['bootstrap']['level'] * 100)}% intervals over "
+               f"{first['bootstrap']['resamples']} half-samples (half of each bucket's rows, drawn without "
+               "replacement and rescaled to the bucket's size), the same half-samples for every method, centred on "
+               "the estimate: each interval contains its estimate. C2ST: 0.5 = indistinguishable from the human "
+               "answers, so the best is the closest to 0.5; rankings and differences use |C2ST − 0.5|.\n")
+    header = ["method", *[f"{label} ({ARROWS[b]})" for _, label, b in HEADLINE]]
     titles = {"overall": "All test rows (buckets weighted by size)", "macro": "Macro over buckets (each counts once)"}
     for group in GROUPS:
         n = first["groups"][group]["n"]
@@ -167,7 +225,7 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
     for a, b in compare:
         if a in by_name and b in by_name:
             for group in ("overall", "macro"):
-                for metric, label, better in HEADLINE:
+                for metric, label, better in RANKED:
                     diff, low, high = difference(by_name[a], by_name[b], group, metric)
                     if math.isnan(diff):
                         continue
@@ -175,7 +233,7 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
                     rows.append([f"{a} − {b}", group, f"{label} ({better} is better)",
                                  f"{_fmt(diff)} [{_fmt(low)}, {_fmt(high)}]", excludes])
     if rows:
-        out.append("## Differences (paired bootstrap)\n")
+        out.append("## Differences (paired: the same half-samples for both methods)\n")
         out.append(_table(["comparison", "group", "metric", "a − b [interval]", "interval excludes 0"], rows))
     for group in ("overall", "macro"):
         rows = _winners(results, group)
@@ -218,9 +276,12 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
             v = r["buckets"][b]
             rows.append([b, str(v["n"]), _label(r), _fmt(_num(v.get("bng"))), _fmt(_num(v.get("hcr_joint"))),
                          _fmt(_num(h.get("hcr_joint"))), _fmt(_num(v.get("length_mean")), 1),
-                         _fmt(_num(h.get("length_mean")), 1), _fmt(_num(v.get("f1"))), _fmt(_num(v.get("c2st")))])
+                         _fmt(_num(h.get("length_mean")), 1), _fmt(_num(v.get("f1"))), _bucket_cell(v, "c2st"),
+                         _count(v, "truncated_share"), _count(v, "replacement_char_share")])
+    out.append("Truncated: responses that hit the generation budget without ending their turn; U+FFFD: responses "
+               "with replacement characters (broken bytes).\n")
     out.append(_table(["bucket", "n", "method", "BNG", "HCR joint", "HCR joint (human)", "length",
-                       "length (human)", "F1", "C2ST"], rows))
+                       "length (human)", "F1", "C2ST [interval]", "truncated", "U+FFFD"], rows))
     out.append("![lengths per slice](lengths.png)\n\n![per-bucket metrics](per_bucket.png)\n")
     out.append("## Diagnostics\n")
     out.append("The critic's distance is shown for completeness only: HDPO optimised it, so it cannot judge HDPO.\n")
@@ -242,11 +303,17 @@ METRIC_NOTES = """## What the metrics mean
 - **HCR gap**: |share of generated responses inside the bucket's human support band on all core features − the
   same share for the human answers|.
 - **Len W1**: Wasserstein-1 distance of response lengths (language-neutral tokens) from the human ones.
-- **C2ST**: held-out accuracy of a classifier telling human from generated responses (0.5 = indistinguishable),
-  on hashed word/character n-grams — not the critic's features. Buckets with too few rows are not tested.
+- **C2ST**: held-out accuracy of a classifier telling human from generated responses on hashed word/character
+  n-grams — not the critic's features. 0.5 = indistinguishable, 1 = always told apart; the best is the closest to
+  0.5, so rankings and differences use |C2ST − 0.5|. Its interval resamples the prompts' held-out correctness
+  (the classifiers are fitted once per bucket). Buckets with too few rows are not tested.
 - **TDM**: multi-turn buckets only; similarity (1 = identical) of how responses couple to the user turn (length
   ratio, lexical overlap, latent cosine).
 - **NUF**: harmonic mean of exp(−BNG) and ROUGE-L.
+- **Intervals**: half of each bucket's rows without replacement (a resample with replacement repeats rows, which
+  inflates distances), rescaled to the bucket's size and centred on the estimate. BNG, Len W1, HCR gap and TDM
+  are plug-in estimates: when the generated and human distributions nearly coincide, they read larger (TDM
+  smaller) than the population value on buckets this small, and their intervals do not reach 0 (TDM 1).
 """
 
 
@@ -297,21 +364,45 @@ def _plot_per_bucket(results: Sequence[dict], path: Path) -> None:
     _save(fig, path)
 
 
-def _plot_frontier(results: Sequence[dict], path: Path) -> None:
+def _frontier_errors(result: dict) -> tuple[list[float], list[float]]:
+    """Interval half-widths (below, above) of one method's frontier point: exp(−BNG) turns BNG's interval
+    around, ROUGE-L's is used as it is; zero where there is no interval."""
+    intervals = result.get("intervals", {}).get("macro", {})
+    x, y = naturalness_score(value(result, "macro", "bng")), value(result, "macro", "rouge_l")
+    bng_low, bng_high = (_num(v) for v in intervals.get("bng") or [float("nan")] * 2)
+    r_low, r_high = (_num(v) for v in intervals.get("rouge_l") or [float("nan")] * 2)
+    xerr = [x - naturalness_score(bng_high), naturalness_score(bng_low) - x]
+    yerr = [y - r_low, r_high - y]
+    return [0.0 if math.isnan(e) else e for e in xerr], [0.0 if math.isnan(e) else e for e in yerr]
+
+
+def frontier_figure(results: Sequence[dict]):
+    """The frontier on axes from 0 to 1 (both scores live there), each point with its intervals, so that
+    differences at noise level look as small as they are."""
     points = frontier_points(results)
     front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(6, 5))
     for r, (x, yv), on in zip(results, points, front):
-        ax.scatter([x], [yv], s=60, marker="o" if on else "x")
+        xerr, yerr = _frontier_errors(r)
+        ax.errorbar([x], [yv], xerr=[[xerr[0]], [xerr[1]]], yerr=[[yerr[0]], [yerr[1]]], fmt="o" if on else "x",
+                    markersize=7, capsize=3, label=_label(r))
         ax.annotate(_label(r), (x, yv), textcoords="offset points", xytext=(5, 5), fontsize=8)
     line = sorted(p for p, on in zip(points, front) if on)
     if len(line) > 1:
         ax.plot(*zip(*line), linestyle="--", color="grey")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
     ax.set_xlabel("naturalness exp(−BNG), macro over buckets")
     ax.set_ylabel("utility (ROUGE-L), macro over buckets")
-    ax.set_title("Naturalness–utility frontier (o: on the frontier)")
+    ax.set_title("Naturalness–utility frontier (o: on the frontier)\nbars: the intervals; axes from 0",
+                 fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    _save(fig, path)
+    return fig
+
+
+def _plot_frontier(results: Sequence[dict], path: Path) -> None:
+    _save(frontier_figure(results), path)
 
 
 def _save(fig, path: Path) -> None:

@@ -1,5 +1,5 @@
 """Scores one method's responses against the human answers of the same test rows, bucket by bucket, and
-summarises them into groups with bootstrap intervals (DESIGN §9).
+summarises them into groups with intervals from half-samples of every bucket (DESIGN §9).
 
 Human and generated responses are aligned row by row (one generated response per test prompt). Distribution
 metrics compare the two sets inside each bucket of the human answer; the reference statistics of that bucket
@@ -8,6 +8,7 @@ metrics compare the two sets inside each bucket of the human answer; the referen
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,23 +18,30 @@ from polyalign.buckets.features import FEATURE_NAMES, compute_features
 from polyalign.buckets.references import References, group_rows
 from polyalign.evaluation import diversity, naturalness
 from polyalign.evaluation.summary import (
-    GROUPS,
     aggregate,
-    bootstrap_indices,
+    aggregate_replicates,
     interval,
     nuf_score,
+    rescale,
     slice_of,
+    subsample_indices,
+    subsample_scale,
     weighted_mean,
 )
 from polyalign.evaluation.utility import answer_units
 
 LENGTH = FEATURE_NAMES.index("n_tokens")
-# Metrics recomputed on every bootstrap resample (cheap, and the ones the report gives intervals for).
+# Metrics recomputed on every resample (cheap, and the ones the report gives intervals for). C2ST is resampled
+# through its per-prompt held-out correctness (the classifiers are fitted once); c2st_gap = |C2ST - 0.5|.
 BOOTSTRAP_METRICS = ("em", "em_norm", "f1", "rouge_l", "nll", "bng", "hcr_joint", "hcr_joint_gap", "length_w1",
-                     "tdm", "critic_distance")
+                     "tdm", "critic_distance", "c2st", "c2st_gap")
 POINT_METRICS = ("hcr_mean", "length_ks", "length_mean", "empty_prediction_share", "distinct_1", "distinct_2",
-                 "distinct_3", "self_bleu", "c2st", "mauve")
+                 "distinct_3", "self_bleu", "mauve", "replacement_char_share", "truncated_share")
 METRICS = (*BOOTSTRAP_METRICS, *POINT_METRICS, "nuf_score")
+# The range of each resampled metric, which its interval is clipped to (others are unbounded).
+BOUNDS = {**dict.fromkeys(("em", "em_norm", "f1", "rouge_l", "hcr_joint", "hcr_joint_gap", "tdm", "c2st",
+                           "nuf_score"), (0.0, 1.0)),
+          **dict.fromkeys(("nll", "bng", "length_w1"), (0.0, math.inf)), "c2st_gap": (0.0, 0.5)}
 HUMAN_METRICS = ("hcr_joint", "hcr_mean", "length_mean", "distinct_1", "distinct_2", "distinct_3", "self_bleu")
 
 
@@ -105,8 +113,8 @@ def _standardised(features: np.ndarray, ref) -> np.ndarray:
 
 def bucket_values(test: EvalRows, bucket: str, rows: np.ndarray, gen: Side, human: Side, scores: dict,
                   settings: Settings, full: bool) -> dict[str, float]:
-    """All metrics of one bucket on the given rows (a resample repeats rows); `full=False` computes only the
-    BOOTSTRAP_METRICS."""
+    """All metrics of one bucket on the given rows (all of them, or a half-sample); `full=False` computes only the
+    BOOTSTRAP_METRICS. `scores["c2st_correct"]` holds the per-prompt C2ST correctness (`c2st_rows`)."""
     ref = test.reference(bucket)
     v: dict[str, float] = {name: _nanmean(scores[name][rows]) for name in ("em", "em_norm", "f1", "rouge_l")}
     tokens = scores["nll_tokens"][rows].sum()
@@ -120,6 +128,8 @@ def bucket_values(test: EvalRows, bucket: str, rows: np.ndarray, gen: Side, huma
     v["length_w1"] = float(naturalness.column_wasserstein(g_feat[:, [LENGTH]], h_feat[:, [LENGTH]])[0])
     v["tdm"] = (naturalness.tdm(gen.dynamics[rows], human.dynamics[rows]) if bucket.split("|")[1] == "multi"
                 else float("nan"))
+    v["c2st"] = _nanmean(scores["c2st_correct"][rows])
+    v["c2st_gap"] = abs(v["c2st"] - 0.5)
     if not full:
         return v
     v["n"] = len(rows)
@@ -132,12 +142,23 @@ def bucket_values(test: EvalRows, bucket: str, rows: np.ndarray, gen: Side, huma
     for n in (1, 2, 3):
         v[f"distinct_{n}"] = diversity.distinct_n(units, n)
     v["self_bleu"] = diversity.self_bleu(units, settings.self_bleu_samples, settings.seed)
-    v["c2st"] = (naturalness.c2st([human.texts[i] for i in rows], [gen.texts[i] for i in rows],
-                                  settings.c2st_folds, settings.seed)
-                 if len(rows) >= settings.c2st_min_n else float("nan"))
+    v["replacement_char_share"] = naturalness.replacement_share([gen.texts[i] for i in rows])
+    truncated = scores.get("truncated")  # generation hit its token budget without an end of turn
+    v["truncated_share"] = float("nan") if truncated is None else float(np.asarray(truncated, dtype=float)[rows].mean())
     v["mauve"] = (naturalness.mauve_score(_standardised(h_feat, ref), _standardised(g_feat, ref), settings.seed)
                   if settings.mauve and len(rows) >= settings.mauve_min_n and ref.active.any() else float("nan"))
     return v
+
+
+def c2st_rows(test: EvalRows, gen: Side, human: Side, settings: Settings) -> np.ndarray:
+    """Per test row, the C2ST correctness of its prompt, the classifier fitted inside the row's bucket; NaN in
+    buckets smaller than `c2st_min_n`."""
+    out = np.full(len(test.ids), np.nan)
+    for rows in test.rows.values():
+        if len(rows) >= settings.c2st_min_n:
+            out[rows] = naturalness.c2st_correct([human.texts[i] for i in rows], [gen.texts[i] for i in rows],
+                                                 settings.c2st_folds, settings.seed)
+    return out
 
 
 def per_feature_coverage(inside: np.ndarray) -> dict[str, float]:
@@ -174,8 +195,13 @@ def _with_nuf(groups: dict[str, dict[str, float]]) -> dict[str, dict[str, float]
 
 def summarise(test: EvalRows, gen: Side, human: Side, scores: dict, settings: Settings, resamples: int,
               level: float) -> dict:
-    """Per-bucket values, group values, bootstrap replicates and intervals of one method."""
+    """Per-bucket values, group values, resampled replicates and intervals of one method.
+
+    Every resample takes half of each bucket's rows without replacement (`subsample_indices`); each bucket's
+    value on it is rescaled towards the full estimate (`rescale`) before the groups are formed, and intervals
+    are centred on the estimates (`interval`), so every interval contains its estimate."""
     counts = test.counts()
+    scores = {**scores, "c2st_correct": c2st_rows(test, gen, human, settings)}
     per_bucket = {b: bucket_values(test, b, rows, gen, human, scores, settings, full=True)
                   for b, rows in sorted(test.rows.items())}
     groups = _with_nuf(aggregate(per_bucket, counts, METRICS[:-1]))
@@ -184,23 +210,31 @@ def summarise(test: EvalRows, gen: Side, human: Side, scores: dict, settings: Se
         root = test.refs.buckets[test.refs.resolve("*|*|*|*")]
         groups["overall"]["mauve_unconditional"] = naturalness.mauve_score(
             _standardised(human.features, root), _standardised(gen.features, root), settings.seed)
-    replicates: dict[str, dict[str, list[float]]] = {g: {m: [] for m in (*BOOTSTRAP_METRICS, "nuf_score")}
-                                                     for g in GROUPS}
-    indices = bootstrap_indices(test.rows, resamples, settings.seed)
-    for r in range(resamples):
-        resampled = {b: bucket_values(test, b, idx[r], gen, human, scores, settings, full=False)
-                     for b, idx in indices.items()}
-        for group, values in _with_nuf(aggregate(resampled, counts, BOOTSTRAP_METRICS)).items():
-            for metric, series in replicates[group].items():
-                series.append(values[metric])
-    intervals = {g: {m: list(interval(series, level, groups[g][m])) for m, series in metrics.items()}
+    bucket_replicates = {b: {m: np.full(resamples, np.nan) for m in BOOTSTRAP_METRICS} for b in per_bucket}
+    for b, idx in subsample_indices(test.rows, resamples, settings.seed).items():
+        for r in range(resamples):
+            half = bucket_values(test, b, idx[r], gen, human, scores, settings, full=False)
+            for m, series in bucket_replicates[b].items():
+                series[r] = half[m]
+        for m, series in bucket_replicates[b].items():
+            series[:] = rescale(series, per_bucket[b][m], subsample_scale(counts[b]))
+    replicates = aggregate_replicates(bucket_replicates, counts, BOOTSTRAP_METRICS, resamples)
+    for values in replicates.values():
+        values["nuf_score"] = np.array([nuf_score(x, y) for x, y in zip(values["bng"], values["rouge_l"])])
+    unbounded = (-math.inf, math.inf)
+    intervals = {g: {m: list(interval(series, level, groups[g][m], BOUNDS.get(m, unbounded)))
+                     for m, series in metrics.items()}
                  for g, metrics in replicates.items()} if resamples else {}
+    for b, metrics in bucket_replicates.items():
+        per_bucket[b]["intervals"] = {m: list(interval(series, level, per_bucket[b][m], BOUNDS.get(m, unbounded)))
+                                      for m, series in metrics.items()} if resamples else {}
     return {
         "buckets": {b: {"slice": slice_of(b), "reference_bucket": test.reference_of[b], **v}
                     for b, v in per_bucket.items()},
         "groups": groups,
         "intervals": intervals,
         "bootstrap": {"resamples": resamples, "level": level, "seed": settings.seed,
-                      "replicates": {g: {m: [round(x, 6) for x in s] for m, s in ms.items()}
+                      "scheme": "half-samples without replacement within buckets, rescaled; median-centred",
+                      "replicates": {g: {m: np.round(s, 6).tolist() for m, s in ms.items()}
                                      for g, ms in replicates.items()}},
     }
