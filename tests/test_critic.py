@@ -1,6 +1,8 @@
-"""The critic: corruptions, training quality on the CPU default and on real data, collapse guard, safe I/O."""
+"""The critic: corruptions, training quality on the CPU default and on real data, held-out validation features,
+what model samples and prompts teach it, collapse guard, safe I/O."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -8,8 +10,10 @@ import pytest
 import torch
 
 from conftest import shared_file
+from polyalign.buckets.features import FEATURE_NAMES, compute_features
 from polyalign.critic.corruptions import corrupt
-from polyalign.critic.model import Critic
+from polyalign.critic.encoders import NgramEncoder, load_encoder, save_encoder
+from polyalign.critic.model import Critic, feature_distance, feature_mask
 from polyalign.errors import UserError
 from polyalign.params import load_params
 from polyalign.stages import bucketize, fit_critic, prepare
@@ -71,7 +75,66 @@ def test_default_critic_separates_human_from_corrupted_and_own_from_mismatched_b
     for lang in ("en", "zh"):
         for kind in ("truncate", "repeat", "shuffle", "pad_length", "swap_language"):
             assert report[f"{lang}/auroc_{kind}"] is not None
-    assert report["spearman_with_distance"] > 0.5 and report["score_std_human"] > 0.01
+    assert report["score_std_human"] > 0.01
+    # the inflated "Spearman with d" (d is a fixed function of the critic's inputs) is gone; what is left is the
+    # correlation with the distance on features the critic never saw
+    assert not any("spearman_with_distance" in key for key in report)
+    assert report["heldout_features"] == ["punct_per_token", "question_share", "distinct_2", "repeat_3"]
+    assert report["spearman_heldout_distance"] > 0.2
+    assert report["en/spearman_heldout_distance"] > 0.2 and report["zh/spearman_heldout_distance"] > 0.2
+
+
+def test_heldout_features_are_not_critic_inputs(default_critic):
+    root, _ = default_critic
+    critic = Critic.load(root / "models/critic")
+    responses = ["Hello! How are you today?", "你好，很高兴认识你。", "The answer is 42, I think."]
+    buckets = ["en|single|dialogue|short", "zh|single|dialogue|short", "en|single|qa|short"]
+    features = compute_features(responses)
+    x, _ = critic.inputs(responses, buckets, features=features)
+    for name in FEATURE_NAMES:
+        changed = features.copy()
+        changed[:, FEATURE_NAMES.index(name)] += 5.0
+        x_changed, _ = critic.inputs(responses, buckets, features=changed)
+        if name in critic.config["heldout_features"]:
+            np.testing.assert_array_equal(x_changed, x, err_msg=name)
+        else:
+            assert not np.array_equal(x_changed, x), name
+    assert critic.net.mlp[0].in_features == x.shape[1] + critic.config["bucket_dim"]
+
+
+def test_feature_distance_is_the_support_distance_restricted_to_the_features(default_critic):
+    root, _ = default_critic
+    refs = Critic.load(root / "models/critic").refs
+    responses = ["Hello! How are you today? " * 3, "你好。", "ok", "The answer is 42, I think!!"]
+    buckets = ["en|single|dialogue|short", "zh|single|dialogue|short", "en|single|qa|short", "en|*|*|*"]
+    features = compute_features(responses)
+    everything = feature_mask(refs, FEATURE_NAMES)
+    np.testing.assert_allclose(feature_distance(refs, features, buckets, everything),
+                               refs.distance(features, buckets))
+    one = feature_mask(refs, ["n_tokens"])
+    for i, key in enumerate(refs.resolve_many(buckets)):
+        stats, j = refs.buckets[key].stats, FEATURE_NAMES.index("n_tokens")
+        gap = max(0.0, stats["low"][j] - features[i, j], features[i, j] - stats["high"][j]) / stats["scale"][j]
+        assert feature_distance(refs, features[i:i + 1], [buckets[i]], one)[0] == pytest.approx(gap)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("[n_tokens, no_such_feature]", "unknown features ['no_such_feature']"),
+    ("[n_tokens, n_tokens]", "listed twice"),
+    (json.dumps(FEATURE_NAMES), "leave at least one feature"),
+])
+def test_heldout_features_are_validated(value, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_params(None, [f"critic.heldout_features={value}"])
+
+
+def test_ngram_encoder_encodes_the_same_after_save_and_load(tmp_path):
+    """The SVD components are Fortran-ordered; saving them as such once scrambled every loaded critic."""
+    texts = [f"answer number {i}: {'yes' if i % 3 else 'no'}, and {i * 7} more words" for i in range(60)]
+    texts += [f"第{i}个回答：{'好的' if i % 2 else '不行'}。" for i in range(60)]
+    encoder = NgramEncoder((1, 3), 2000, 16, seed=0).fit(texts)
+    again = load_encoder(save_encoder(encoder, tmp_path), tmp_path)
+    np.testing.assert_allclose(again.encode(texts), encoder.encode(texts), atol=1e-6)
 
 
 def test_save_load_score_is_identical_and_unknown_buckets_back_off(default_critic, tmp_path):
@@ -127,6 +190,89 @@ def test_critic_on_real_bilingual_data(tmp_path):
     for lang in ("en", "zh"):
         assert report[f"{lang}/auroc_human_vs_corrupted"] >= 0.8, lang
         assert report[f"{lang}/auroc_own_vs_mismatched"] >= 0.7, lang
+
+
+GENERIC = {"en": ["I am not sure what you mean.", "That is a good question.", "I do not know about that.",
+                  "Can you say that again?"],
+           "zh": ["我不太明白你的意思。", "这是个好问题。", "我不知道这个。", "你能再说一遍吗？"]}
+
+
+def auroc_of(closer: np.ndarray, farther: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(np.r_[np.zeros(len(closer)), np.ones(len(farther))], np.r_[closer, farther])
+
+
+def test_model_samples_teach_the_critic_what_the_model_writes(default_critic, tmp_path):
+    """Generic replies (a mode-collapsed model) look human to the features and the corruptions; a critic trained
+    with them as `critic.model_samples` puts them far from the human answers of unseen val prompts."""
+    import pyarrow.parquet as pq
+
+    root, _ = default_critic
+    shutil.copytree(root / "data", tmp_path / "data")
+    train = pq.read_table(tmp_path / "data/buckets/train.parquet").to_pylist()
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"response": GENERIC[r["language"]][i % 4], "bucket_id": r["bucket_id"]})
+                               + "\n" for i, r in enumerate(train)), encoding="utf-8")
+    report = fit_critic.run(load_params(None, [f"critic.model_samples={samples}", *QUIET]), tmp_path)
+    assert report["auroc_human_vs_corrupted"] >= 0.85  # still a critic of everything else
+
+    val = pq.read_table(tmp_path / "data/buckets/val.parquet").to_pylist()
+    generic = [GENERIC[r["language"]][i % 4] for i, r in enumerate(val)]
+    humans = [r["human_answer"] for r in val]
+    with_samples, without = Critic.load(tmp_path / "models/critic"), Critic.load(root / "models/critic")
+    learned = auroc_of(with_samples.score_responses(humans, val), with_samples.score_responses(generic, val))
+    before = auroc_of(without.score_responses(humans, val), without.score_responses(generic, val))
+    print({"auroc_human_vs_generic_with_samples": learned, "without": before})
+    assert learned >= 0.9 and before <= 0.7
+
+
+TOPICS = ["cats", "rivers", "music", "bread", "trains", "stars", "gardens", "coffee"]
+
+
+def topic_records(n: int) -> list[dict]:
+    """Questions about a topic answered about that topic, in varied words: only the prompt tells which topic an
+    answer should be about."""
+    ask = ["Tell me about {}.", "What do you know about {}?", "Can you explain {} to me?", "I want to learn about {}."]
+    say = ["{} are a topic I like.", "Well, {} are interesting.", "People often talk about {}.",
+           "{} can be surprising."]
+    more = ["It takes a while to explain.", "There is a lot to say.", "Many books cover it.", "Ask me more later."]
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        answer = " ".join([say[rng.integers(4)].format(topic).capitalize(), *rng.choice(more, rng.integers(0, 3))])
+        records.append({"question": ask[rng.integers(4)].format(topic), "human_answer": answer, "language": "en",
+                        "track": "single", "family": "qa"})
+    return records
+
+
+def test_prompt_critic_scores_through_score_responses_and_reads_the_prompt(tmp_path):
+    """A critic fitted with `use_prompt` scores through `score_responses` (the record's prompt, as in training)
+    and has learned what the prompt asks: the same answer scores closer under its own question than under a
+    question about another topic."""
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "topics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in topic_records(2000)), encoding="utf-8")
+    params = load_params(None, [f"data.sources=[{{kind: polyalign, path: {path}}}]", "critic.use_prompt=true",
+                                *QUIET])
+    prepare.run(params, tmp_path)
+    bucketize.run(params, tmp_path)
+    report = fit_critic.run(params, tmp_path)
+    assert report["auroc_own_vs_other_prompt"] >= 0.75
+
+    critic = Critic.load(tmp_path / "models/critic")
+    val = pq.read_table(tmp_path / "data/buckets/val.parquet").to_pylist()
+    answers = [r["human_answer"] for r in val]
+    own = critic.score_responses(answers, val)
+    np.testing.assert_allclose(own, critic.distance(answers, [r["bucket_id"] for r in val],
+                                                    [r["question"] for r in val]))
+    topic = [next(t for t in TOPICS if t in r["question"]) for r in val]
+    other_prompt = [{**r, "question": f"Tell me about {TOPICS[(TOPICS.index(t) + 3) % len(TOPICS)]}."}
+                    for r, t in zip(val, topic)]
+    other = critic.score_responses(answers, other_prompt)
+    assert len(val) >= 50 and (own < other).mean() >= 0.9 and np.median(other - own) > 0.2
 
 
 def test_collapse_guard_refuses_a_critic_trained_on_identical_responses(tmp_path):

@@ -187,7 +187,8 @@ class DataParams(Section):
 class BucketsParams(Section):
     """`bucketize`: bucket assignment, references and their backoff."""
 
-    min_bucket_size: int = Field(30, ge=1, description="smaller buckets back off to a parent bucket")
+    min_bucket_size: int = Field(30, ge=1, description="smaller buckets back off to a parent reference and "
+                                 "merge into their nearest balance group")
     support_low: float = Field(0.1, ge=0, lt=1, description="quantile at the bottom of the support band")
     support_high: float = Field(0.9, gt=0, le=1, description="quantile at the top of the support band")
     epsilon: float = Field(1e-6, gt=0, description="floor of the per-feature scale in the distance")
@@ -297,8 +298,13 @@ class CriticParams(Section):
     ngram_max: int = Field(4, ge=1)
     max_features: int = Field(20000, ge=10)
     embedding_dim: int = Field(64, ge=2, description="SVD dimensions of the ngram encoder")
-    use_prompt: bool = Field(False, description="also feed the prompt's embedding")
-    model_samples: str | None = Field(None, description="JSONL/parquet of {response, bucket_id} model samples")
+    use_prompt: bool = Field(False, description="also feed the prompt's embedding (and rank own < other prompt)")
+    model_samples: str | None = Field(
+        None, description="JSONL/parquet of {response, bucket_id} model samples (optionally their question)")
+    heldout_features: list[str] = Field(
+        default_factory=lambda: ["punct_per_token", "question_share", "distinct_2", "repeat_3"],
+        description="response features kept out of the critic's inputs and regression target; validation "
+                    "reports its Spearman with the support distance on these only")
     corruptions: list[Literal["truncate", "repeat", "shuffle", "pad_length", "swap_language"]] = Field(
         default_factory=lambda: ["truncate", "repeat", "shuffle", "pad_length", "swap_language"])
     margin: float = Field(0.5, ge=0)
@@ -306,6 +312,7 @@ class CriticParams(Section):
     weight_conditional: float = Field(1.0, ge=0)
     weight_corruption: float = Field(1.0, ge=0)
     weight_model_samples: float = Field(1.0, ge=0)
+    weight_prompt: float = Field(1.0, ge=0, description="own prompt < another prompt (with use_prompt)")
     hidden_size: int = Field(128, ge=4)
     bucket_dim: int = Field(16, ge=1)
     epochs: int = Field(20, ge=1)
@@ -322,16 +329,40 @@ class CriticParams(Section):
             raise ValueError("critic.ngram_min must not exceed critic.ngram_max")
         return self
 
+    @model_validator(mode="after")
+    def _heldout(self) -> CriticParams:
+        from polyalign.buckets.features import FEATURE_NAMES
+
+        unknown = [f for f in self.heldout_features if f not in FEATURE_NAMES]
+        if unknown:
+            raise ValueError(f"critic.heldout_features: unknown features {unknown}; known: {', '.join(FEATURE_NAMES)}")
+        if len(set(self.heldout_features)) != len(self.heldout_features):
+            raise ValueError("critic.heldout_features: a feature is listed twice")
+        if len(self.heldout_features) >= len(FEATURE_NAMES):
+            raise ValueError("critic.heldout_features: leave at least one feature as the critic's input")
+        return self
+
 
 class GenerationParams(Section):
     """Decoding settings of the one batched, KV-cached generator (pair sampling; evaluation has its own)."""
 
-    max_new_tokens: int = Field(48, ge=1)
+    budget: Literal["bucket", "fixed"] = Field(
+        "bucket", description="bucket: each prompt may generate budget_factor x the q90 length (model tokens) of "
+        "its bucket's training answers | fixed: max_new_tokens for every prompt")
+    budget_factor: float = Field(1.5, gt=0, description="bucket budgets: this many times the bucket's q90 length")
+    max_new_tokens: int = Field(0, ge=0, description="fixed: the budget of every prompt; bucket: an upper bound "
+                                "(0: none but the model's context)")
     temperature: float = Field(1.0, ge=0, description="0 decodes greedily")
     top_p: float = Field(0.95, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0: no top-k cut")
     repetition_penalty: float = Field(1.0, gt=0)
     batch_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _budget(self) -> GenerationParams:
+        if self.budget == "fixed" and self.max_new_tokens < 1:
+            raise ValueError("budget 'fixed' needs max_new_tokens >= 1")
+        return self
 
 
 class PairsParams(Section):
@@ -339,6 +370,8 @@ class PairsParams(Section):
 
     k: int = Field(2, ge=1, description="samples per prompt")
     rejected: Literal["first", "farthest"] = Field("farthest", description="farthest = largest critic distance")
+    truncated: Literal["keep", "drop"] = Field(
+        "keep", description="samples cut by their token budget: keep (scored without an end-of-turn token) | drop")
     precompute_ref: bool = Field(True, description="store the reference model's log-probs of both sides")
     max_prompts: int = Field(0, ge=0, description="use at most this many prompts per split (0: all)")
     preference_file: str | None = Field(
@@ -359,8 +392,12 @@ class HdpoParams(Section):
         "dpo": HdpoVariant(), "hdpo": HdpoVariant(gamma=1.0, lam=0.5, alpha=0.05, weighting="bucket")})
     beta: float = Field(0.1, gt=0)
     m_max: float = Field(2.0, ge=0, description="the critic offset is clipped to [0, m_max]")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="conservative DPO (cDPO) for the sigmoid loss; ignored by ipo. TRL 1.16's "
+        "sigmoid loss has no such option (it reads label_smoothing only in robust/exo_pair/aot)")
+    loss_type: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid", description="sigmoid (DPO) | ipo (TRL 1.16's IPO: length-averaged log-ratios; the critic "
+        "offset raises its reward-margin target from 1/2 to 1/2 + m)")
     reference: Literal["precomputed", "frozen", "lora"] = Field(
         "precomputed", description="precomputed log-probs from pairs, a frozen copy, or LoRA's disabled adapter")
     epochs: int = Field(2, ge=1)
@@ -379,6 +416,9 @@ class HdpoParams(Section):
     def _reference(self) -> HdpoParams:
         if self.reference == "lora" and not self.lora.enabled:
             raise ValueError("hdpo.reference is 'lora' but hdpo.lora.enabled is false")
+        if self.loss_type == "ipo" and self.label_smoothing > 0:
+            raise ValueError("hdpo.label_smoothing (conservative DPO) applies to loss_type 'sigmoid' only; IPO "
+                             "would ignore it")
         return self
 
 
@@ -395,7 +435,7 @@ class EvaluateParams(Section):
         default_factory=lambda: [("sft@bucket", "sft@global"), ("hdpo@hdpo", "hdpo@dpo")],
         description="pairs (a, b): the report gives a - b with a paired bootstrap interval")
     max_prompts: int = Field(0, ge=0, description="evaluate a seeded subset of the test split (0: all of it)")
-    generation: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=128))
+    generation: GenerationParams = Field(default_factory=GenerationParams)
     bootstrap_resamples: int = Field(1000, ge=0, description="0: no intervals")
     confidence: float = Field(0.95, gt=0, lt=1)
     bng_cap: float = Field(3.0, gt=0, description="cap of each feature's gap in BNG")
@@ -438,6 +478,13 @@ class Params(Section):
     pairs: PairsParams = Field(default_factory=PairsParams)
     hdpo: HdpoParams = Field(default_factory=HdpoParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+
+    @model_validator(mode="after")
+    def _sampling(self) -> Params:
+        if self.generation.temperature == 0 and self.pairs.k > 1 and self.pairs.preference_file is None:
+            raise ValueError(f"generation.temperature = 0 decodes greedily, so pairs.k = {self.pairs.k} samples of a "
+                             "prompt would all be the same; set pairs.k: 1 or a temperature > 0")
+        return self
 
 
 # ----------------------------------------------------------------------------------------------------------

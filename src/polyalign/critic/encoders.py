@@ -53,7 +53,9 @@ class NgramEncoder:
         vocabulary = sorted(self.vectorizer.vocabulary_, key=self.vectorizer.vocabulary_.get)
         config = {"kind": self.kind, "ngram_range": list(self.ngram_range), "max_features": self.max_features,
                   "dim": self.dim, "vocabulary": vocabulary}
-        return config, {"idf": self.vectorizer.idf_.astype(np.float32), "components": self.components}
+        # safetensors writes an array's memory as if it were C-ordered, and SVD components come Fortran-ordered
+        arrays = {"idf": self.vectorizer.idf_, "components": self.components}
+        return config, {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in arrays.items()}
 
     @classmethod
     def from_state(cls, config: dict, arrays: dict[str, np.ndarray]) -> NgramEncoder:

@@ -4,10 +4,14 @@ Every example is a *pair* (lo, hi) of scored rows (response, bucket) where `lo` 
 support than `hi`:
 - `corruption`: a human response vs a corrupted version of it, both under its own bucket;
 - `conditional`: a human response under its own bucket vs under a mismatched bucket;
-- `model`: a human response vs a model sample of the same bucket (when `critic.model_samples` is given).
-Each row also regresses to its support-band distance d(x, b) against the train references.
+- `model`: a human response vs a model sample of the same bucket (when `critic.model_samples` is given);
+- `prompt`: a human response under its own prompt vs under another prompt of its language (only for a critic
+  with `critic.use_prompt`: without these pairs nothing would teach it what the prompt says about a response).
+Every row's prompt is `critic_prompt(record)`, the text the later stages pass when they score.
+Each row also regresses to its support-band distance d(x, b) against the train references, over the critic's
+visible features (the held-out ones are kept for validation).
 
-loss = w_reg * mean (log1p s - log1p d)^2 + sum_t w_t * mean_t max(0, margin - (s_hi - s_lo))
+loss = w_reg * mean (log1p s - log1p d)^2 + sum_t w_t * share_t * mean_t max(0, margin - (s_hi - s_lo))
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from polyalign.critic.corruptions import corrupt
+from polyalign.critic.model import critic_prompt
 
-PAIR_TYPES = ("corruption", "conditional", "model")
+PAIR_TYPES = ("corruption", "conditional", "model", "prompt")
 
 
 @dataclass
@@ -31,7 +36,7 @@ class Rows:
     texts: list[str] = field(default_factory=list)
     buckets: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
-    kinds: list[str] = field(default_factory=list)  # human | mismatched | <corruption> | model
+    kinds: list[str] = field(default_factory=list)  # human | mismatched | <corruption> | model | other_prompt
     language: list[str] = field(default_factory=list)
 
     def add(self, text: str, bucket: str, prompt: str, kind: str, language: str) -> int:
@@ -53,12 +58,17 @@ class Pairs:
 
 
 def build_pairs(records: list[dict], corruptions: list[str], rng: np.random.Generator, pools: dict[str, list[str]],
-                edges: list[int], mismatch_pool: list[str], model_samples: list[dict] | None = None) -> Pairs:
+                edges: list[int], mismatch_pool: list[str], model_samples: list[dict] | None = None,
+                prompt_pairs: bool = False) -> Pairs:
     pairs = Pairs(Rows())
     rows = pairs.rows
     human_by_bucket: dict[str, list[int]] = {}
-    for r in records:
-        text, bucket, lang, prompt = r["human_answer"], r["bucket_id"], r["language"], r["question"]
+    prompts = [critic_prompt(r) for r in records]  # the one place training reads a record's prompt
+    prompts_by_language: dict[str, list[str]] = {}
+    for r, prompt in zip(records, prompts):
+        prompts_by_language.setdefault(r["language"], []).append(prompt)
+    for r, prompt in zip(records, prompts):
+        text, bucket, lang = r["human_answer"], r["bucket_id"], r["language"]
         h = rows.add(text, bucket, prompt, "human", lang)
         human_by_bucket.setdefault(bucket, []).append(h)
         for kind in corruptions:
@@ -75,16 +85,32 @@ def build_pairs(records: list[dict], corruptions: list[str], rng: np.random.Gene
             pairs.lo.append(h)
             pairs.hi.append(rows.add(text, other, prompt, "mismatched", lang))
             pairs.types.append(1)
+        if prompt_pairs:
+            _add_prompt_pair(pairs, h, prompts_by_language[lang], rng)
     for sample in model_samples or []:
         humans = human_by_bucket.get(sample["bucket_id"])
         if not humans:
             pairs.skipped["model_sample_without_human"] = pairs.skipped.get("model_sample_without_human", 0) + 1
             continue
         h = humans[int(rng.integers(len(humans)))]
+        # a sample that names its prompt is scored with it, else with the prompt of the human it is paired with
+        prompt = critic_prompt(sample) if sample.get("question") else rows.prompts[h]
         pairs.lo.append(h)
-        pairs.hi.append(rows.add(sample["response"], sample["bucket_id"], rows.prompts[h], "model", rows.language[h]))
+        pairs.hi.append(rows.add(sample["response"], sample["bucket_id"], prompt, "model", rows.language[h]))
         pairs.types.append(2)
     return pairs
+
+
+def _add_prompt_pair(pairs: Pairs, h: int, prompts: list[str], rng: np.random.Generator) -> None:
+    """Human row `h` (lo) against the same response and bucket under another prompt of its language (hi)."""
+    rows = pairs.rows
+    other = prompts[int(rng.integers(len(prompts)))]
+    if other == rows.prompts[h]:
+        pairs.skipped["prompt_without_other"] = pairs.skipped.get("prompt_without_other", 0) + 1
+        return
+    pairs.lo.append(h)
+    pairs.hi.append(rows.add(rows.texts[h], rows.buckets[h], other, "other_prompt", rows.language[h]))
+    pairs.types.append(3)
 
 
 def pair_loader(x: np.ndarray, buckets: np.ndarray, targets: np.ndarray, pairs: Pairs, batch_size: int,
@@ -116,7 +142,8 @@ class CriticModule(L.LightningModule):
         super().__init__()
         self.net, self.cfg = net, cfg
         self.weights = {"regression": cfg.weight_regression, "conditional": cfg.weight_conditional,
-                        "corruption": cfg.weight_corruption, "model": cfg.weight_model_samples}
+                        "corruption": cfg.weight_corruption, "model": cfg.weight_model_samples,
+                        "prompt": cfg.weight_prompt}
 
     def _step(self, batch, stage: str):
         x_lo, b_lo, d_lo, x_hi, b_hi, d_hi, types = batch

@@ -2,8 +2,10 @@
 
 Reads params: seed, paths, critic, trainer, logging. Reads `data/buckets/{train,val}.parquet` and
 `references.json`. Writes `models/critic/` (safetensors weights, encoder state, config, references, checksum
-manifest) and `reports/critic.json` (validation: Spearman with d(x, b), AUROC human-vs-corrupted overall, per
-language and per corruption kind, AUROC own-vs-mismatched bucket per language, score mean/std).
+manifest) and `reports/critic.json` (validation: Spearman with the support distance on the held-out features
+`critic.heldout_features`, which are neither inputs nor target, so it is not a fit to the critic's own inputs;
+AUROC human-vs-corrupted overall, per language and per corruption kind, AUROC own-vs-mismatched bucket (and,
+with `use_prompt`, own-vs-other prompt) per language, score mean/std).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 from polyalign.buckets.features import compute_features
 from polyalign.buckets.references import References
 from polyalign.critic.encoders import HFEncoder, NgramEncoder
-from polyalign.critic.model import Critic, CriticNet, build_inputs
+from polyalign.critic.model import Critic, CriticNet, build_inputs, feature_distance, feature_mask
 from polyalign.critic.training import CriticModule, Pairs, build_pairs, pair_loader
 from polyalign.errors import UserError
 from polyalign.io import atomic_path, write_json
@@ -66,7 +68,19 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, np.r_[negatives, positives]))
 
 
-def validation_report(pairs: Pairs, scores: np.ndarray, targets: np.ndarray) -> dict:
+def spearman(scores: np.ndarray, targets: np.ndarray) -> float | None:
+    """Spearman's rho; None where it is undefined (no held-out features, or one side constant)."""
+    if len(scores) < 2 or np.ptp(scores) == 0 or np.ptp(targets) == 0:
+        return None
+    return float(spearmanr(scores, targets).statistic)
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def validation_report(pairs: Pairs, scores: np.ndarray, heldout_d: np.ndarray) -> dict:
+    """`heldout_d`: the support distance on the held-out features only (the critic never saw them)."""
     rows = pairs.rows
     kinds, langs = np.asarray(rows.kinds), np.asarray(rows.language)
     lo, hi, types = np.asarray(pairs.lo), np.asarray(pairs.hi), np.asarray(pairs.types)
@@ -77,19 +91,25 @@ def validation_report(pairs: Pairs, scores: np.ndarray, targets: np.ndarray) -> 
         "score_std_human": float(scores[human].std()),
         "score_mean_all": float(scores.mean()),
         "score_std_all": float(scores.std()),
-        "spearman_with_distance": float(spearmanr(scores, targets).statistic),
+        "spearman_heldout_distance": spearman(scores, heldout_d),
+        "spearman_heldout_distance_human": spearman(scores[human], heldout_d[human]),
         "skipped_corruptions": pairs.skipped,
     }
     corrupted = types == 0
     report["auroc_human_vs_corrupted"] = auroc(scores[human], scores[hi[corrupted]])
     report["auroc_own_vs_mismatched"] = auroc(scores[lo[types == 1]], scores[hi[types == 1]])
+    if (types == 3).any():
+        report["auroc_own_vs_other_prompt"] = auroc(scores[lo[types == 3]], scores[hi[types == 3]])
     for lang in sorted(set(langs)):
         in_lang = langs == lang
         report[f"{lang}/auroc_human_vs_corrupted"] = auroc(scores[human & in_lang],
                                                            scores[hi[corrupted & in_lang[hi]]])
         mism = (types == 1) & in_lang[lo]
         report[f"{lang}/auroc_own_vs_mismatched"] = auroc(scores[lo[mism]], scores[hi[mism]])
-        report[f"{lang}/spearman_with_distance"] = float(spearmanr(scores[in_lang], targets[in_lang]).statistic)
+        if (types == 3).any():
+            other = (types == 3) & in_lang[lo]
+            report[f"{lang}/auroc_own_vs_other_prompt"] = auroc(scores[lo[other]], scores[hi[other]])
+        report[f"{lang}/spearman_heldout_distance"] = spearman(scores[in_lang], heldout_d[in_lang])
         report[f"{lang}/score_std_human"] = float(scores[human & in_lang].std())
         for kind in sorted(set(kinds[hi[corrupted]])):
             of_kind = corrupted & (kinds[hi] == kind) & in_lang[hi]
@@ -117,24 +137,27 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         pools.setdefault(r["language"], []).append(r["human_answer"])
     mismatch_pool = sorted({r["bucket_id"] for r in train})
     edges = params.data.length_bins.edges
-    data = {"train": build_pairs(train, list(cfg.corruptions), rng, pools, edges, mismatch_pool, samples),
-            "val": build_pairs(val, list(cfg.corruptions), rng, pools, edges, mismatch_pool)}
+    data = {"train": build_pairs(train, list(cfg.corruptions), rng, pools, edges, mismatch_pool, samples,
+                                 cfg.use_prompt),
+            "val": build_pairs(val, list(cfg.corruptions), rng, pools, edges, mismatch_pool, None, cfg.use_prompt)}
 
     if cfg.encoder == "ngram":
         encoder = NgramEncoder((cfg.ngram_min, cfg.ngram_max), cfg.max_features, cfg.embedding_dim, params.seed)
-        encoder.fit([r["human_answer"] for r in train])
+        encoder.fit([r["human_answer"] for r in train] + [s["response"] for s in samples or []])
     else:
         encoder = HFEncoder(cfg.encoder_path)
     config = {"buckets": sorted(refs.buckets), "use_prompt": cfg.use_prompt, "bucket_dim": cfg.bucket_dim,
-              "hidden_size": cfg.hidden_size}
+              "hidden_size": cfg.hidden_size, "heldout_features": list(cfg.heldout_features)}
     bucket_index = {b: i for i, b in enumerate(config["buckets"])}
-    arrays = {}
+    heldout = feature_mask(refs, cfg.heldout_features)
+    arrays, heldout_d = {}, {}
     for split, pairs in data.items():
         rows = pairs.rows
         features = compute_features(rows.texts)
         x, b = build_inputs(refs, encoder, bucket_index, cfg.use_prompt, rows.texts, rows.buckets, rows.prompts,
-                            features)
-        arrays[split] = (x, b, refs.distance(features, rows.buckets))
+                            features, cfg.heldout_features)
+        arrays[split] = (x, b, feature_distance(refs, features, rows.buckets, ~heldout))
+        heldout_d[split] = feature_distance(refs, features, rows.buckets, heldout)
     config["in_dim"] = int(arrays["train"][0].shape[1])
 
     import torch
@@ -150,10 +173,11 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         return {}
 
     critic = Critic(net, encoder, refs, config)
-    x_val, b_val, d_val = arrays["val"]
+    x_val, b_val, _ = arrays["val"]
     scores = critic.score_inputs(x_val, b_val)
     report = {"encoder": cfg.encoder, "seed": params.seed, "train_pairs": len(data["train"].lo),
-              "val_pairs": len(data["val"].lo), **validation_report(data["val"], scores, d_val)}
+              "val_pairs": len(data["val"].lo), "heldout_features": list(cfg.heldout_features),
+              **validation_report(data["val"], scores, heldout_d["val"])}
     finish_loggers(trainer)
     if report["score_std_human"] < cfg.min_score_std:
         raise UserError(f"fit-critic: the critic collapsed: the standard deviation of its validation scores on "
@@ -162,7 +186,9 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     with atomic_path(root / params.paths.models / "critic", directory=True) as tmp:
         critic.save(tmp)
     write_json(root / params.paths.reports / "critic.json", report)
-    console.print(f"fit-critic: AUROC human-vs-corrupted {report['auroc_human_vs_corrupted']:.3f}, "
-                  f"own-vs-mismatched {report['auroc_own_vs_mismatched']:.3f}, "
-                  f"Spearman with d {report['spearman_with_distance']:.3f}")
+    figures = {"AUROC human-vs-corrupted": "auroc_human_vs_corrupted", "own-vs-mismatched": "auroc_own_vs_mismatched",
+               "own-vs-other prompt": "auroc_own_vs_other_prompt",
+               "Spearman with the held-out features' distance": "spearman_heldout_distance"}
+    console.print("fit-critic: " + ", ".join(f"{label} {_figure(report[key])}" for label, key in figures.items()
+                                             if key in report))
     return report
