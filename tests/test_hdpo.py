@@ -73,16 +73,23 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time(paired_project):
 def test_a_sample_cut_by_its_budget_is_flagged_and_a_finished_one_is_not(paired_project):
     path = paired_project / "models/sft/bucket"
     tokenizer, renderer = renderer_for(path)
-    records = pq.read_table(paired_project / "data/buckets/val.parquet").to_pylist()[:8]
+    records = pq.read_table(paired_project / "data/buckets/val.parquet").to_pylist()[:12]
     prompts = [renderer.prompt_ids(r) for r in records]
-    sft_model = AutoModelForCausalLM.from_pretrained(path)  # ends its turn at once: finished, empty samples
-    finished = generate(sft_model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=6, temperature=0,
-                        progress=False)
-    assert all(not s[0].truncated and len(s[0].ids) < 6 for s in finished)
-    cut = generate(talkative_model(path), tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=3,
-                   temperature=0, progress=False)
-    assert all(s[0].truncated and len(s[0].ids) == 3 for s in cut)
-    assert not any(t in renderer.eot_ids for s in cut for t in s[0].ids)
+    model = talkative_model(path)
+    first = generate(model, tokenizer, prompts[:1], stop_ids=renderer.eot_ids, max_new_tokens=3, temperature=0,
+                     progress=False)[0][0].ids
+    kinds = set()
+    # the end-of-turn token, and a stop token the model writes as the 3rd token of the first prompt's answer (so
+    # that some samples certainly end within the budget)
+    for stop in (renderer.eot_ids, [first[2]]):
+        short, long = (generate(model, tokenizer, prompts, stop_ids=stop, max_new_tokens=n, temperature=0,
+                                progress=False) for n in (4, 48))
+        for s, full in zip(short, long):
+            ended_early = not full[0].truncated and len(full[0].ids) < 4  # the model chose to stop within 4
+            assert s[0].truncated == (not ended_early)
+            assert s[0].ids == full[0].ids[:4] and not set(s[0].ids) & set(stop)
+            kinds.add(s[0].truncated)
+    assert kinds == {True, False}  # both cases were exercised
 
 
 def test_pairs_hold_human_chosen_sampled_rejected_distances_weights_and_reference_logps(paired_project):
