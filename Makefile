@@ -1,10 +1,14 @@
 # `make demo` and `make test` work on a machine with nothing but Python 3.11: both create .venv when it is
-# missing or incomplete. torch is installed first, pinned to the CPU wheel, so that nothing pulls a multi-GB
-# CUDA build; override with `make TORCH_SPEC='torch==2.13.0' demo` or point VENV elsewhere.
+# missing or incomplete. torch is installed first, from PyTorch's CPU wheel index (TORCH_INDEX), so that pip
+# never falls back to PyPI's Linux build, which bundles CUDA (several GB). For a GPU build empty the index
+# (`make TORCH_INDEX= venv`: PyPI's default build) or name another (e.g. .../whl/cu128). A torch already in
+# the venv is kept; `make clean-venv` starts over. Point VENV elsewhere to keep several.
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIP_ARGS := $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX))
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.polyalign-installed
 export HF_HUB_OFFLINE ?= 1
@@ -20,7 +24,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -c "import polyalign, torch, lightning, transformers, dvc, chatterbot_corpus"
 	@touch $(STAMP)

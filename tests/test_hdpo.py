@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from polyalign.generation import generate
+from polyalign.manifest import write_manifest
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.stages import pairs
 from polyalign.training.preference import pair_examples, score_examples
@@ -148,6 +149,7 @@ def test_hdpo_refuses_reference_logps_computed_with_another_prompt_format_or_mod
     with torch.no_grad():
         next(other.parameters()).add_(0.01)
     other.save_pretrained(weights.parent)
+    write_manifest(weights.parent)  # a legitimately retrained SFT model: its checksums are in order
     result = cli(["hdpo", "--set", "hdpo.max_steps=1"], project, check=False)
     assert result.returncode == 2 and "model_files changed" in result.stderr and "Traceback" not in result.stderr
     cli(["hdpo", "--set", "hdpo.max_steps=1", "--set", "hdpo.reference=frozen"], project)  # no stored log-probs used

@@ -10,8 +10,11 @@ import pytest
 from conftest import write_params
 from hf_helpers import HF_FIXTURES, read, records
 from polyalign.data.clean import hashed_split
+from polyalign.data.record import Problem
+from polyalign.data.sources import read_source
 from polyalign.data.sources.hf import official_split, split_policy
-from polyalign.params import HF_DATASETS, PRESETS, DataParams, SplitRatios, load_params
+from polyalign.errors import UserError
+from polyalign.params import HF_DATASETS, PRESETS, DataParams, HfSource, SplitRatios, load_params
 from polyalign.stages import prepare
 from sft_project import cli
 
@@ -105,3 +108,47 @@ def test_a_local_folder_that_is_not_a_dataset_is_a_clear_error(tmp_path):
     result = cli(["prepare"], tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "hf:dolly" in result.stderr and "local files could not be read" in result.stderr
+
+
+def test_hf_rows_are_checked_like_file_rows_naming_the_row_and_field(tmp_path):
+    """A list where text belongs (or a nested field of the wrong type) is an input error, not a crash."""
+    dolly = tmp_path / "dolly.jsonl"
+    dolly.write_text("".join(json.dumps({"instruction": f"Question {i}?", "response": ["one", "two"]}) + "\n"
+                             for i in range(2)))
+    items = list(read_source(HfSource(kind="hf", dataset="dolly", data_files={"train": str(dolly)}), tmp_path))
+    assert all(isinstance(i, Problem) and not i.always_skip for i in items) and len(items) == 2
+    assert items[0].describe() == "hf:dolly/train[0]: field 'response': Input should be a valid string " \
+                                  '(got ["one", "two"])'
+    eli5 = tmp_path / "eli5.jsonl"
+    eli5.write_text(json.dumps({"q_id": "q1", "title": "Why?", "answers": {"text": [["a"]], "score": [1]}}) + "\n")
+    (problem,) = read_source(HfSource(kind="hf", dataset="eli5", data_files={"train": str(eli5)}), tmp_path)
+    assert (problem.reason, problem.field) == ("invalid_field", "answers[0].text")
+
+
+def test_prepare_stops_on_a_bad_hf_row_or_counts_it_with_skip(tmp_path):
+    rows = [{"instruction": f"Question {i}?", "response": f"Answer {i}.", "context": ""} for i in range(12)]
+    rows[4]["context"] = 7  # a number where text belongs
+    (tmp_path / "dolly.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sources = json.dumps([{"kind": "hf", "dataset": "dolly", "data_files": {"train": "dolly.jsonl"}}])
+    params = load_params(None, [f"data.sources={sources}", "logging.progress=false"])
+    with pytest.raises(UserError, match=r"hf:dolly/train\[4\]: field 'context': Input should be a valid string"):
+        prepare.run(params, tmp_path)
+    params = load_params(None, [f"data.sources={sources}", "logging.progress=false", "data.on_invalid=skip"])
+    report = prepare.run(params, tmp_path)
+    assert report["records"] == 11 and report["dropped"] == {"invalid_field": 1}
+
+
+def test_every_hf_adapter_checks_its_rows_with_a_row_model():
+    from polyalign.data.sources.hf import HfRow, adapter
+
+    for name in HF_DATASETS:
+        assert issubclass(adapter(name).row_model, HfRow), name
+
+
+def test_hf_data_files_that_are_folders_or_outside_the_project(tmp_path, capsys):
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UserError, match="data source hf:dolly: folder is a folder, not a file"):
+        list(read_source(HfSource(kind="hf", dataset="dolly", data_files={"train": "folder"}), tmp_path))
+    examples, _ = read("dolly", root=tmp_path, path=None,
+                       data_files={"train": str(HF_FIXTURES / "dolly/train.jsonl")})
+    assert examples and "is outside the project" in capsys.readouterr().err

@@ -79,3 +79,28 @@ def test_greedy_decoding_with_several_samples_per_prompt_is_refused_before_any_w
 def test_label_smoothing_with_ipo_is_refused_rather_than_ignored(in_tmp):
     out = bad(["params", "--set", "hdpo.loss_type=ipo", "--set", "hdpo.label_smoothing=0.1"])
     assert "label_smoothing" in out and "sigmoid" in out
+
+
+def test_non_finite_numbers_are_refused_in_every_section(in_tmp):
+    assert "hdpo.beta = inf: Input should be a finite number" in bad(["params", "--set", "hdpo.beta=.inf"])
+    assert "critic.margin = nan" in bad(["params", "--set", "critic.margin=.nan"])
+    (in_tmp / "params.yaml").write_text("hdpo:\n  variants:\n    hdpo: {gamma: -.inf}\n")
+    assert "hdpo.variants.hdpo.gamma = -inf: Input should be a finite number" in bad(["prepare"])
+    assert not (in_tmp / "data").exists()
+
+
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(in_tmp):
+    (in_tmp / "params.yaml").write_text("seed: 1\nhdpo:\n  beta: 0.1\n  epochs: 2\n  beta: 0.2\n")
+    out = " ".join(bad(["prepare"]).split())
+    assert "params.yaml: line 5 is not valid YAML: duplicate key 'beta' (first at line 3)" in out
+    assert not (in_tmp / "data").exists()
+    (in_tmp / "params.yaml").unlink()
+    assert "duplicate key 'train'" in bad(["params", "--set", "data.split_ratios={train: 0.5, train: 0.5}"])
+
+
+def test_a_yaml_merge_key_may_still_be_overridden_key_by_key(in_tmp):
+    (in_tmp / "params.yaml").write_text("data:\n  split_ratios:\n    <<: {train: 0.5, val: 0.3, test: 0.2}\n"
+                                        "    val: 0.25\n    test: 0.25\n")
+    result = runner.invoke(app, ["params"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout)["data"]["split_ratios"] == {"train": 0.5, "val": 0.25, "test": 0.25}

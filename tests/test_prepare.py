@@ -16,9 +16,9 @@ from polyalign.stages import prepare
 runner = CliRunner()
 
 
-def run_prepare(root, sources, *overrides):
+def run_prepare(root, sources, *overrides, every_split=True):
     params = load_params(None, [f"data.sources={json.dumps(sources)}", "logging.progress=false", *overrides])
-    report = prepare.run(params, root)
+    report = prepare.run(params, root, require_every_split=every_split)
     rows = {s: pq.read_table(root / "data/prepared" / f"{s}.parquet").to_pylist() for s in prepare.SPLITS}
     return report, rows
 
@@ -42,7 +42,7 @@ def test_duplicate_is_kept_in_the_highest_priority_split(tmp_path):
         record("Capital of Peru?", "Lima", "val", id="e"),
         record("Capital  of Peru?\r\n", " Lima ", "train", id="f"),  # equal once normalised
     ])
-    report, rows = run_prepare(tmp_path, [{"kind": "polyalign", "path": path}])
+    report, rows = run_prepare(tmp_path, [{"kind": "polyalign", "path": path}], every_split=False)
     ids = {s: [r["id"] for r in rows[s]] for s in rows}
     assert ids == {"train": [], "val": ["e"], "test": ["b"]}
     assert report["dropped"] == {"duplicate": 4}
@@ -81,7 +81,8 @@ def test_splits_are_identical_with_the_same_seed_and_differ_with_another(tmp_pat
 
 
 def test_labels_are_derived_when_absent(tmp_path):
-    _, rows = run_prepare(tmp_path, [{"kind": "alpaca", "path": str(FIXTURES / "alpaca.json"), "split": "train"}])
+    _, rows = run_prepare(tmp_path, [{"kind": "alpaca", "path": str(FIXTURES / "alpaca.json"), "split": "train"}],
+                          every_split=False)
     by_q = {r["question"]: r for r in rows["train"]}
     healthy = by_q["Give three tips for staying healthy."]
     assert (healthy["language"], healthy["track"], healthy["family"], healthy["length_bin"]) == (
@@ -93,9 +94,9 @@ def test_labels_are_derived_when_absent(tmp_path):
 
 def test_empty_answers_are_dropped_and_counted_unless_kept(tmp_path):
     src = [{"kind": "squad", "path": str(FIXTURES / "squad.json"), "split": "test"}]
-    report, rows = run_prepare(tmp_path / "a", src)
+    report, rows = run_prepare(tmp_path / "a", src, every_split=False)
     assert report["dropped"] == {"empty_answer": 1} and len(rows["test"]) == 3
-    report, rows = run_prepare(tmp_path / "b", src, "data.drop_empty_answers=false")
+    report, rows = run_prepare(tmp_path / "b", src, "data.drop_empty_answers=false", every_split=False)
     assert report["dropped_total"] == 0 and "" in [r["human_answer"] for r in rows["test"]]
 
 
@@ -199,7 +200,7 @@ def outputs(root):
 @pytest.mark.parametrize(("source", "message"), [
     ({"kind": "alpaca", "path": str(FIXTURES / "broken.jsonl")}, "broken.jsonl:2: not valid JSON"),
     ({"kind": "alpaca", "path": str(FIXTURES / "broken.jsonl"), "language": "en"}, "broken.jsonl:2"),
-    ({"kind": "squad", "path": "missing.json"}, "data source file not found: missing.json"),
+    ({"kind": "squad", "path": "missing.json"}, "file not found: missing.json"),
 ])
 def test_bad_input_stops_with_status_2_naming_the_place_and_writes_nothing(in_tmp, source, message):
     write_params(in_tmp, data={"sources": [source]}, logging={"progress": False})
@@ -217,23 +218,98 @@ def test_wrong_field_type_names_the_field(in_tmp):
     assert outputs(in_tmp) == ["typed.jsonl"]
 
 
+def val_and_test(root):
+    """A source of one val and one test record, for a test whose own rows fill train only."""
+    write_jsonl(root / "val_and_test.jsonl", [record("Capital of Chile?", "Santiago", "val", id="v"),
+                                              record("Capital of Ghana?", "Accra", "test", id="t")])
+    return {"kind": "polyalign", "path": "val_and_test.jsonl"}
+
+
 def test_skip_counts_bad_rows_by_reason(in_tmp):
     write_params(in_tmp, data={"sources": [{"kind": "alpaca", "path": str(FIXTURES / "broken.jsonl"),
-                                             "split": "train"}]})
+                                             "split": "train"}, val_and_test(in_tmp)]})
     result = invoke(["prepare", "--on-invalid", "skip"])
     assert result.exit_code == 0, result.output
     report = json.loads((in_tmp / "reports/prepare.json").read_text())
-    assert report["records"] == 2 and report["dropped"] == {"invalid_field": 1, "invalid_json": 1}
+    assert report["records"] == 4 and report["dropped"] == {"invalid_field": 1, "invalid_json": 1}
     dropped = [json.loads(x) for x in (in_tmp / "reports/prepare_dropped.jsonl").read_text().splitlines()]
     assert {(d["reason"], d["origin"].rsplit("/", 1)[-1], d["field"]) for d in dropped} == {
         ("invalid_json", "broken.jsonl:2", None), ("invalid_field", "broken.jsonl:3", "output")}
 
 
 def test_a_failed_run_keeps_the_previous_complete_outputs(in_tmp):
-    write_params(in_tmp, data={"sources": [{"kind": "alpaca", "path": str(FIXTURES / "alpaca.json")}]})
+    write_params(in_tmp, data={"sources": [{"kind": "alpaca", "path": str(FIXTURES / "alpaca.json")},
+                                           val_and_test(in_tmp)]})
     assert invoke(["prepare"]).exit_code == 0
     before = {p: (in_tmp / p).read_bytes() for p in outputs(in_tmp)}
     write_params(in_tmp, data={"sources": [{"kind": "alpaca", "path": str(FIXTURES / "broken.jsonl")}]})
     assert invoke(["prepare"]).exit_code == 2
     assert {p: (in_tmp / p).read_bytes() for p in outputs(in_tmp)} == before
     assert not [p for p in in_tmp.rglob(".*.tmp")]
+
+
+def one_line(text):
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize(("slices", "split", "overrides", "expected"), [
+    ({("en", "single"): 10}, None, ["--set", "data.split_ratios={train: 0.9, val: 0.0, test: 0.1}"],
+     ["the val split is empty", "records: train 18, val 0, test 2",
+      "data.split_ratios: train 0.9, val 0, test 0.1", "data.split_ratios gives val 0"]),
+    ({("en", "single"): 2}, None, [],  # the stratified split needs 3 conversations per slice for 3 splits
+     ["the val and test splits are empty", "records: train 4, val 0, test 0",
+      "data.split_ratios: train 0.8, val 0.1, test 0.1", "only 2 conversations/documents have no official split"]),
+    ({("zh", "multi"): 5}, "train", [],
+     ["the val and test splits are empty", "records: train 10, val 0, test 0", "official split",
+      "add a source with `split: val`"]),
+])
+def test_an_empty_split_is_refused_by_prepare_naming_ratios_and_counts(in_tmp, slices, split, overrides, expected):
+    rows = conversations(slices, **({"split": split} if split else {}))
+    write_jsonl(in_tmp / "conv.jsonl", rows)
+    write_params(in_tmp, data={"sources": [{"kind": "polyalign", "path": "conv.jsonl"}]}, logging={"progress": False})
+    result = invoke(["prepare", *overrides])
+    assert result.exit_code == 2, result.output
+    assert all(e in one_line(result.output) for e in expected), result.output
+    assert outputs(in_tmp) == ["conv.jsonl"]
+
+
+def test_a_refused_empty_split_leaves_the_previous_outputs(in_tmp):
+    write_jsonl(in_tmp / "conv.jsonl", conversations({("en", "single"): 10}))
+    write_params(in_tmp, data={"sources": [{"kind": "polyalign", "path": "conv.jsonl"}]}, logging={"progress": False})
+    assert invoke(["prepare"]).exit_code == 0
+    before = {p: (in_tmp / p).read_bytes() for p in outputs(in_tmp)}
+    assert invoke(["prepare", "--set", "data.split_ratios={train: 0.9, val: 0.1, test: 0.0}"]).exit_code == 2
+    assert {p: (in_tmp / p).read_bytes() for p in outputs(in_tmp)} == before
+
+
+def test_bucketize_refuses_a_prepared_split_emptied_by_hand(in_tmp):
+    write_jsonl(in_tmp / "conv.jsonl", conversations({("en", "single"): 10}))
+    write_params(in_tmp, data={"sources": [{"kind": "polyalign", "path": "conv.jsonl"}]}, logging={"progress": False})
+    assert invoke(["prepare"]).exit_code == 0
+    val = in_tmp / "data/prepared/val.parquet"
+    pq.write_table(pq.read_table(val).slice(0, 0), val)
+    result = invoke(["bucketize"])
+    assert result.exit_code == 2
+    assert "the val split is empty" in one_line(result.output) and "val.parquet" in result.output
+    assert not (in_tmp / "data/buckets").exists()
+
+
+def test_outputs_do_not_depend_on_where_the_project_or_its_packages_live(tmp_path):
+    """Origins in prepare_dropped.jsonl are relative to the project root (or, for the packaged chatterbot
+    corpus, to site-packages): two copies of a project in different places write the same bytes."""
+    written = []
+    for root in (tmp_path / "a", tmp_path / "deeper" / "place" / "b"):
+        root.mkdir(parents=True)
+        write_jsonl(root / "rows.jsonl", [record("Hi?", "Hello.", "train"), "not an object",
+                                          record("Why?", "", "val")])
+        sources = "[{kind: polyalign, path: rows.jsonl}, {kind: chatterbot, languages: [english], categories: [trivia]}]"
+        params = load_params(None, [f"data.sources={sources}", "data.on_invalid=skip", "logging.progress=false"])
+        prepare.run(params, root)
+        written.append({p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
+                        if p.is_file() and p.name != "rows.jsonl"})
+        dropped = (root / "reports/prepare_dropped.jsonl").read_text(encoding="utf-8")
+        assert str(root) not in dropped and "site-packages" not in dropped
+        origins = {json.loads(line)["origin"] for line in dropped.splitlines() if "origin" in line}
+        assert {"rows.jsonl:2", "rows.jsonl:3"} <= origins  # an invalid row, an empty answer
+        assert any(o.startswith("chatterbot_corpus/data/english/trivia.yml: conversations[") for o in origins)
+    assert written[0] == written[1]

@@ -1,9 +1,13 @@
 """`init` and `sft`: real Lightning training of a tiny Qwen2-style model on bilingual data."""
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 
+import lightning as L
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -15,6 +19,7 @@ from polyalign.stages import bucketize, prepare
 from polyalign.stages import init as init_stage
 from polyalign.training.data import SFTDataModule
 from polyalign.training.losses import per_example_loss
+from polyalign.training.trainer import Terminated, build_trainer
 from sft_project import cli, copy_project, write_tiny_params
 
 
@@ -85,6 +90,27 @@ def read_curve(path):
     return [tuple(map(float, line.split(","))) for line in path.read_text().splitlines()[1:]]
 
 
+def signal_at_step(args, cwd, ckpt, min_step, signum, stderr=None):
+    """Run `polyalign args` in `cwd` and send it `signum` once `ckpt` holds at least `min_step` optimizer steps;
+    returns the step the checkpoint held and the exit status."""
+    proc = subprocess.Popen([sys.executable, "-m", "polyalign", *args], cwd=cwd,
+                            env={**os.environ, "WANDB_MODE": "disabled"}, stdout=subprocess.DEVNULL,
+                            stderr=stderr or subprocess.DEVNULL)
+    deadline = time.time() + 300
+    step = 0
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file():
+            try:
+                step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+            except Exception:  # noqa: BLE001 - being written
+                step = 0
+            if step >= min_step:
+                proc.send_signal(signum)
+                break
+        time.sleep(0.05)
+    return step, proc.wait()
+
+
 def test_resume_after_a_kill_reproduces_the_uninterrupted_losses(base_project, tmp_path):
     args = ["sft", "--variant", "global", "--set", "sft.epochs=2", "--set", "sft.checkpoint_every_n_steps=3"]
     straight = copy_project(base_project, tmp_path / "straight")
@@ -92,27 +118,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_losses(base_project, t
     expected = read_curve(straight / "reports/sft/global/train_loss.csv")
 
     killed = copy_project(base_project, tmp_path / "killed")
-    import os
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-m", "polyalign", *args], cwd=killed,
-                            env={**os.environ, "WANDB_MODE": "disabled"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = killed / "checkpoints/sft/global/last.ckpt"
-    deadline = time.time() + 300
-    step = 0
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_file():
-            try:
-                step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
-            except Exception:  # being written
-                step = 0
-            if step >= 6:
-                proc.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.05)
-    proc.wait()
+    step, _ = signal_at_step(args, killed, killed / "checkpoints/sft/global/last.ckpt", 6, signal.SIGKILL)
     assert 6 <= step < len(expected), "the run should be killed mid-training"
     assert not (killed / "models/sft/global").exists()  # a killed stage leaves no half-written model
     cli([*args, "--resume"], killed)
@@ -122,6 +128,112 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_losses(base_project, t
     a = AutoModelForCausalLM.from_pretrained(straight / "models/sft/global").state_dict()
     b = AutoModelForCausalLM.from_pretrained(killed / "models/sft/global").state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def snapshot(folder):
+    """Every file under `folder` (hidden ones too) with its bytes: what "unchanged" means."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_sigterm_exits_143_and_leaves_the_previous_outputs(project, tmp_path):
+    cli(["sft", "--variant", "global", "--max-steps", "3"], project)
+    outputs = {folder: snapshot(project / folder) for folder in ("models/sft", "reports/sft")}
+    args = ["sft", "--variant", "global", "--set", "sft.epochs=3", "--set", "sft.checkpoint_every_n_steps=3"]
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:  # a scheduler or `timeout` stops the run mid-training
+        step, status = signal_at_step(args, project, project / "checkpoints/sft/global/last.ckpt", 6, signal.SIGTERM,
+                                      stderr)
+    err = log.read_text()
+    assert step >= 6 and status == 143, err  # Lightning alone exits 0: a wrapper would see success
+    assert "sft@global: stopped by SIGTERM" in err and "--resume" in err and "Traceback" not in err
+    assert {folder: snapshot(project / folder) for folder in outputs} == outputs  # no new, half or temporary file
+
+
+class _SignalsItself(L.LightningModule):
+    """Sends its own process a signal in its second training step."""
+
+    def __init__(self, signum):
+        super().__init__()
+        self.signum, self.layer = signum, torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 1:
+            os.kill(os.getpid(), self.signum)
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(("signum", "expected"), [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)])
+def test_a_signal_during_any_training_stage_is_never_a_success(tmp_path, signum, expected):
+    # fit-critic, like sft and hdpo, trains with build_trainer's trainer; Lightning turns SIGTERM into exit 0
+    # and Ctrl-C into exit 1, which the CLI would neither report nor tell from a success or a failure
+    params = load_params(write_tiny_params(tmp_path))
+    trainer = build_trainer(params, tmp_path, "critic", "default", max_epochs=1, max_steps=-1, accumulate=1, clip=0,
+                            val_every_n_steps=0, checkpoint_every=10**9)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 2)), batch_size=2)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(expected) as caught:
+            trainer.fit(_SignalsItself(signum), loader)
+    finally:
+        signal.signal(signal.SIGINT, previous)  # Lightning ignores Ctrl-C after the first
+    assert trainer.global_step in (1, 2)  # stopped where the signal came (of 8 steps), not at the end
+    if expected is Terminated:
+        assert caught.value.exit_code == 143 and str(caught.value).startswith("critic: stopped by SIGTERM")
+
+
+def test_a_fresh_run_checks_its_inputs_first_and_resume_refuses_other_settings(project):
+    args = ["sft", "--variant", "global", "--max-steps", "4"]
+    cli(args, project)
+    ckpt = project / "checkpoints/sft/global/last.ckpt"
+    saved = ckpt.read_bytes()
+    # a fresh run whose input is missing fails before it removes the previous run's checkpoints
+    val = project / "data/buckets/val.parquet"
+    val_bytes = val.read_bytes()
+    val.unlink()
+    result = cli(args, project, check=False)
+    assert result.returncode == 2 and "val.parquet not found" in result.stderr
+    assert ckpt.read_bytes() == saved
+    val.write_bytes(val_bytes)
+    # --resume with other settings, or other inputs, names what changed and touches nothing
+    before = snapshot(project)
+    pq.write_table(pq.read_table(val).slice(1), val)  # one validation example fewer
+    result = cli([*args, "--resume", "--lr", "0.001", "--set", "prompt.conditioning=none"], project, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "sft.lr: 0.005 -> 0.001" in result.stderr and "prompt.conditioning: 'observable' -> 'none'" in result.stderr
+    assert "input data/buckets/val.parquet changed" in result.stderr and "--resume-anyway" in result.stderr
+    assert "sft.max_steps" not in result.stderr and "input models/base" not in result.stderr  # only what changed
+    val.write_bytes(val_bytes)
+    assert snapshot(project) == before
+    # --resume-anyway continues; its checkpoints record the new settings, so a plain --resume accepts them
+    cli([*args, "--resume-anyway", "--lr", "0.001"], project)
+    cli([*args, "--resume", "--lr", "0.001"], project)
+    # an unreadable checkpoint is named, without a traceback
+    ckpt.write_bytes(ckpt.read_bytes()[:2000])
+    result = cli([*args, "--resume", "--lr", "0.001"], project, check=False)
+    assert result.returncode == 2 and "cannot read the checkpoint" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_run_shorter_than_an_epoch_validates_its_final_weights(project):
+    result = cli(["sft", "--variant", "global", "--max-steps", "3"], project)
+    report = json.loads((project / "reports/sft/global.json").read_text())
+    params = load_params(project / "params.yaml")
+    assert report["steps"] == 3
+    assert report["val_loss"] == pytest.approx(val_loss(project / "models/sft/global", project, params), rel=1e-5)
+    assert np.isfinite(report["val_loss_macro"]) and report["val_loss_per_bucket"]
+    assert read_curve(project / "reports/sft/global/val_loss.csv")[-1][0] == 3
+    assert "nan" not in result.stderr.split("sft@global:")[1]
+
+
+def test_a_diverged_run_is_refused_and_writes_no_nan(project):
+    result = cli(["sft", "--variant", "global", "--max-steps", "4", "--lr", "1e30", "--set", "sft.gradient_clip_val=0"],
+                 project, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "sft@global: training diverged: the train loss is nan at step 4" in result.stderr
+    assert not (project / "models/sft/global").exists() and not (project / "reports/sft").exists()
 
 
 def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(base_project, tmp_path):

@@ -10,11 +10,12 @@ from polyalign.data.record import Example, Problem
 from polyalign.data.sources import read_source
 from polyalign.data.sources.chatterbot import CATEGORY_FAMILY, corpus_dir
 from polyalign.errors import UserError
-from polyalign.params import Source
+from polyalign.params import Source, load_params
+from polyalign.stages import prepare
 
 
-def read(**cfg):
-    items = list(read_source(TypeAdapter(Source).validate_python(cfg), FIXTURES))
+def read(root=FIXTURES, **cfg):
+    items = list(read_source(TypeAdapter(Source).validate_python(cfg), root))
     return [i for i in items if isinstance(i, Example)], [i for i in items if isinstance(i, Problem)]
 
 
@@ -81,7 +82,7 @@ def test_kdconv_targets_every_second_message_with_knowledge_in_meta():
 
 
 def test_chatterbot_reads_english_and_both_chinese_scripts_with_mapped_families():
-    examples, problems = read(kind="chatterbot")
+    examples, _ = read(kind="chatterbot")
     assert {e.language for e in examples} == {"en", "zh"}
     assert {e.meta["corpus_language"] for e in examples} == {"english", "chinese", "traditionalchinese"}
     assert {e.family for e in examples} == {"assistant", "qa", "dialogue"}
@@ -132,3 +133,103 @@ def test_whole_file_json_error_names_line_and_column(tmp_path):
 def test_fixture_files_are_valid_json():
     for path in FIXTURES.glob("*.json"):
         json.loads(path.read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------------------------- bad input (issue 12)
+
+
+def write_jsonl(path, rows):
+    path.write_bytes(b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in rows))
+    return path
+
+
+def test_messages_merges_consecutive_messages_of_one_speaker_and_loses_none(tmp_path):
+    write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                      {"role": "assistant", "content": "How can I help?"}]},
+        {"messages": [{"role": "user", "content": "One."}, {"role": "user", "content": "Two?"},
+                      {"role": "assistant", "content": "Three."}, {"role": "user", "content": "Four?"},
+                      {"role": "assistant", "content": "Five."}]},
+    ])
+    examples, problems = read(tmp_path, kind="messages", path="chat.jsonl")
+    assert not problems
+    first, *rest = examples
+    assert (first.answer, first.track, first.history) == ("Hello.\n\nHow can I help?", "single", [])
+    assert first.meta["merged_messages"] == 1
+    assert [(e.question, e.answer) for e in rest] == [("One.\n\nTwo?", "Three."), ("Four?", "Five.")]
+    assert rest[1].history == [("user", "One.\n\nTwo?"), ("assistant", "Three.")]  # histories alternate
+    assert all(e.track == "multi" for e in rest) and rest[0].meta["merged_messages"] == 1
+
+
+def test_a_line_that_is_not_utf8_is_a_problem_naming_line_and_column(tmp_path):
+    write_jsonl(tmp_path / "x.jsonl", [{"output": "fine"}, b'{"output": "caf\xe9"}', {"output": "also fine"}])
+    examples, problems = read(tmp_path, kind="alpaca", path="x.jsonl")
+    assert [e.answer for e in examples] == ["fine", "also fine"]  # the lines after it are still read
+    (problem,) = problems
+    assert problem.reason == "invalid_utf8" and problem.origin.endswith("x.jsonl:2")
+    assert problem.message == "not UTF-8 text (byte 0xe9 at column 16)"
+
+
+def test_a_broken_jsonl_line_names_the_column_in_that_line(tmp_path):
+    write_jsonl(tmp_path / "x.jsonl", [b'{"output": "a", "input": "b"'])
+    _, (problem,) = read(tmp_path, kind="alpaca", path="x.jsonl")
+    # json used to see the line's newline and report column 1 of a line 2
+    assert problem.message == "not valid JSON at column 29: Expecting ',' delimiter"
+
+
+def test_a_utf8_byte_order_mark_is_not_an_error(tmp_path):
+    (tmp_path / "x.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"output": "a"}).encode() + b"\n")
+    (tmp_path / "x.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([{"output": "b"}]).encode())
+    assert [e.answer for e in read(tmp_path, kind="alpaca", path="x.jsonl")[0]] == ["a"]
+    assert [e.answer for e in read(tmp_path, kind="alpaca", path="x.json")[0]] == ["b"]
+
+
+def test_a_json_file_that_is_not_utf8_names_its_line(tmp_path):
+    (tmp_path / "x.json").write_bytes(b'[\n  {"output": "a"},\n  {"output": "\xff"}\n]')
+    with pytest.raises(UserError, match=r"x.json:3: not UTF-8 text \(byte 0xff at byte 15 of the line\)"):
+        read(tmp_path, kind="alpaca", path="x.json")
+
+
+def test_json_nested_too_deeply_is_a_user_error_naming_the_file(tmp_path):
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match=r"deep.json: not valid JSON: nested too deeply"):
+        read(tmp_path, kind="squad", path="deep.json")
+    write_jsonl(tmp_path / "deep.jsonl", [("[" * 100_000 + "]" * 100_000).encode(), {"output": "ok"}])
+    examples, (problem,) = read(tmp_path, kind="alpaca", path="deep.jsonl")
+    assert problem.origin.endswith("deep.jsonl:1") and "nested too deeply" in problem.message
+    assert [e.answer for e in examples] == ["ok"]
+
+
+def test_a_folder_given_as_a_file_is_named_a_folder(tmp_path):
+    (tmp_path / "raw").mkdir()
+    with pytest.raises(UserError, match="data source: raw is a folder, not a file"):
+        read(tmp_path, kind="alpaca", path="raw")
+
+
+def test_a_file_outside_the_project_is_read_with_a_warning_that_dvc_does_not_track_it(tmp_path, capsys):
+    project, outside = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    outside.mkdir()
+    write_jsonl(project / "in.jsonl", [{"output": "a"}])
+    write_jsonl(outside / "out.jsonl", [{"output": "b"}])
+    assert len(read(project, kind="alpaca", path="in.jsonl")[0]) == 1
+    assert "warning" not in capsys.readouterr().err
+    assert len(read(project, kind="alpaca", path=str(outside / "out.jsonl"))[0]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: data source:" in err and "out.jsonl is outside the project" in err
+    assert "DVC does not track it" in err
+    assert len(read(project, kind="alpaca", path="../elsewhere/out.jsonl")[0]) == 1
+    assert "outside the project" in capsys.readouterr().err
+
+
+def test_prepare_stops_on_a_line_that_is_not_utf8_or_counts_it_with_skip(tmp_path):
+    rows = [{"instruction": f"Question number {i}?", "output": f"Answer {i}."} for i in range(12)]
+    write_jsonl(tmp_path / "x.jsonl", [*rows[:3], b'{"output": "\xff"}', *rows[3:]])
+    sources = json.dumps([{"kind": "alpaca", "path": "x.jsonl", "language": "en"}])
+    params = load_params(None, [f"data.sources={sources}", "logging.progress=false"])
+    with pytest.raises(UserError, match=r"x.jsonl:4: not UTF-8 text \(byte 0xff at column 13\)"):
+        prepare.run(params, tmp_path)
+    assert not (tmp_path / "data/prepared").exists()
+    params = load_params(None, [f"data.sources={sources}", "logging.progress=false", "data.on_invalid=skip"])
+    report = prepare.run(params, tmp_path)
+    assert report["records"] == 12 and report["dropped"] == {"invalid_utf8": 1}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -13,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from polyalign.errors import UserError
+from polyalign.errors import UserError, describe, sigterm_stops, use_paths
 from polyalign.log import console
 from polyalign.params import Params, dump_params, load_params
 
@@ -37,22 +38,51 @@ Overrides = Annotated[
 ]
 
 
+_options = {"debug": False}
+
+
+@app.callback()
+def options(
+    debug: Annotated[bool, typer.Option(
+        "--debug", envvar="POLYALIGN_DEBUG", help="show the traceback of an error (also: POLYALIGN_DEBUG=1)")] = False,
+) -> None:
+    _options["debug"] = debug
+
+
 def _setup(params_file: Path, overrides: list[str]) -> Params:
     params = load_params(params_file, overrides)
+    use_paths(params.paths)  # error messages name the commands that write this project's folders
     logging.basicConfig(level=params.logging.level.upper(), format="%(name)s: %(message)s")
     return params
 
 
+def _fail(message: str, err: BaseException, code: int) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if _options["debug"]:
+        traceback.print_exception(err, file=sys.stderr)
+    return typer.Exit(code)
+
+
 def _run(action: Callable[[], object]) -> None:
-    """Run a command; a user mistake ends with its message and exit status 2, never a traceback."""
+    """Run a command. A user mistake or a fault the user can fix (a corrupt file, a full disk) ends with one
+    message and exit status 2, anything unexpected with one line and status 1; never a traceback, unless
+    --debug asks for it."""
     try:
-        action()
+        with sigterm_stops("polyalign"):  # a stage may narrow the label (and hint) while it trains
+            action()
     except UserError as err:
-        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(err.exit_code) from None
+        raise _fail(str(err), err, err.exit_code) from None
     except KeyboardInterrupt:
         console.print("interrupted: no output was written", style="yellow")
         raise typer.Exit(130) from None
+    except Exception as err:  # noqa: BLE001 - the last resort: one line instead of a traceback
+        message = describe(err)
+        if message is not None:
+            raise _fail(message, err, 2) from None
+        lines = str(err).strip().splitlines()
+        raise _fail(f"unexpected {type(err).__name__}{': ' + lines[0] if lines else ''} (rerun with "
+                    "`polyalign --debug ...` or POLYALIGN_DEBUG=1 to see the traceback, and please report it)",
+                    err, 1) from None
 
 
 @app.command()
@@ -124,6 +154,8 @@ def init(
 def sft(
     variant: Annotated[str, typer.Option(help="a key of sft.variants in params.yaml (global, bucket, ...)")] = "bucket",
     resume: Annotated[bool, typer.Option("--resume", help="continue from checkpoints/sft/<variant>/last.ckpt")] = False,
+    resume_anyway: Annotated[bool, typer.Option(
+        "--resume-anyway", help="--resume even from a checkpoint that other settings or inputs wrote")] = False,
     epochs: Annotated[int | None, typer.Option(help="sft.epochs")] = None,
     max_steps: Annotated[int | None, typer.Option(help="sft.max_steps (-1: all epochs)")] = None,
     lr: Annotated[float | None, typer.Option(help="sft.lr")] = None,
@@ -139,7 +171,7 @@ def sft(
         from polyalign.stages import sft as stage
 
         chosen = [f"{key}={value}" for key, value in named.items() if value is not None]
-        stage.run(_setup(params_file, [*chosen, *overrides]), variant, resume=resume)
+        stage.run(_setup(params_file, [*chosen, *overrides]), variant, resume=resume, resume_anyway=resume_anyway)
 
     _run(action)
 
@@ -188,6 +220,9 @@ def hdpo(
     gamma: Annotated[float | None, typer.Option(help="critic offset weight of this variant")] = None,
     lam: Annotated[float | None, typer.Option(help="distribution regulariser weight of this variant")] = None,
     alpha: Annotated[float | None, typer.Option(help="NLL anchor weight of this variant")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from checkpoints/hdpo/<variant>/last.ckpt")] = False,
+    resume_anyway: Annotated[bool, typer.Option(
+        "--resume-anyway", help="--resume even from a checkpoint that other settings or inputs wrote")] = False,
     params_file: ParamsFile = Path("params.yaml"),
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
@@ -203,7 +238,7 @@ def hdpo(
         known = load_params(params_file, overrides).hdpo.variants  # --gamma must not invent a variant
         if variant not in known:
             raise UserError(f"hdpo: no variant {variant!r}; params.yaml defines: {', '.join(known)}")
-        stage.run(_setup(params_file, [*named, *overrides]), variant)
+        stage.run(_setup(params_file, [*named, *overrides]), variant, resume=resume, resume_anyway=resume_anyway)
 
     _run(action)
 

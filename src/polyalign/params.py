@@ -6,6 +6,7 @@ so that a typo or a bad value stops the run with one clear message before any wo
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,7 +21,8 @@ Family = Literal["assistant", "qa", "dialogue"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf` or `.nan` (YAML floats) would pass a `gt=0` bound and poison every result
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class PathsParams(Section):
@@ -207,6 +209,8 @@ class ModelParams(Section):
     source: Literal["scratch", "pretrained"] = "scratch"
     name_or_path: str | None = Field(None, description="pretrained: hub id or local directory")
     trust_remote_code: bool = False
+    allow_pickle: bool = Field(False, description="pretrained: accept pickled weights (pytorch_model.bin), which can "
+                               "run code when loaded; only for a model you trust")
     chat_template: str | None = Field(
         None, description="pretrained without a chat template: 'chatml' or a .jinja file (else an error)")
     vocab_size: int = Field(4096, ge=300)
@@ -464,7 +468,7 @@ class EvaluateParams(Section):
 
 
 class Params(Section):
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="NumPy and Lightning take seeds in [0, 2**32 - 1]")
     paths: PathsParams = Field(default_factory=PathsParams)
     logging: LoggingParams = Field(default_factory=LoggingParams)
     data: DataParams = Field(default_factory=DataParams)
@@ -543,13 +547,36 @@ def format_validation_error(err: ValidationError, raw: dict, origin: str) -> str
     return "\n".join(lines)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.safe_load` that refuses a key given twice in one mapping: YAML loaders keep the last one silently,
+    so the first setting (often the one being edited) would be ignored."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden key by key
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # the base class reports an unhashable key
+            if key in first_line:
+                problem = f"duplicate key {key!r} (first at line {first_line[key]}); keep one of them"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds plain data only
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`section.key=value` -> (["section", "key"], value parsed as YAML, so 0.2 is a float and [a, b] a list)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--set {text!r}: expected section.key=value, e.g. --set buckets.min_bucket_size=50")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = load_yaml(value) if value.strip() else ""
     except yaml.YAMLError as exc:
         raise UserError(f"--set {text!r}: the value is not valid YAML ({exc.problem})") from None
     return key.strip().split("."), parsed
@@ -577,6 +604,19 @@ def apply_override(raw: dict, path: list[str], value: Any) -> None:
     node[last] = value
 
 
+def _read_params_file(p: Path) -> str:
+    """The text of a parameters file, or a UserError saying why it cannot be one."""
+    if p.is_dir():
+        raise UserError(f"--params {p}: is a folder, not a parameters file")
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise UserError(f"{p}: line {line} is not valid UTF-8 (byte {data[exc.start]:#04x}); save the file as "
+                        "UTF-8") from None
+
+
 def load_params(path: str | Path | None = "params.yaml", overrides: list[str] = ()) -> Params:
     """Read params.yaml (or the built-in defaults when it is absent and was not asked for), apply overrides,
     validate. Raises UserError with a message that names the key, the bad value and what is allowed."""
@@ -587,7 +627,7 @@ def load_params(path: str | Path | None = "params.yaml", overrides: list[str] = 
         if p.exists():
             origin = str(p)
             try:
-                raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+                raw = load_yaml(_read_params_file(p)) or {}
             except yaml.YAMLError as exc:
                 mark = getattr(exc, "problem_mark", None)
                 where = f" line {mark.line + 1}" if mark else ""

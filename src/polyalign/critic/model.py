@@ -13,7 +13,6 @@ support distance on features it never saw. Unknown bucket ids back off exactly l
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from polyalign.buckets.references import Reference, References, group_rows, supp
 from polyalign.critic.encoders import load_encoder, save_encoder
 from polyalign.errors import UserError
 from polyalign.log import progress_bar
+from polyalign.manifest import MANIFEST, verify_manifest, write_manifest
 
 Z_CLIP = 10.0
 # Version 2: held-out features, the prompt product, and the encoder saved in the right memory order (version 1
@@ -164,23 +164,14 @@ class Critic:
         (folder / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=1), encoding="utf-8")
         (folder / "references.json").write_text(json.dumps(self.refs.to_json(), ensure_ascii=False),
                                                 encoding="utf-8")
-        files = sorted(p.name for p in folder.iterdir() if p.name != "manifest.json")
-        manifest = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in files}
-        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        write_manifest(folder)
 
     @classmethod
     def load(cls, path: str | Path) -> Critic:
         folder = Path(path)
-        manifest_path = folder / "manifest.json"
-        if not manifest_path.is_file():
+        if not (folder / MANIFEST).is_file():
             raise UserError(f"no critic in {folder} (manifest.json missing; run `polyalign fit-critic`)")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        present = {p.name for p in folder.iterdir()} - {"manifest.json"}
-        if present != set(manifest):
-            raise UserError(f"critic {folder}: unexpected or missing files {sorted(present ^ set(manifest))}")
-        for name, digest in manifest.items():
-            if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest:
-                raise UserError(f"critic {folder}: {name} does not match its checksum (modified or replaced)")
+        verify_manifest(folder, "critic")
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         if config.get("format") != FORMAT:
             raise UserError(f"critic {folder} was saved by an older version of polyalign (format "

@@ -16,7 +16,7 @@ SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # a duplicate is kept in the
 
 def group_hash(seed: int, group_id: str) -> float:
     """A uniform number in [0, 1) fixed by the seed and the group key."""
-    digest = hashlib.blake2b(f"{seed}\x1f{group_id}".encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{seed}\x1f{group_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 

@@ -190,6 +190,16 @@ def not_text_warning(results: Sequence[dict]) -> str | None:
             "them as \"not text yet\", not as a ranking of naturalness.\n")
 
 
+def budget_text(decoding: dict, results: Sequence[dict]) -> str:
+    """How many new tokens each prompt could generate, and how many responses hit that budget."""
+    cut = ", ".join(f"{r['method']} {r.get('truncated_responses', 0)}" for r in results)
+    if decoding.get("budget", "fixed") == "fixed":
+        return f"at most {decoding['max_new_tokens']} new tokens (responses cut there: {cut})"
+    cap = f", at most {decoding['max_new_tokens']}" if decoding.get("max_new_tokens") else ""
+    return (f"a budget per bucket of {decoding['budget_factor']} x the q90 length of its training answers "
+            f"(model tokens{cap}; responses cut by their budget: {cut})")
+
+
 def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[str]]) -> str:
     first = results[0]
     d = first["decoding"]
@@ -205,8 +215,8 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
     out.append(f"Every method answered the same **{first['n']} test prompts** (the ids are identical in every "
                f"`<method>.json`), rendered by one prompt renderer (conditioning `{first['conditioning']}`) and "
                f"decoded with the same settings: temperature {d['temperature']}, top-p {d['top_p']}, top-k "
-               f"{d['top_k']}, repetition penalty {d['repetition_penalty']}, at most {d['max_new_tokens']} new "
-               f"tokens, seed {first['seed']}. Intervals are {int(first['bootstrap']['level'] * 100)}% intervals over "
+               f"{d['top_k']}, repetition penalty {d['repetition_penalty']}, {budget_text(d, results)}, "
+               f"seed {first['seed']}. Intervals are {int(first['bootstrap']['level'] * 100)}% intervals over "
                f"{first['bootstrap']['resamples']} half-samples (half of each bucket's rows, drawn without "
                "replacement and rescaled to the bucket's size), the same half-samples for every method, centred on "
                "the estimate: each interval contains its estimate. C2ST: 0.5 = indistinguishable from the human "

@@ -1,5 +1,7 @@
 """Create, load and save causal LMs in Hugging Face `save_pretrained` form (safetensors), so every later stage
-and any user loads them with plain `AutoModelForCausalLM` / `AutoTokenizer`."""
+and any user loads them with plain `AutoModelForCausalLM` / `AutoTokenizer`. Every model folder a stage writes
+carries a checksum manifest (`manifest.json`), verified whenever a stage loads it: a modified file or a pickle
+slipped into the folder is refused before anything is read."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -17,7 +20,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from polyalign.errors import UserError
+from polyalign.errors import UserError, producer, rerun_hint, shown
+from polyalign.manifest import PICKLE_SUFFIXES, verify_manifest, write_manifest
 from polyalign.modeling.tokenizer import CHATML_TEMPLATE
 
 
@@ -40,18 +44,31 @@ def _exists_locally(name_or_path: str) -> bool:
     return Path(name_or_path).expanduser().is_dir()
 
 
+def _refuse_pickle_only(folder: Path) -> None:
+    """A local model whose weights exist only as pickles: say so (transformers only says a file is missing)."""
+    pickled = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+    if pickled and not any(folder.glob("*.safetensors")):
+        raise UserError(f"model.name_or_path={str(folder)!r} holds its weights only as pickles ({', '.join(pickled)}), "
+                        "and loading a pickle can run arbitrary code: convert them to safetensors, or set "
+                        "model.allow_pickle: true if you trust where they come from")
+
+
 def load_pretrained(name_or_path: str, trust_remote_code: bool = False, chat_template: str | None = None,
-                    torch_dtype: str = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+                    torch_dtype: str = "auto", allow_pickle: bool = False,
+                    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Any Hugging Face causal LM (hub id or local directory) through the Auto classes.
 
+    Weights load from safetensors only, unless `allow_pickle` accepts pickled ones (`pytorch_model.bin`).
     A chat template is required: the tokenizer's own, or `chat_template` (`chatml` or a path to a .jinja
     file). A model without one and no `chat_template` is refused: guessing a format silently would train the
     model on prompts it never sees elsewhere."""
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if _exists_locally(name_or_path) and not allow_pickle:
+        _refuse_pickle_only(Path(name_or_path).expanduser())
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
-                                                     dtype=torch_dtype, use_safetensors=None)
+                                                     dtype=torch_dtype, use_safetensors=None if allow_pickle else True)
     except (OSError, ValueError) as exc:
         where = "local directory" if _exists_locally(name_or_path) else "hub id"
         hint = (" HF_HUB_OFFLINE=1 is set, so only local directories and already-cached models load."
@@ -75,19 +92,53 @@ def _read_template(path: str) -> str:
     return p.read_text(encoding="utf-8")
 
 
-def load_model_dir(path: str | Path, what: str = "model") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A model directory written by an earlier stage."""
+def check_model_dir(path: str | Path, what: str = "model") -> Path:
+    """A model folder an earlier stage wrote, exactly as it wrote it: present, every file matching the checksum
+    manifest, no pickle. Anything else is refused with the command that writes the folder again."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise UserError(f"{what} not found in {path} (run the stage that writes it first)")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        command = f"`{producer(path)}`" if producer(path) else "the stage that writes it"
+        raise UserError(f"{what} not found in {shown(path)} (run {command} first)")
+    verify_manifest(path, what)
+    return path
+
+
+def _loading(path: Path, what: str, load):
+    """Run `load`; a library's complaint about the folder becomes one line naming it and what rewrites it."""
+    try:
+        return load()
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{what} in {shown(path)} cannot be loaded ({reason}); {rerun_hint(path)}") from None
+
+
+def load_tokenizer(path: str | Path, what: str = "model") -> PreTrainedTokenizerBase:
+    """The tokenizer of a model folder an earlier stage wrote (checked like `load_model_dir`)."""
+    path = check_model_dir(path, what)
+    return _loading(path, what, lambda: AutoTokenizer.from_pretrained(path))
+
+
+def load_model_weights(path: str | Path, what: str = "model") -> PreTrainedModel:
+    """The causal LM of a model folder an earlier stage wrote, in float32, from safetensors only."""
+    path = check_model_dir(path, what)
+    return _loading(path, what, lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                                            use_safetensors=True))
+
+
+def load_model_dir(path: str | Path, what: str = "model") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model folder written by an earlier stage, verified against its manifest before anything is read."""
+    path = check_model_dir(path, what)
+    tokenizer = _loading(path, what, lambda: AutoTokenizer.from_pretrained(path))
+    model = _loading(path, what, lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                                             use_safetensors=True))
     return model, tokenizer
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """save_pretrained form (safetensors), plus the checksum manifest that every later load verifies."""
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+    write_manifest(folder)
 
 
 def folder_digest(folder: Path) -> str:

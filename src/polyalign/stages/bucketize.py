@@ -7,7 +7,8 @@ human reference distributions from the train split only, and write
 - `reports/buckets.json` (flat numbers for `dvc metrics`), `reports/buckets.md` (bucket table),
   `reports/plots/buckets.csv` and `reports/plots/buckets.png` (records per bucket and split).
 
-Reads params: paths, buckets, data.length_bins.names (the order of the length bins), logging.
+Reads params: paths, buckets, data.length_bins.names (the order of the length bins), logging. An empty split
+is refused (exit 2); the outputs replace the previous ones all together or not at all.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 from polyalign.buckets.features import FEATURE_NAMES, compute_features
 from polyalign.buckets.references import BalanceBuckets, References
 from polyalign.errors import UserError
-from polyalign.io import atomic_path, write_json, write_text
+from polyalign.io import atomic_outputs, write_json, write_text
 from polyalign.log import console, progress_bar
 from polyalign.params import Params
 
@@ -37,6 +38,9 @@ def read_prepared(prepared: Path) -> dict[str, pa.Table]:
         if not path.is_file():
             raise UserError(f"bucketize: {path} not found (run `polyalign prepare` first)")
         tables[split] = pq.read_table(path)
+        if not tables[split].num_rows:
+            raise UserError(f"bucketize: the {split} split is empty ({path} holds no records); every split is "
+                            "needed (sft validates on val, evaluate tests on test): rerun `polyalign prepare`")
     return tables
 
 
@@ -183,14 +187,14 @@ def plot_buckets(rows: list[dict], path: Path) -> None:
 
 def write_outputs(params: Params, root: Path, tables: dict[str, pa.Table], refs: References, report: dict,
                   rows: list[dict], merges: list[dict]) -> None:
-    with atomic_path(root / params.paths.buckets, directory=True) as tmp:
-        for split, table in tables.items():
-            pq.write_table(table, tmp / f"{split}.parquet")
-        write_json(tmp / "references.json", refs.to_json())
     reports = root / params.paths.reports
-    write_json(reports / "buckets.json", report)
-    write_text(reports / "buckets.md", render_markdown(rows, report, merges))
     csv = "bucket,train,val,test\n" + "".join(f"{r['bucket']},{r['train']},{r['val']},{r['test']}\n" for r in rows)
-    write_text(reports / "plots" / "buckets.csv", csv)
-    with atomic_path(reports / "plots" / "buckets.png") as tmp:
-        plot_buckets(rows, tmp)
+    with atomic_outputs() as out:
+        buckets = out.directory(root / params.paths.buckets)
+        for split, table in tables.items():
+            pq.write_table(table, buckets / f"{split}.parquet")
+        write_json(buckets / "references.json", refs.to_json())
+        write_json(out.file(reports / "buckets.json"), report)
+        write_text(out.file(reports / "buckets.md"), render_markdown(rows, report, merges))
+        write_text(out.file(reports / "plots" / "buckets.csv"), csv)
+        plot_buckets(rows, out.file(reports / "plots" / "buckets.png"))

@@ -122,6 +122,8 @@ def generations(method: str, records: list[dict], train: dict[str, list[str]], p
             cached = json.loads(cache.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             cached = {}  # a damaged cache entry is a miss
+        if not isinstance(cached, dict):
+            cached = {}
         if cached.get("key") == key:
             return {**cached, "cache": "hit", "model_dir": folder, "timing_s": {"generation": 0.0, "nll": 0.0}}
     model, tokenizer = load_model_dir(folder, f"the model of {method}")

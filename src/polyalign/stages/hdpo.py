@@ -3,14 +3,12 @@
 `dpo` (gamma = lam = alpha = 0, uniform weights) is standard sigmoid DPO; `hdpo` adds the critic offset, the
 distribution regulariser and the NLL anchor (DESIGN §8). Reads params: seed, paths, prompt, trainer, hdpo
 (shared keys and `hdpo.variants.<variant>`), logging. Writes `models/hdpo/<variant>/` (save_pretrained form)
-and `reports/hdpo/<variant>.json`.
+and `reports/hdpo/<variant>.json`. Checkpoints go to `checkpoints/hdpo/<variant>/` for --resume.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -30,7 +28,19 @@ from polyalign.training.preference import (
     pair_dataloader,
     reference_fingerprint,
 )
-from polyalign.training.trainer import build_trainer, check_devices, finish_loggers, total_optimizer_steps
+from polyalign.training.trainer import (
+    build_trainer,
+    check_devices,
+    check_finite,
+    figure,
+    finish_loggers,
+    last_checkpoint,
+    prepare_checkpoints,
+    run_identity,
+    sigterm_stops,
+    total_optimizer_steps,
+    validate_at_end,
+)
 
 REQUIRED = ("question", "chosen", "rejected", "bucket_id", "d_chosen", "d_rejected", "weight", "language",
             "track", "family", "length_bin")
@@ -68,7 +78,16 @@ def check_reference(pairs_dir: Path, start: Path, renderer: PromptRenderer) -> N
                         "hdpo.reference: frozen")
 
 
-def run(params: Params, variant: str, root: Path = Path(".")) -> dict | None:
+def run(params: Params, variant: str, root: Path = Path("."), resume: bool = False,
+        resume_anyway: bool = False) -> dict | None:
+    """`resume` continues from checkpoints/hdpo/<variant>/last.ckpt; `resume_anyway` (which implies it) even
+    from one that other settings or inputs wrote."""
+    with sigterm_stops(f"hdpo@{variant}", f"; `polyalign hdpo --variant {variant} --resume` continues from the "
+                       "last checkpoint"):
+        return _train(params, variant, root, resume or resume_anyway, resume_anyway)
+
+
+def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway: bool) -> dict | None:
     h = params.hdpo
     if variant not in h.variants:
         raise UserError(f"hdpo: no variant {variant!r}; params.yaml defines: {', '.join(h.variants)}")
@@ -76,12 +95,11 @@ def run(params: Params, variant: str, root: Path = Path(".")) -> dict | None:
     start = root / params.paths.models / "sft" / "bucket"
     if not (start / "config.json").is_file():
         raise UserError(f"hdpo: the SFT model {start} is missing (run `polyalign sft --variant bucket` first)")
+    ckpt = last_checkpoint(root, params, "hdpo", variant, resume)
     pairs_dir = root / params.paths.data_pairs
     need_ref = h.reference == "precomputed"
     train, val = read_pairs(pairs_dir / "train.parquet", need_ref), read_pairs(pairs_dir / "val.parquet", need_ref)
     check_devices(params.trainer)
-    if "LOCAL_RANK" not in os.environ:
-        shutil.rmtree(root / params.paths.checkpoints / "hdpo" / variant, ignore_errors=True)
 
     tokenizer = AutoTokenizer.from_pretrained(start)
     renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
@@ -98,13 +116,21 @@ def run(params: Params, variant: str, root: Path = Path(".")) -> dict | None:
     trainer = build_trainer(params, root, "hdpo", variant, max_epochs=h.epochs, max_steps=h.max_steps,
                             accumulate=h.accumulate_grad_batches, clip=h.gradient_clip_val, val_every_n_steps=0,
                             checkpoint_every=h.checkpoint_every_n_steps)
+    inputs = [pairs_dir / "train.parquet", pairs_dir / "val.parquet", start]
+    identity = run_identity(params, "hdpo", variant, trainer.world_size, root, inputs)
+    # only now, with every input checked, may a fresh run remove the previous run's checkpoints
+    resume_from = prepare_checkpoints(trainer, ckpt, root / params.paths.logs / "hdpo" / variant, identity,
+                                      resume=resume, resume_anyway=resume_anyway, command=f"hdpo --variant {variant}")
     train_loader = pair_dataloader(train, collate, h.batch_size, train=True, seed=params.seed, trainer=trainer)
+    val_loader = pair_dataloader(val, collate, h.batch_size, train=False, seed=params.seed, trainer=trainer)
     total_steps = total_optimizer_steps(len(train_loader), h.epochs, h.accumulate_grad_batches, h.max_steps)
     module = PreferenceModule(str(start), h, v, buckets, total_steps)
-    trainer.fit(module, train_loader,
-                pair_dataloader(val, collate, h.batch_size, train=False, seed=params.seed, trainer=trainer))
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
+    trainer.save_checkpoint(ckpt, weights_only=False)  # the final state, as sft keeps it
+    validate_at_end(trainer, module, dataloaders=val_loader)
     if not trainer.is_global_zero:
         return None
+    check_finite(f"hdpo@{variant}", module.history, module.last_val, "hdpo.lr")
 
     with atomic_path(root / params.paths.models / "hdpo" / variant, directory=True) as tmp:
         module.export(tmp, tokenizer)
@@ -113,7 +139,7 @@ def run(params: Params, variant: str, root: Path = Path(".")) -> dict | None:
     write_text(reports / variant / "train.csv", "step,loss,reward_accuracy\n" +
                "".join(f"{s},{loss:.6f},{acc:.4f}\n" for s, loss, acc in history))
     tail = history[-max(1, len(history) // 10):]
-    metrics = getattr(module, "last_val", {"loss": float("nan"), "accuracy": float("nan"), "per_bucket": {}})
+    metrics = module.last_val
     report = {
         "variant": variant, **v.model_dump(), "beta": h.beta, "reference": h.reference, "loss_type": h.loss_type,
         "steps": trainer.global_step, "train_pairs": len(train), "val_pairs": len(val),
@@ -124,5 +150,6 @@ def run(params: Params, variant: str, root: Path = Path(".")) -> dict | None:
     }
     write_json(reports / f"{variant}.json", report)
     finish_loggers(trainer)
-    console.print(f"hdpo@{variant}: {report['steps']} steps, val reward accuracy {report['val_reward_accuracy']:.3f}")
+    console.print(f"hdpo@{variant}: {report['steps']} steps, val loss {figure(report['val_loss'])}, "
+                  f"val reward accuracy {figure(report['val_reward_accuracy'])}")
     return report

@@ -14,23 +14,25 @@ of both sides), `data/pairs/fingerprint.json` (what those log-probs were compute
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import Field
 from sklearn.metrics import roc_auc_score
 
 from polyalign.critic.model import Critic
+from polyalign.data.record import Problem
+from polyalign.data.sources.base import RowModel, Track, Turn, resolve, validated_rows
 from polyalign.errors import UserError
 from polyalign.generation import Sample, generate, prompt_budgets
 from polyalign.io import atomic_path, write_json
 from polyalign.log import console
 from polyalign.modeling.model import inference_device, load_model_dir
 from polyalign.modeling.prompts import PromptRenderer
-from polyalign.params import Params
+from polyalign.params import Family, Language, Params
 from polyalign.training.preference import FINGERPRINT, pair_examples, reference_fingerprint, score_examples
 
 PROMPT_FIELDS = ("id", "language", "track", "family", "length_bin", "question", "context", "dialogue_history",
@@ -47,29 +49,36 @@ def read_records(path: Path, limit: int, seed: int) -> list[dict]:
     return rows
 
 
+class PreferenceRow(RowModel):
+    """A row of `pairs.preference_file`, checked as a data source's rows are (other fields are ignored)."""
+
+    question: str
+    chosen: str
+    rejected: str
+    language: Language
+    track: Track
+    family: Family
+    length_bin: str
+    context: str = ""
+    dialogue_history: list[Turn] = Field(default_factory=list)
+    id: str | None = None
+
+
 def read_preference_file(path: str, root: Path) -> list[dict]:
-    """The user's own pairs: JSONL rows with `chosen`, `rejected`, `question` and the bucket labels."""
-    p = Path(path) if Path(path).is_absolute() else root / path
-    if not p.is_file():
-        raise UserError(f"pairs.preference_file: file not found: {path}")
+    """The user's own pairs: JSON Lines rows with `chosen`, `rejected`, `question` and the bucket labels. The
+    first line that does not fit `PreferenceRow` stops the run, naming the file, line and field."""
+    p = resolve(path, root, "pairs.preference_file")
     rows = []
-    required = {"question": str, "chosen": str, "rejected": str, "language": str, "track": str, "family": str,
-                "length_bin": str}
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from None
-        for field, kind in required.items():
-            if not isinstance(row.get(field), kind):
-                raise UserError(f"{p}:{lineno}: field '{field}' must be a string")
-        row.setdefault("context", "")
-        row.setdefault("dialogue_history", [])
-        row.setdefault("id", f"{p.stem}/{lineno}")
-        row["bucket_id"] = "|".join(row[k] for k in ("language", "track", "family", "length_bin"))
-        rows.append(row)
+    for item in validated_rows(p, PreferenceRow, lines=True):
+        if isinstance(item, Problem):
+            raise UserError(item.describe())
+        origin, row = item
+        labels = {"language": row.language, "track": row.track, "family": row.family, "length_bin": row.length_bin}
+        rows.append({
+            "id": row.id or f"{p.stem}/{origin.rsplit(':', 1)[1]}", "question": row.question,
+            "context": row.context, "dialogue_history": [turn.model_dump() for turn in row.dialogue_history],
+            "chosen": row.chosen, "rejected": row.rejected, **labels, "bucket_id": "|".join(labels.values()),
+        })
     return rows
 
 

@@ -5,7 +5,9 @@ conversation level; see `data.clean.stratified_split`), drop exact duplicates, w
 slices a split lacks).
 
 Reads params: seed, paths, data. Every record that does not reach a split is counted by reason in the
-report and listed in `reports/prepare_dropped.jsonl`.
+report and listed in `reports/prepare_dropped.jsonl` (origins relative to the project root). A split left
+empty is refused (exit 2): `bucketize` builds references from train, `sft` validates on val and `evaluate`
+tests on test. The outputs replace the previous ones all together or not at all.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from polyalign.data.clean import deduplicate, slice_of, stratified_split, to_rec
 from polyalign.data.record import RECORD_SCHEMA, Problem
 from polyalign.data.sources import read_source
 from polyalign.errors import UserError
-from polyalign.io import atomic_path, write_json, write_text
+from polyalign.io import atomic_outputs, portable, write_json, write_text
 from polyalign.log import console, progress_bar
 from polyalign.params import Params
 
@@ -34,7 +36,9 @@ def source_label(cfg) -> str:
     return getattr(cfg, "name", None) or (Path(cfg.path).stem if getattr(cfg, "path", None) else cfg.kind)
 
 
-def run(params: Params, root: Path = Path(".")) -> dict:
+def run(params: Params, root: Path = Path("."), *, require_every_split: bool = True) -> dict:
+    """`require_every_split=False` lets tests and notebooks read a file that has one official split only;
+    the CLI (and so `dvc repro`) always requires all three."""
     data = params.data
     records: list[dict] = []
     pools: list[tuple[str, ...] | None] = []  # per record: the splits a hashed split may choose, None if official
@@ -53,7 +57,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
                     if data.on_invalid == "error" and not item.always_skip:
                         raise UserError(item.describe() + "\n(set data.on_invalid: skip, or --on-invalid skip, "
                                         "to skip such rows and count them in reports/prepare.json)")
-                    reason, entry = item.reason, {"origin": item.origin, "field": item.field,
+                    reason, entry = item.reason, {"origin": portable(item.origin, root), "field": item.field,
                                                   "message": item.message}
                 else:
                     record = to_record(item, data, params.seed)
@@ -62,11 +66,12 @@ def run(params: Params, root: Path = Path(".")) -> dict:
                         records.append(record)
                         pools.append(None if item.split else (item.split_pool or SPLITS))
                         continue
-                    reason, entry = record, {"origin": item.origin, "id": item.id}
+                    reason, entry = record, {"origin": portable(item.origin, root), "id": item.id}
                 stats["dropped"][reason] += 1
                 dropped.append({"source": label, "reason": reason, **entry})
 
     stratified_split(records, pools, params.seed, data.split_ratios)
+    hashed_groups = len({r["group_id"] for r, pool in zip(records, pools) if pool is not None})
     records, duplicates = deduplicate(records)
     for rec in duplicates:
         per_source[rec["_source"]]["dropped"]["duplicate"] += 1
@@ -78,12 +83,36 @@ def run(params: Params, root: Path = Path(".")) -> dict:
                         f"{params.paths.reports}/prepare.json" if dropped else "prepare: the sources hold no records")
 
     report = build_report(records, dropped, per_source)
+    if require_every_split:
+        check_every_split(report["splits"], data.split_ratios, hashed_groups)
     write_outputs(params, root, records, dropped, report)
     console.print(f"prepare: {report['records']} records "
                   f"(train {report['splits']['train']}, val {report['splits']['val']}, "
                   f"test {report['splits']['test']}), {report['dropped_total']} dropped "
                   f"{dict(report['dropped'])}" + uncovered_note(report["uncovered_slices"]))
     return report
+
+
+def check_every_split(counts: dict[str, int], ratios, hashed_groups: int) -> None:
+    """Refuse an empty split here rather than let `sft` (val) or `evaluate` (test) fail on it stages later."""
+    empty = [s for s in SPLITS if not counts[s]]
+    if not empty:
+        return
+    zero = [s for s in empty if getattr(ratios, s) == 0]
+    if zero:
+        cause = f"data.split_ratios gives {' and '.join(zero)} 0"
+    elif hashed_groups:
+        cause = (f"only {hashed_groups} conversations/documents have no official split, and a slice (language x "
+                 "track) needs 3 to reach every split")
+    else:
+        cause = "every record comes with an official split (a source's `split:` or the dataset's own)"
+    split_word = "split is" if len(empty) == 1 else "splits are"
+    raise UserError(
+        f"prepare: the {' and '.join(empty)} {split_word} empty (records: "
+        + ", ".join(f"{s} {counts[s]}" for s in SPLITS)
+        + "; data.split_ratios: " + ", ".join(f"{s} {getattr(ratios, s):g}" for s in SPLITS)
+        + f"): {cause}. bucketize needs train, sft validates on val and evaluate tests on test; add records, "
+        f"change data.split_ratios, or add a source with `split: {empty[0]}`. Nothing was written.")
 
 
 def uncovered_note(uncovered: dict[str, list[str]]) -> str:
@@ -130,12 +159,12 @@ def build_report(records: list[dict], dropped: list[dict], per_source: dict[str,
 
 
 def write_outputs(params: Params, root: Path, records: list[dict], dropped: list[dict], report: dict) -> None:
-    prepared = root / params.paths.prepared
     reports = root / params.paths.reports
-    with atomic_path(prepared, directory=True) as tmp:
+    with atomic_outputs() as out:
+        prepared = out.directory(root / params.paths.prepared)
         for split in SPLITS:
             rows = [r for r in records if r["split"] == split]
-            pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), tmp / f"{split}.parquet")
-    write_text(reports / "prepare_dropped.jsonl",
-               "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dropped))
-    write_json(reports / "prepare.json", report)
+            pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), prepared / f"{split}.parquet")
+        write_text(out.file(reports / "prepare_dropped.jsonl"),
+                   "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dropped))
+        write_json(out.file(reports / "prepare.json"), report)

@@ -7,21 +7,30 @@ Writes `models/sft/<variant>/` (save_pretrained form), `reports/sft/<variant>.js
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from transformers import AutoTokenizer
-
 from polyalign.errors import UserError
 from polyalign.io import atomic_path, write_json, write_text
 from polyalign.log import console
+from polyalign.modeling.model import load_tokenizer
 from polyalign.params import Params
 from polyalign.training.data import SFTDataModule
 from polyalign.training.sft import SFTModule
-from polyalign.training.trainer import build_trainer, check_devices, finish_loggers, total_optimizer_steps
+from polyalign.training.trainer import (
+    build_trainer,
+    check_devices,
+    check_finite,
+    figure,
+    finish_loggers,
+    last_checkpoint,
+    prepare_checkpoints,
+    run_identity,
+    sigterm_stops,
+    total_optimizer_steps,
+    validate_at_end,
+)
 
 
 def variant_params(params: Params, variant: str):
@@ -30,19 +39,21 @@ def variant_params(params: Params, variant: str):
     return params.sft.variants[variant]
 
 
-def run(params: Params, variant: str, resume: bool = False, root: Path = Path(".")) -> dict | None:
+def run(params: Params, variant: str, resume: bool = False, root: Path = Path("."),
+        resume_anyway: bool = False) -> dict | None:
+    """`resume_anyway` resumes from a checkpoint that other settings or inputs wrote (it implies `resume`)."""
+    with sigterm_stops(f"sft@{variant}", f"; `polyalign sft --variant {variant} --resume` continues from the "
+                       "last checkpoint"):
+        return _train(params, variant, resume or resume_anyway, root, resume_anyway)
+
+
+def _train(params: Params, variant: str, resume: bool, root: Path, resume_anyway: bool) -> dict | None:
     v = variant_params(params, variant)
     base = root / params.paths.models / "base"
     if not (base / "config.json").is_file():
         raise UserError(f"sft: base model not found in {base} (run `polyalign init` first)")
-    ckpt_dir = root / params.paths.checkpoints / "sft" / variant
-    ckpt = ckpt_dir / "last.ckpt"
-    if resume and not ckpt.is_file():
-        raise UserError(f"sft --resume: no checkpoint {ckpt} to resume from")
+    ckpt = last_checkpoint(root, params, "sft", variant, resume)
     check_devices(params.trainer)
-    if not resume and "LOCAL_RANK" not in os.environ:  # a fresh run; DDP child processes keep what rank 0 set up
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        shutil.rmtree(root / params.paths.logs / "sft" / variant, ignore_errors=True)
 
     sft = params.sft
     data = SFTDataModule(root / params.paths.buckets, base, params.prompt, sft, v, params.seed,
@@ -51,17 +62,24 @@ def run(params: Params, variant: str, resume: bool = False, root: Path = Path(".
     trainer = build_trainer(params, root, "sft", variant, max_epochs=sft.epochs, max_steps=sft.max_steps,
                             accumulate=sft.accumulate_grad_batches, clip=sft.gradient_clip_val,
                             val_every_n_steps=sft.val_every_n_steps, checkpoint_every=sft.checkpoint_every_n_steps)
+    inputs = [root / params.paths.buckets / f"{split}.parquet" for split in ("train", "val")] + [base]
+    identity = run_identity(params, "sft", variant, trainer.world_size, root, inputs)
+    # only now, with every input checked, may a fresh run remove the previous run's checkpoints
+    resume_from = prepare_checkpoints(trainer, ckpt, root / params.paths.logs / "sft" / variant, identity,
+                                      resume=resume, resume_anyway=resume_anyway, command=f"sft --variant {variant}")
     total_steps = total_optimizer_steps(len(data.train_sampler(world_size=trainer.world_size)), sft.epochs,
                                         sft.accumulate_grad_batches, sft.max_steps)
     module = SFTModule(str(base), sft, v.balance, data.bucket_names, total_steps)
-    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None, weights_only=True)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     trainer.save_checkpoint(ckpt, weights_only=False)  # last.ckpt = the final state (the step checkpoints fire every n steps only)
+    validate_at_end(trainer, module, datamodule=data)
     if not trainer.is_global_zero:
         return None
+    check_finite(f"sft@{variant}", module.history, module.last_val, "sft.lr")
 
     out = root / params.paths.models / "sft" / variant
     reports = root / params.paths.reports / "sft"
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer = load_tokenizer(base, "base model")
     with atomic_path(out, directory=True) as tmp:
         module.export(tmp, tokenizer, merge_lora=sft.lora.merge)
 
@@ -73,7 +91,7 @@ def run(params: Params, variant: str, resume: bool = False, root: Path = Path(".
     seconds = getattr(module, "train_seconds", 0.0) or 1e-9
     world = trainer.world_size
     tokens = module.tokens
-    val = getattr(module, "last_val", {"loss": float("nan"), "loss_macro": float("nan"), "per_bucket": {}})
+    val = module.last_val
     report = {
         "variant": variant,
         "balance": v.balance,
@@ -89,7 +107,7 @@ def run(params: Params, variant: str, resume: bool = False, root: Path = Path(".
         # because prepare runs before any tokenizer exists
         "truncated_train_examples": int(sum(data.train["truncated"])),
         "truncated_train_share": round(float(np.mean(data.train["truncated"])) if len(data.train) else 0.0, 4),
-        "train_loss": curves["train"][-1][1] if curves["train"] else float("nan"),
+        "train_loss": curves["train"][-1][1] if curves["train"] else None,
         "val_loss": val["loss"],
         "val_loss_macro": val["loss_macro"],
         "val_loss_per_bucket": val["per_bucket"],
@@ -101,8 +119,8 @@ def run(params: Params, variant: str, resume: bool = False, root: Path = Path(".
     }
     write_json(reports / f"{variant}.json", report)
     finish_loggers(trainer)
-    console.print(f"sft@{variant}: {report['steps']} steps, train loss {report['train_loss']:.3f}, "
-                  f"val loss {report['val_loss']:.3f} (macro {report['val_loss_macro']:.3f}), "
+    console.print(f"sft@{variant}: {report['steps']} steps, train loss {figure(report['train_loss'])}, "
+                  f"val loss {figure(report['val_loss'])} (macro {figure(report['val_loss_macro'])}), "
                   f"{report['tokens_per_s']:.0f} tokens/s; {report['truncated_train_examples']} training examples "
                   f"cut by prompt.max_tokens={params.prompt.max_tokens}")
     return report

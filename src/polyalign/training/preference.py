@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from polyalign.modeling.model import folder_digest
+from polyalign.modeling.model import folder_digest, load_model_weights, save_model
 from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
 from polyalign.training.losses import sequence_logps
 from polyalign.training.preference_loss import hdpo_loss
@@ -150,11 +150,12 @@ class PreferenceModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        model = load_model_weights(self.model_dir, "the starting model")  # checked against its manifest
         model.train()
         self.model = lora_wrap(model, self.hdpo.lora) if self.hdpo.lora.enabled else model
         if self.hdpo.reference == "frozen":
-            reference = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
+            reference = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32,
+                                                             use_safetensors=True).eval()
             reference.requires_grad_(False)
             object.__setattr__(self, "reference", reference)  # not a submodule: not trained, not checkpointed
 
@@ -193,6 +194,14 @@ class PreferenceModule(L.LightningModule):
                                       float(parts["rewards/accuracies"])))
         return loss
 
+    def on_save_checkpoint(self, checkpoint):
+        # the curve so far, so that a resumed run reports all of it
+        checkpoint["polyalign_history"] = {k: [list(row) for row in v] for k, v in self.history.items()}
+
+    def on_load_checkpoint(self, checkpoint):
+        saved = checkpoint.get("polyalign_history", {})
+        self.history = {k: [tuple(row) for row in saved.get(k, [])] for k in ("train", "val")}
+
     def on_validation_epoch_start(self):
         self._acc = torch.zeros(len(self.bucket_names), dtype=torch.float64, device=self.device)
         self._n = torch.zeros(len(self.bucket_names), dtype=torch.float64, device=self.device)
@@ -230,5 +239,4 @@ class PreferenceModule(L.LightningModule):
 
     def export(self, folder: Path, tokenizer) -> None:
         model = self.model.merge_and_unload() if self.hdpo.lora.enabled and self.hdpo.lora.merge else self.model
-        model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
+        save_model(model, tokenizer, folder)  # safetensors and the checksum manifest

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from transformers import AutoModelForCausalLM
 
+from polyalign.modeling.model import load_model_weights, save_model
 from polyalign.training.losses import per_example_loss, sft_loss
 
 
@@ -75,7 +75,7 @@ class SFTModule(L.LightningModule):
         """Load weights here (not in __init__) so that FSDP/DeepSpeed can shard them as they are created."""
         if self.model is not None:
             return
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        model = load_model_weights(self.model_dir, "base model")  # checked against its manifest, safetensors only
         model.train()  # from_pretrained returns eval mode
         self.model = lora_wrap(model, self.sft.lora) if self.sft.lora.enabled else model
 
@@ -154,9 +154,8 @@ class SFTModule(L.LightningModule):
                               self.total_steps)
 
     def export(self, folder: Path, tokenizer, merge_lora: bool) -> None:
-        """save_pretrained form (safetensors), loadable with plain AutoModelForCausalLM."""
+        """save_pretrained form (safetensors) with its checksum manifest, loadable with plain AutoModelForCausalLM."""
         model = self.model
         if self.sft.lora.enabled and merge_lora:
             model = model.merge_and_unload()
-        model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
+        save_model(model, tokenizer, folder)

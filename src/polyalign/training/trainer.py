@@ -1,19 +1,57 @@
 """The trainer factory shared by every training stage: seeding, loggers (CSV always, W&B offline by default),
-checkpoints (last + best, for --resume), progress bar and the scale-out settings passed to Lightning as they are."""
+checkpoints (last + best, for --resume, each recording the settings of its run), progress bar, the scale-out
+settings passed to Lightning as they are, and what a signal does to a stage (SIGTERM: exit 143, outputs as they
+were)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from polyalign.errors import UserError
+from polyalign.errors import Terminated, UserError, sigterm_stops, terminated  # noqa: F401 - re-exported
 from polyalign.params import Params
+
+RUN_KEY = "polyalign_run"  # in every checkpoint: the settings and inputs of the run that wrote it
+
+
+class StageTrainer(L.Trainer):
+    """Lightning's Trainer, but a signal never ends a stage as a success: Lightning turns SIGTERM into an
+    exit with status 0 and Ctrl-C into status 1; here they become `Terminated` (143) and KeyboardInterrupt
+    (130, "interrupted") for the CLI."""
+
+    label = "training"
+
+    @contextmanager
+    def _signals_as_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except SIGTERMException:
+            raise terminated(self.label) from None
+        except SystemExit as exc:
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            raise
+
+    def fit(self, *args, **kwargs) -> None:
+        with self._signals_as_errors():
+            super().fit(*args, **kwargs)
+
+    def validate(self, *args, **kwargs):
+        with self._signals_as_errors():
+            return super().validate(*args, **kwargs)
 
 
 def check_devices(trainer_params) -> None:
@@ -44,7 +82,7 @@ def wandb_logger(params: Params, stage: str, variant: str, save_dir: Path) -> Wa
 
 
 def build_trainer(params: Params, root: Path, stage: str, variant: str, *, max_epochs: int, max_steps: int,
-                  accumulate: int, clip: float, val_every_n_steps: int, checkpoint_every: int) -> L.Trainer:
+                  accumulate: int, clip: float, val_every_n_steps: int, checkpoint_every: int) -> StageTrainer:
     tp = params.trainer
     check_devices(tp)
     L.seed_everything(params.seed, workers=True, verbose=False)
@@ -64,7 +102,7 @@ def build_trainer(params: Params, root: Path, stage: str, variant: str, *, max_e
     if params.logging.progress:
         callbacks.append(RichProgressBar())
     try:
-        return L.Trainer(
+        trainer = StageTrainer(
             accelerator=tp.accelerator, devices=tp.devices, strategy=tp.strategy, num_nodes=tp.num_nodes,
             precision=tp.precision, logger=loggers, callbacks=callbacks, max_epochs=max_epochs,
             max_steps=max_steps, accumulate_grad_batches=accumulate, gradient_clip_val=clip or None,
@@ -74,6 +112,8 @@ def build_trainer(params: Params, root: Path, stage: str, variant: str, *, max_e
         )
     except (ValueError, TypeError, RuntimeError) as exc:  # Lightning's MisconfigurationException is a ValueError
         raise UserError(f"trainer settings rejected by Lightning: {exc}") from None
+    trainer.label = stage if variant == "default" else f"{stage}@{variant}"
+    return trainer
 
 
 def total_optimizer_steps(batches_per_epoch: int, epochs: int, accumulate: int, max_steps: int) -> int:
@@ -87,3 +127,131 @@ def finish_loggers(trainer: L.Trainer) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             logger.experiment.finish()
+
+
+def validate_at_end(trainer: L.Trainer, module: L.LightningModule, **data) -> None:
+    """Validate the final weights unless the last validation was at the last step: with a max_steps inside an
+    epoch (or a val_every_n_steps that does not divide the run) Lightning never validates them, and the stage
+    would report no validation at all. `module.history["val"]` rows start with their step."""
+    done = module.history["val"]
+    if not done or done[-1][0] != trainer.global_step:
+        trainer.validate(module, verbose=False, **data)
+
+
+
+def figure(value: float | None, digits: int = 3) -> str:
+    """A result for the console: "n/a" where there is none (never "nan")."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def check_finite(label: str, history: dict[str, list], last_val: dict[str, Any], lr_key: str) -> None:
+    """A loss that is NaN or infinite means the training diverged: refuse to save such a model or report NaN
+    as its result (the checkpoints stay for inspection)."""
+    figures = [("train loss", *history["train"][-1][:2])] if history["train"] else []
+    figures.append(("val loss", history["val"][-1][0] if history["val"] else 0, last_val["loss"]))
+    for name, step, value in figures:
+        if not math.isfinite(value):
+            raise UserError(f"{label}: training diverged: the {name} is {value} at step {step}; no output was "
+                            f"written (lower {lr_key}, or clip gradients harder)")
+
+
+# --- what defines a run, recorded in its checkpoints and compared by --resume
+
+RUN_INDEPENDENT = {"variants", "checkpoint_every_n_steps", "val_every_n_steps"}  # cadence, or other variants
+
+
+def _flat(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in _flat(f"{prefix}.{key}", sub).items()}
+    return {prefix: value}
+
+
+def _content_sha256(path: Path) -> str:
+    from polyalign.modeling.model import folder_digest
+
+    if path.is_dir():
+        return folder_digest(path)
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def run_identity(params: Params, section: str, variant: str, world_size: int, root: Path,
+                 inputs: list[Path]) -> dict[str, Any]:
+    """The settings that define a training run's result, as dotted keys: the seed, the prompt format, the
+    stage's section with its variant (not the other variants, the checkpoint or validation cadence, nor LoRA
+    merging on save), the precision, the number of processes, and the content of every input."""
+    stage = {k: v for k, v in getattr(params, section).model_dump(mode="json").items() if k not in RUN_INDEPENDENT}
+    stage["lora"].pop("merge", None)
+    stage["variants"] = {variant: getattr(params, section).variants[variant].model_dump(mode="json")}
+    identity = {"seed": params.seed, **_flat("prompt", params.prompt.model_dump(mode="json")),
+                **_flat(section, stage), "trainer.precision": params.trainer.precision, "world_size": world_size}
+    for path in inputs:
+        name = path.relative_to(root) if path.is_relative_to(root) else path
+        identity[f"input {name.as_posix()}"] = _content_sha256(path)
+    return identity
+
+
+def identity_sha256(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+class RecordRun(Callback):
+    """Puts the run's identity (and its hash) into every checkpoint, for `--resume` to compare."""
+
+    def __init__(self, identity: dict[str, Any]):
+        self.record = {"sha256": identity_sha256(identity), "values": identity}
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        checkpoint[RUN_KEY] = self.record
+
+
+def identity_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """What differs between the run that wrote a checkpoint and this one, key by key (empty: the same run)."""
+    if not saved:
+        return ["the checkpoint records no settings (an older version wrote it)"]
+    if saved.get("sha256") == identity_sha256(current):
+        return []
+    old = saved.get("values", {})
+    changes = []
+    for key in sorted(set(old) | set(current)):
+        was, now = old.get(key, "(unset)"), current.get(key, "(unset)")
+        if was != now:
+            changes.append(f"{key} changed" if key.startswith("input ") else f"{key}: {was!r} -> {now!r}")
+    return changes
+
+
+def read_run_record(ckpt: Path, command: str) -> dict[str, Any] | None:
+    try:  # mmap: the weights stay on disk, only the record is read
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read it means the same thing to the user
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{command} --resume: cannot read the checkpoint {ckpt} ({reason}); run without --resume "
+                        "to start over") from None
+    return checkpoint.get(RUN_KEY) if isinstance(checkpoint, dict) else None
+
+
+def last_checkpoint(root: Path, params: Params, stage: str, variant: str, resume: bool) -> Path:
+    """checkpoints/<stage>/<variant>/last.ckpt, which `--resume` needs (checked before any work)."""
+    ckpt = root / params.paths.checkpoints / stage / variant / "last.ckpt"
+    if resume and not ckpt.is_file():
+        raise UserError(f"{stage} --resume: no checkpoint {ckpt} to resume from")
+    return ckpt
+
+
+def prepare_checkpoints(trainer: L.Trainer, ckpt: Path, logs: Path, identity: dict[str, Any], *, resume: bool,
+                        resume_anyway: bool, command: str) -> str | None:
+    """Call once every input is checked. A fresh run removes the previous run's checkpoints and logs (they
+    would mix with its own); `--resume` refuses a checkpoint written with other settings or inputs, naming
+    them, unless `--resume-anyway`. Either way this run's checkpoints record its identity. Returns the
+    checkpoint to resume from, if any."""
+    if resume:
+        changes = identity_changes(read_run_record(ckpt, command), identity)
+        if changes and not resume_anyway:
+            raise UserError(f"{command} --resume: {ckpt} was written by a run with other settings or inputs: "
+                            f"{'; '.join(changes)}. Run without --resume to start over, or add --resume-anyway to "
+                            "continue with the new ones")
+    elif "LOCAL_RANK" not in os.environ:  # DDP child processes keep what rank 0 set up
+        shutil.rmtree(ckpt.parent, ignore_errors=True)
+        shutil.rmtree(logs, ignore_errors=True)
+    trainer.callbacks.append(RecordRun(identity))
+    return str(ckpt) if resume else None

@@ -3,17 +3,26 @@ with pydantic (so a wrong type is reported with its field), and the split of a c
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from rich.markup import escape
 
 from polyalign.data.record import Problem
 from polyalign.errors import UserError
+from polyalign.log import console
 
 Row = TypeVar("Row", bound=BaseModel)
+Track = Literal["single", "multi"]
+
+# bytes that are not UTF-8 come back from the `surrogateescape` decoder as these lone surrogates
+_UNDECODED = re.compile("[\udc80-\udcff]")
 
 
 class RowModel(BaseModel):
@@ -25,39 +34,84 @@ class RowModel(BaseModel):
         return dict(self.__pydantic_extra__ or {})
 
 
-def resolve(path: str, root: Path) -> Path:
+class Turn(BaseModel):
+    role: Literal["user", "assistant"]
+    text: str
+
+
+def resolve(path: str, root: Path, what: str = "data source") -> Path:
+    """The file `path` names (relative to the project root `root`); a missing file or a folder stops the run,
+    a file outside the project is read with a warning (DVC tracks only files inside it)."""
     p = Path(path)
     p = p if p.is_absolute() else root / p
+    if p.is_dir():
+        raise UserError(f"{what}: {path} is a folder, not a file; name a file in it")
     if not p.is_file():
-        raise UserError(f"data source file not found: {path}" + ("" if p.parent.is_dir() else
-                                                                  f" (no folder {p.parent})"))
+        raise UserError(f"{what} file not found: {path}" + ("" if p.parent.is_dir() else
+                                                             f" (no folder {p.parent})"))
+    warn_outside(p, root, what)
     return p
+
+
+def warn_outside(path: Path, root: Path, what: str) -> None:
+    """A file outside the project is not a DVC dependency: `dvc repro` would not notice it change."""
+    inside = Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root))
+    if not inside:
+        console.print(f"[yellow]warning:[/] {escape(what)}: {escape(str(path))} is outside the project "
+                      f"({escape(os.path.abspath(root))}), so DVC does not track it and `dvc repro` will not rerun "
+                      "the stage when it changes; copy it into the project (data/raw/) to track it",
+                      highlight=False, soft_wrap=True)
 
 
 def load_json(path: Path) -> Any:
     """Whole-file JSON; a syntax error stops the run with file, line and column (a file that cannot be parsed
     has no rows to skip)."""
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     try:
-        with path.open(encoding="utf-8") as fh:
-            return json.load(fh)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte {column} of the "
+                        "line)") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid JSON: nested too deeply to read") from None
+
+
+def iter_lines(path: Path) -> Iterator[tuple[str, Any] | Problem]:
+    """Rows of a JSON Lines file (origin `file:line`). A line that is not UTF-8 or not JSON becomes a Problem
+    naming its column, so `data.on_invalid: skip` can count it and read on."""
+    with path.open(encoding="utf-8-sig", errors="surrogateescape") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            line = line.rstrip("\r\n")  # with its newline, json places an error at the line's end on a line 2
+            if not line.strip():
+                continue
+            origin = f"{path}:{lineno}"
+            undecoded = _UNDECODED.search(line)
+            if undecoded:
+                byte = ord(undecoded.group()) - 0xDC00
+                yield Problem("invalid_utf8", origin, None,
+                              f"not UTF-8 text (byte 0x{byte:02x} at column {undecoded.start() + 1})")
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield Problem("invalid_json", origin, None, f"not valid JSON at column {exc.colno}: {exc.msg}")
+                continue
+            except RecursionError:
+                yield Problem("invalid_json", origin, None, "not valid JSON: nested too deeply to read")
+                continue
+            yield origin, row
 
 
 def iter_rows(path: Path) -> Iterator[tuple[str, Any] | Problem]:
     """Rows of a JSONL file (origin `file:line`) or of a JSON array (origin `file[index]`)."""
     if path.suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8", errors="strict") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                origin = f"{path}:{lineno}"
-                try:
-                    yield origin, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield Problem("invalid_json", origin, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
+        yield from iter_lines(path)
         return
     data = load_json(path)
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -76,6 +130,8 @@ def field_name(loc: tuple[Any, ...]) -> str:
 
 
 def validate_row(model: type[Row], row: Any, origin: str) -> Row | Problem:
+    """`row` as `model`, or the Problem naming its first wrong field: every input (file sources, `hf` rows,
+    `pairs.preference_file`) is checked this one way."""
     if not isinstance(row, dict):
         return Problem("invalid_row", origin, None, f"expected a JSON object, got {type(row).__name__}")
     try:
@@ -83,13 +139,15 @@ def validate_row(model: type[Row], row: Any, origin: str) -> Row | Problem:
     except ValidationError as err:
         first = err.errors()[0]
         value = first.get("input")
-        shown = "" if first["type"] == "missing" else f" (got {json.dumps(value, ensure_ascii=False)[:80]})"
+        shown = "" if first["type"] == "missing" else \
+            f" (got {json.dumps(value, ensure_ascii=False, default=str)[:80]})"
         return Problem("invalid_field", origin, field_name(tuple(first["loc"])) or None, first["msg"] + shown)
 
 
-def validated_rows(path: Path, model: type[Row]) -> Iterator[tuple[str, Row] | Problem]:
-    """Rows of `path` checked against `model`: (origin, row), or a Problem for a row that does not fit."""
-    for item in iter_rows(path):
+def validated_rows(path: Path, model: type[Row], lines: bool = False) -> Iterator[tuple[str, Row] | Problem]:
+    """Rows of `path` (JSON Lines whatever the suffix with `lines`) checked against `model`: (origin, row), or
+    a Problem for a row that does not fit."""
+    for item in iter_lines(path) if lines else iter_rows(path):
         if isinstance(item, Problem):
             yield item
             continue

@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field
 from polyalign.data.record import Example, Problem
 from polyalign.data.sources.base import (
     RowModel,
+    Track,
+    Turn,
     alternating,
     conversation_targets,
     load_json,
@@ -33,8 +35,6 @@ from polyalign.params import (
     SquadSource,
 )
 
-Track = Literal["single", "multi"]
-
 
 def _dataset(cfg: Any, path: Path) -> str:
     return cfg.name or path.stem
@@ -46,11 +46,6 @@ def _group_key(*parts: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- polyalign
-
-
-class Turn(BaseModel):
-    role: Literal["user", "assistant"]
-    text: str
 
 
 class PolyalignRow(RowModel):
@@ -163,7 +158,21 @@ class MessagesRow(RowModel):
     style_bucket: str | None = None
 
 
+def merge_runs(turns: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], int]:
+    """Consecutive messages of one speaker as one turn, joined by a blank line (a reply sent in two messages is
+    one reply), and how many messages were merged into the one before."""
+    merged: list[tuple[str, str]] = []
+    for role, text in turns:
+        if merged and merged[-1][0] == role:
+            merged[-1] = (role, merged[-1][1] + "\n\n" + text)
+        else:
+            merged.append((role, text))
+    return merged, len(turns) - len(merged)
+
+
 def read_messages(cfg: MessagesSource, root: Path) -> Iterator[Example | Problem]:
+    """Every assistant turn that answers a user turn; consecutive messages of one speaker are first merged into
+    one turn (counted in `meta.merged_messages`), so no message is lost and histories alternate."""
     path = resolve(cfg.path, root)
     dataset = _dataset(cfg, path)
     for item in validated_rows(path, MessagesRow):
@@ -179,7 +188,7 @@ def read_messages(cfg: MessagesSource, root: Path) -> Iterator[Example | Problem
             yield Problem("invalid_field", origin, "messages", "a row needs `messages` or `conversations`")
             continue
         system = "\n".join(text for role, text in turns if role == "system")
-        turns = [t for t in turns if t[0] != "system"]
+        turns, merged = merge_runs([t for t in turns if t[0] != "system"])
         targets = list(conversation_targets(turns))
         if not targets:
             yield Problem("no_target", origin, "messages", "no assistant turn that answers a user turn")
@@ -188,6 +197,8 @@ def read_messages(cfg: MessagesSource, root: Path) -> Iterator[Example | Problem
             targets = targets[-1:]
         group = f"{dataset}/{row.id or origin.rsplit(':', 1)[-1]}"
         meta = row.extras() | ({"system": system} if system else {})
+        if merged:
+            meta["merged_messages"] = merged
         for turn, history, question, answer in targets:
             yield Example(
                 id=f"{group}/{turn}", question=question, answer=answer, history=history, dataset=dataset,

@@ -7,7 +7,9 @@ conversation, question or tree id), so related rows never straddle splits: train
 shared out between train and test; train only -> between train, val and test.
 
 Rows an adapter's policy leaves out (no answer, not human-verified, deleted ...) become problems with a reason
-that `prepare` counts in reports/prepare.json; they never stop the run.
+that `prepare` counts in reports/prepare.json; they never stop the run. Every row is first checked against its
+adapter's row model, as a file source's rows are: a row that does not fit (a list where text belongs, a missing
+id) is an input error naming the row and the field, which stops the run unless `data.on_invalid` is skip.
 """
 
 from __future__ import annotations
@@ -18,13 +20,40 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, TypeVar
+
+from pydantic import BeforeValidator, ConfigDict
 
 from polyalign.data.record import Example, Problem
+from polyalign.data.sources.base import RowModel, resolve, validate_row, warn_outside
 from polyalign.errors import UserError
 from polyalign.params import HfSource
 
 Rows = Iterable[tuple[str, dict]]  # (origin, row) of one official split
 Mapper = Callable[[Rows], Iterator[Example | Problem]]
+Item = TypeVar("Item")
+
+
+class HfRow(RowModel):
+    """Base of the adapters' row models: the fields a mapper reads, with the types it needs. Strict, since the
+    mapper reads the row as it came: what passes here is exactly what it gets."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+def as_records(value) -> list[dict]:
+    """A sequence of structs as a list of dicts: `datasets` yields a Sequence of structs as a dict of lists,
+    plain JSON as a list of objects."""
+    if isinstance(value, dict):
+        keys = list(value)
+        n = max((len(value[k]) for k in keys if isinstance(value[k], list)), default=0)
+        return [{k: (value[k][i] if isinstance(value[k], list) and i < len(value[k]) else None) for k in keys}
+                for i in range(n)]
+    return list(value or [])
+
+
+# a list of structs in either layout, checked item by item (so an error names e.g. `answers[2].text`)
+Records = Annotated[list[Item], BeforeValidator(lambda v: as_records(v) if isinstance(v, dict) else v)]
 
 
 @dataclass(frozen=True)
@@ -39,6 +68,7 @@ class HfAdapter:
     group: str  # what the hashed split keeps together, for the README and reports
     licence: str
     map_rows: Mapper
+    row_model: type[HfRow]  # what map_rows needs of a row
     json_field: str | None = None  # top-level key of the rows in the source's original JSON files ("data")
     revision: str | None = None  # hub revision, e.g. "refs/convert/parquet" for a repo that only holds a script
 
@@ -97,6 +127,8 @@ def _needs_field(path: Path, field: str | None) -> bool:
         first = fh.readline()
     try:
         obj = json.loads(first)
+    except RecursionError:  # not readable as JSON at all: load_dataset says so
+        return False
     except json.JSONDecodeError:  # a pretty-printed object spans many lines
         return first.lstrip("\ufeff \t").startswith("{")
     return isinstance(obj, dict) and isinstance(obj.get(field), list)
@@ -125,11 +157,8 @@ def _load_one(cfg: HfSource, spec: HfAdapter, root: Path, config: str | None):
     kwargs: dict = {}
     local_files = True
     if cfg.data_files:
-        files = {split: [root / f if not Path(f).is_absolute() else Path(f) for f in ([v] if isinstance(v, str) else v)]
+        files = {split: [resolve(f, root, f"data source hf:{spec.name}") for f in ([v] if isinstance(v, str) else v)]
                  for split, v in cfg.data_files.items()}
-        for f in (f for group in files.values() for f in group):
-            if not f.is_file():
-                raise UserError(f"data source hf:{spec.name}: data file not found: {f}")
         every = [f for group in files.values() for f in group]
         path, config = _builder(every), None
         kwargs["data_files"] = {split: [str(f) for f in group] for split, group in files.items()}
@@ -137,6 +166,8 @@ def _load_one(cfg: HfSource, spec: HfAdapter, root: Path, config: str | None):
             kwargs["field"] = spec.json_field
     else:
         local = Path(path) if Path(path).is_absolute() else root / path
+        if local.exists():
+            warn_outside(local, root, f"data source hf:{spec.name}")
         if local.is_file():
             path, config = _builder([local]), None
             kwargs["data_files"] = {"train": str(local)}
@@ -195,7 +226,9 @@ def _read_loaded(cfg: HfSource, spec: HfAdapter, loaded, config: str | None) -> 
         fixed, pool = policy[official_split(name)]
         prefix = f"hf:{label}/{config}/{name}" if config else f"hf:{label}/{name}"
         rows = ((f"{prefix}[{i}]", row) for i, row in enumerate(data))
-        for item in spec.map_rows(rows):
+        invalid: list[Problem] = []
+        for item in spec.map_rows(fitting(rows, spec.row_model, invalid)):
+            yield from drain(invalid)
             if isinstance(item, Example):
                 item.dataset = label
                 item.id = item.id or item.origin.removeprefix("hf:")
@@ -208,6 +241,22 @@ def _read_loaded(cfg: HfSource, spec: HfAdapter, loaded, config: str | None) -> 
                 if config:
                     item.meta.setdefault("config", config)
             yield item
+        yield from drain(invalid)
+
+
+def fitting(rows: Rows, model: type[HfRow], invalid: list[Problem]) -> Iterator[tuple[str, dict]]:
+    """The rows that fit `model`; each one that does not goes to `invalid` as the Problem naming its field."""
+    for origin, row in rows:
+        checked = validate_row(model, row, origin)
+        if isinstance(checked, Problem):
+            invalid.append(checked)
+        else:
+            yield origin, row
+
+
+def drain(problems: list[Problem]) -> Iterator[Problem]:
+    while problems:
+        yield problems.pop(0)
 
 
 def group_key(*parts: str) -> str:

@@ -4,13 +4,22 @@ One mapper per dataset from its published row layout to examples."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated
+
+from pydantic import BeforeValidator
 
 from polyalign.data.record import Example, Problem
-from polyalign.data.sources.hf import HfAdapter, Rows, drop, group_key, per_row
+from polyalign.data.sources.hf import HfAdapter, HfRow, Rows, as_records, drop, group_key, per_row
 
 # COIG-CQIA's hub configurations: one per subset of human-written sources (the dataset card's `configs`)
 COIG_CQIA_SUBSETS = ("chinese_traditional", "coig_pc", "exam", "finance", "douban", "human_value", "logi_qa",
                      "ruozhiba", "segmentfault", "wiki", "wikihow", "xhs", "zhihu")
+
+
+class CoigCqiaRow(HfRow):
+    instruction: str | None = None
+    input: str | None = None
+    output: str | None = None
 
 
 @per_row
@@ -30,6 +39,11 @@ def coig_cqia(origin: str, row: dict) -> Iterator[Example | Problem]:
                   meta={"domain": row.get("domain"), "task_type": row.get("task_type")})
 
 
+class Hc3Row(HfRow):
+    question: str | None = None
+    human_answers: list[str | None] | None = None
+
+
 @per_row
 def hc3_zh(origin: str, row: dict) -> Iterator[Example | Problem]:
     """HC3-Chinese: one example per human answer of a question; the ChatGPT answers are never used."""
@@ -47,6 +61,14 @@ def hc3_zh(origin: str, row: dict) -> Iterator[Example | Problem]:
 
 
 # --- OASST2: message trees ----------------------------------------------------------------------------------
+
+class Oasst2Row(HfRow):
+    message_id: str
+    message_tree_id: str
+    parent_id: str | None = None
+    role: str | None = None
+    text: str | None = None
+
 
 def _oasst_unusable(message: dict) -> str | None:
     """Why a message may not be used (as a target or as an ancestor of one), or None."""
@@ -110,6 +132,41 @@ def oasst2(rows: Rows) -> Iterator[Example | Problem]:
 
 # --- SQuAD-style reading comprehension: CMRC 2018, DRCD, DuReader-robust --------------------------------------
 
+class SquadZhAnswer(HfRow):
+    text: str | None = None
+
+
+def _answer_items(value):
+    """The hub's {"text": [...], "answer_start": [...]} or the original files' [{"text", ...}, ...] as a list of
+    answers (a plain text stands for itself)."""
+    if not isinstance(value, (dict, list)):
+        return value
+    return [{"text": a} if isinstance(a, str) else a for a in as_records(value)]
+
+
+SquadZhAnswers = Annotated[list[SquadZhAnswer | None], BeforeValidator(_answer_items)]
+
+
+class SquadZhQuestion(HfRow):
+    question: str | None = None
+    answers: SquadZhAnswers | None = None
+
+
+class SquadZhParagraph(HfRow):
+    context: str | None = None
+    qas: list[SquadZhQuestion] | None = None
+
+
+class SquadZhRow(HfRow):
+    """A flat question row, or a document with paragraphs (see `squad_zh`)."""
+
+    paragraphs: list[SquadZhParagraph] | None = None
+    question: str | None = None
+    context: str | None = None
+    title: str | None = None
+    answers: SquadZhAnswers | None = None
+
+
 def _first_answer(answers) -> str | None:
     """The first answer text of `{"text": [...], "answer_start": [...]}` (hub rows) or `[{"text", ...}, ...]`
     (the original SQuAD files); None when there is none."""
@@ -155,18 +212,18 @@ def squad_zh(origin: str, row: dict) -> Iterator[Example | Problem]:
 
 ADAPTERS = [
     HfAdapter("coig_cqia", "m-a-p/COIG-CQIA", COIG_CQIA_SUBSETS, "zh", "single", "assistant", "assistant_like",
-              "instruction", "CC BY-NC-SA 4.0 (see the dataset card)", coig_cqia),
+              "instruction", "CC BY-NC-SA 4.0 (see the dataset card)", coig_cqia, CoigCqiaRow),
     # HC3-Chinese and DuReader-robust hold loading scripts, which datasets >= 4 no longer runs: read the hub's
     # own parquet conversion of them
     HfAdapter("hc3_zh", "Hello-SimpleAI/HC3-Chinese", "all", "zh", "single", "qa", "longform_qa",
-              "question", "CC BY-SA 4.0", hc3_zh, revision="refs/convert/parquet"),
+              "question", "CC BY-SA 4.0", hc3_zh, Hc3Row, revision="refs/convert/parquet"),
     HfAdapter("oasst2", "OpenAssistant/oasst2", None, "zh", "multi", "dialogue", "open_chat",
-              "tree", "Apache-2.0", oasst2),
+              "tree", "Apache-2.0", oasst2, Oasst2Row),
     HfAdapter("cmrc2018", "hfl/cmrc2018", None, "zh", "single", "qa", "qa_search",
-              "paragraph", "CC BY-SA 4.0", squad_zh, json_field="data"),
+              "paragraph", "CC BY-SA 4.0", squad_zh, SquadZhRow, json_field="data"),
     # the original Traditional Chinese SQuAD-format files (one row per article; splits train, dev, test)
     HfAdapter("drcd", "voidful/DRCD", None, "zh", "single", "qa", "qa_search",
-              "paragraph", "CC BY-SA 3.0", squad_zh, json_field="data"),
+              "paragraph", "CC BY-SA 3.0", squad_zh, SquadZhRow, json_field="data"),
     HfAdapter("dureader", "PaddlePaddle/dureader_robust", "plain_text", "zh", "single", "qa", "qa_search",
-              "paragraph", "Apache-2.0", squad_zh, json_field="data", revision="refs/convert/parquet"),
+              "paragraph", "Apache-2.0", squad_zh, SquadZhRow, json_field="data", revision="refs/convert/parquet"),
 ]
