@@ -53,6 +53,20 @@ def copy_project(src: Path, dst: Path) -> Path:
     return dst
 
 
+def initialised_project(root: Path, **extra):
+    """A tiny project through prepare, bucketize and init (what sft starts from), and its params."""
+    from polyalign.params import load_params
+    from polyalign.stages import bucketize, prepare
+    from polyalign.stages import init as init_stage
+
+    write_tiny_params(root, **extra)
+    params = load_params(root / "params.yaml")
+    prepare.run(params, root)
+    bucketize.run(params, root)
+    init_stage.run(params, root)
+    return params
+
+
 def bucket_aware_project(root: Path, **extra):
     """A tiny project through prepare, bucketize, init, sft@bucket and fit-critic (what pairs and evaluate
     start from), and its params."""

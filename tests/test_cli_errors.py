@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 from polyalign.cli import app
 from polyalign.errors import describe
 from polyalign.params import load_params
-from polyalign.stages import bucketize, prepare
 from polyalign.stages import init as init_stage
-from sft_project import copy_project, write_tiny_params
+from sft_project import copy_project, initialised_project
 
 runner = CliRunner()
 
@@ -25,11 +24,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def base_project(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_errors")
-    write_tiny_params(root)
-    params = load_params(root / "params.yaml")
-    prepare.run(params, root)
-    bucketize.run(params, root)
-    init_stage.run(params, root)
+    initialised_project(root)
     return root
 
 

@@ -16,8 +16,8 @@ from conftest import ROOT
 SRC = ROOT / "src"
 PACKAGE = SRC / "polyalign"
 # Plumbing every stage imports that does not change what a stage computes: the CLI, parameter parsing (its values
-# are DVC params), errors, logging and atomic writes.
-PLUMBING = {"__init__.py", "__main__.py", "cli.py", "errors.py", "log.py", "io.py", "params.py"}
+# are DVC params), errors, logging, atomic writes and checksum manifests.
+PLUMBING = {"__init__.py", "__main__.py", "cli.py", "errors.py", "log.py", "io.py", "params.py", "manifest.py"}
 
 
 def module_file(name: str) -> Path | None:

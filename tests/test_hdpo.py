@@ -260,7 +260,7 @@ def test_users_own_preference_file_replaces_sampling(paired_project, tmp_path):
     bad = project / "bad.jsonl"
     bad.write_text(json.dumps({**rows[0], "chosen": 3}) + "\n")
     result = cli(["pairs", "--set", f"pairs.preference_file={bad}"], project, check=False)
-    assert result.returncode == 2 and "bad.jsonl:1: field 'chosen' must be a string" in result.stderr
+    assert result.returncode == 2 and "bad.jsonl:1: field 'chosen': Input should be a valid string" in result.stderr
 
 
 def test_lora_reference_trains_and_merges(paired_project, tmp_path):

@@ -15,11 +15,10 @@ from polyalign.critic.model import Critic
 from polyalign.errors import UserError
 from polyalign.modeling.model import load_model_dir, load_tokenizer
 from polyalign.params import load_params
-from polyalign.stages import bucketize, evaluate, prepare
-from polyalign.stages import init as init_stage
+from polyalign.stages import evaluate
 from polyalign.training.preference import PreferenceModule
 from polyalign.training.sft import SFTModule
-from sft_project import copy_project, write_tiny_params
+from sft_project import copy_project, initialised_project
 
 runner = CliRunner()
 
@@ -28,11 +27,7 @@ runner = CliRunner()
 def base_project(tmp_path_factory):
     """prepare -> bucketize -> init on a tiny bilingual corpus."""
     root = tmp_path_factory.mktemp("model_files")
-    write_tiny_params(root)
-    params = load_params(root / "params.yaml")
-    prepare.run(params, root)
-    bucketize.run(params, root)
-    init_stage.run(params, root)
+    initialised_project(root)
     return root
 
 

@@ -15,23 +15,17 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from polyalign.params import load_params
-from polyalign.stages import bucketize, prepare
-from polyalign.stages import init as init_stage
 from polyalign.training.data import SFTDataModule
 from polyalign.training.losses import per_example_loss
 from polyalign.training.trainer import Terminated, build_trainer
-from sft_project import cli, copy_project, write_tiny_params
+from sft_project import cli, copy_project, initialised_project, write_tiny_params
 
 
 @pytest.fixture(scope="module")
 def base_project(tmp_path_factory):
     """prepare -> bucketize -> init on a tiny bilingual corpus."""
     root = tmp_path_factory.mktemp("sft_base")
-    write_tiny_params(root)
-    params = load_params(root / "params.yaml")
-    prepare.run(params, root)
-    bucketize.run(params, root)
-    init_stage.run(params, root)
+    initialised_project(root)
     return root
 
 
