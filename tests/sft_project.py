@@ -82,3 +82,20 @@ def bucket_aware_project(root: Path, **extra):
     sft.run(params, "bucket", root=root)
     fit_critic.run(params, root)
     return params
+
+
+PAIRED = {"critic": {"epochs": 3}, "generation": {"max_new_tokens": 16, "batch_size": 16},
+          "pairs": {"max_prompts": 64}, "hdpo": {"epochs": 2, "batch_size": 8, "lr": 0.002}}
+
+
+def paired_project(root: Path) -> Path:
+    """A tiny project through `pairs` (what hdpo starts from)."""
+    from polyalign.stages import pairs
+
+    pairs.run(bucket_aware_project(root, **PAIRED), root)
+    return root
+
+
+def read_curve(path: Path) -> list[tuple[float, ...]]:
+    """The rows of a CSV curve (reports/.../*.csv) as tuples of floats, without the header."""
+    return [tuple(map(float, line.split(","))) for line in path.read_text().splitlines()[1:]]

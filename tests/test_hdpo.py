@@ -11,19 +11,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from polyalign.generation import generate
 from polyalign.manifest import write_manifest
 from polyalign.modeling.prompts import PromptRenderer
-from polyalign.stages import pairs
 from polyalign.training.preference import pair_examples, score_examples
-from sft_project import bucket_aware_project, cli, copy_project
-
-EXTRA = {"critic": {"epochs": 3}, "generation": {"max_new_tokens": 16, "batch_size": 16},
-         "pairs": {"max_prompts": 64}, "hdpo": {"epochs": 2, "batch_size": 8, "lr": 0.002}}
+from sft_project import cli, copy_project
+from sft_project import paired_project as build_paired_project
 
 
 @pytest.fixture(scope="module")
 def paired_project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hdpo")
-    pairs.run(bucket_aware_project(root, **EXTRA), root)
-    return root
+    return build_paired_project(tmp_path_factory.mktemp("hdpo"))
 
 
 def renderer_for(path):

@@ -9,24 +9,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from polyalign.stages import pairs
-from sft_project import bucket_aware_project, cli, copy_project
+from sft_project import cli, copy_project, read_curve
+from sft_project import paired_project as build_paired_project
 from test_sft import signal_at_step, snapshot
 
-EXTRA = {"critic": {"epochs": 3}, "generation": {"max_new_tokens": 16, "batch_size": 16},
-         "pairs": {"max_prompts": 64}, "hdpo": {"epochs": 2, "batch_size": 8, "lr": 0.002}}
 ARGS = ["hdpo", "--variant", "dpo", "--set", "hdpo.checkpoint_every_n_steps=3"]
 
 
 @pytest.fixture(scope="module")
 def paired_project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hdpo_resume")
-    pairs.run(bucket_aware_project(root, **EXTRA), root)
-    return root
-
-
-def read_curve(path):
-    return [tuple(map(float, line.split(","))) for line in path.read_text().splitlines()[1:]]
+    return build_paired_project(tmp_path_factory.mktemp("hdpo_resume"))
 
 
 def test_resume_after_a_kill_reproduces_the_uninterrupted_losses(paired_project, tmp_path):

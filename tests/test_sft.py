@@ -18,7 +18,7 @@ from polyalign.params import load_params
 from polyalign.training.data import SFTDataModule
 from polyalign.training.losses import per_example_loss
 from polyalign.training.trainer import Terminated, build_trainer
-from sft_project import cli, copy_project, initialised_project, write_tiny_params
+from sft_project import cli, copy_project, initialised_project, read_curve, write_tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +78,6 @@ def test_training_lowers_val_loss_changes_parameters_and_exports_plain_transform
     cut = sum(renderer.example(r)["truncated"] for r in train)
     assert report["truncated_train_examples"] == cut
     assert report["truncated_train_share"] == pytest.approx(cut / len(train), abs=1e-4)
-
-
-def read_curve(path):
-    return [tuple(map(float, line.split(","))) for line in path.read_text().splitlines()[1:]]
 
 
 def signal_at_step(args, cwd, ckpt, min_step, signum, stderr=None):

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from polyalign.buckets.references import backoff_chain
@@ -46,6 +47,12 @@ def bucket_budgets(answer_lengths: Sequence[int], bucket_ids: Sequence[str], fac
 def budget_of(budgets: Mapping[str, int], bucket_id: str, default: int) -> int:
     """The budget of the most specific bucket on `bucket_id`'s backoff chain that has one."""
     return next((budgets[k] for k in backoff_chain(bucket_id) if k in budgets), default)
+
+
+def read_train_answers(path) -> tuple[list[str], list[str]]:
+    """The training answers and their bucket ids: what `prompt_budgets` derives the bucket budgets from."""
+    table = pq.read_table(path, columns=["human_answer", "bucket_id"])
+    return table.column("human_answer").to_pylist(), table.column("bucket_id").to_pylist()
 
 
 def prompt_budgets(g, tokenizer, train_answers: Sequence[str], train_buckets: Sequence[str],

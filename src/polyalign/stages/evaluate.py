@@ -43,7 +43,7 @@ from polyalign.evaluation.suite import (
 )
 from polyalign.evaluation.summary import aggregate
 from polyalign.evaluation.utility import score_utility
-from polyalign.generation import generate, prompt_budgets
+from polyalign.generation import generate, prompt_budgets, read_train_answers
 from polyalign.io import atomic_path, json_safe, write_json
 from polyalign.log import console
 from polyalign.modeling.model import folder_digest, inference_device, load_model_dir
@@ -217,8 +217,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         "examples": [{"id": i, "bucket_id": b, "n_tokens": int(n)}
                      for i, b, n in zip(test.ids, test.bucket_ids, human.features[:, 0])],
     }
-    table = pq.read_table(root / params.paths.buckets / "train.parquet", columns=["human_answer", "bucket_id"])
-    train = {"answers": table.column("human_answer").to_pylist(), "buckets": table.column("bucket_id").to_pylist()}
+    answers, buckets = read_train_answers(root / params.paths.buckets / "train.parquet")
+    train = {"answers": answers, "buckets": buckets}
     results = [score_method(m, k, records, train, test, human, encoder, critic, settings, params, root)
                for k, m in enumerate(cfg.methods)]
     reports = root / params.paths.reports

@@ -27,7 +27,7 @@ from polyalign.critic.model import Critic
 from polyalign.data.record import Problem
 from polyalign.data.sources.base import RowModel, Track, Turn, resolve, validated_rows
 from polyalign.errors import UserError
-from polyalign.generation import Sample, generate, prompt_budgets
+from polyalign.generation import Sample, generate, prompt_budgets, read_train_answers
 from polyalign.io import atomic_path, write_json
 from polyalign.log import console
 from polyalign.modeling.model import inference_device, load_model_dir
@@ -115,16 +115,17 @@ def sampled_pairs(records: list[dict], model, tokenizer, renderer: PromptRendere
         else:
             candidates[i].append((float(d), text, sample))
     pairs = []
-    for record, options in zip(records, candidates):
+    for record, options, d_human in zip(records, candidates, human_d):
         if not record["human_answer"].strip():
             dropped["empty_chosen"] += 1
         elif not options:
             dropped["no_usable_sample"] += 1
         else:
-            _, text, sample = max(options, key=lambda o: o[0]) if cfg.rejected == "farthest" else options[0]
+            d, text, sample = max(options, key=lambda o: o[0]) if cfg.rejected == "farthest" else options[0]
             pairs.append({**{k: record[k] for k in PROMPT_FIELDS}, "chosen": record["human_answer"],
                           "rejected": text, "rejected_ids": sample.ids, "rejected_truncated": sample.truncated,
-                          "balance_weight": record["bucket_weight"]})
+                          "balance_weight": record["bucket_weight"], "d_chosen": float(d_human),
+                          "d_rejected": d})
     return pairs
 
 
@@ -143,10 +144,14 @@ def critic_separation(records: list[dict], human_d: np.ndarray, samples: list[tu
 
 
 def finish(pairs: list[dict], critic: Critic, model, tokenizer, renderer: PromptRenderer, precompute: bool) -> None:
-    """Critic distances, weights normalised over the file, and optionally reference log-probs."""
+    """Critic distances (sampled pairs already have them), weights normalised over the file, and optionally
+    reference log-probs."""
     buckets = [p["bucket_id"] for p in pairs]
-    d_c = critic.score_responses([p["chosen"] for p in pairs], pairs)
-    d_r = critic.score_responses([p["rejected"] for p in pairs], pairs)
+    if "d_chosen" not in pairs[0]:  # the user's own pairs
+        d_c = critic.score_responses([p["chosen"] for p in pairs], pairs)
+        d_r = critic.score_responses([p["rejected"] for p in pairs], pairs)
+        for p, c, r in zip(pairs, d_c, d_r):
+            p.update(d_chosen=float(c), d_rejected=float(r))
     raw = np.array([p.get("balance_weight") or np.nan for p in pairs], dtype=np.float64)
     if np.isnan(raw).any():  # user data or unseen buckets: balance over the file's own buckets
         counts = Counter(buckets)
@@ -159,7 +164,7 @@ def finish(pairs: list[dict], critic: Critic, model, tokenizer, renderer: Prompt
         ref_r = score_examples(model, [r for _, r in examples], pad_id)
     for i, p in enumerate(pairs):
         p.pop("balance_weight", None)
-        p.update(d_chosen=float(d_c[i]), d_rejected=float(d_r[i]), weight=float(weights[i]))
+        p["weight"] = float(weights[i])
         if precompute:
             p.update(ref_chosen_logp=float(ref_c[i]), ref_rejected_logp=float(ref_r[i]))
 
@@ -182,9 +187,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     out: dict[str, list[dict]] = {}
     user_rows = read_preference_file(cfg.preference_file, root) if cfg.preference_file else None
     if user_rows is None:
-        train_all = read_records(root / params.paths.buckets / "train.parquet", 0, params.seed)
-        train_answers = [r["human_answer"] for r in train_all]
-        train_buckets = [r["bucket_id"] for r in train_all]
+        train_answers, train_buckets = read_train_answers(root / params.paths.buckets / "train.parquet")
     for offset, split in enumerate(("train", "val")):
         dropped: Counter = Counter()
         if user_rows is not None:
