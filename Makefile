@@ -32,8 +32,12 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(BIN)/dvc repro
 
+# Two workers share the two cores (tests/conftest.py gives each worker's torch its share of the threads); a test
+# module stays on one worker (--dist loadscope), so its module-scoped project is built once. PYTEST_WORKERS=0 runs
+# in one process.
+PYTEST_WORKERS ?= 2
 test: venv
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadscope) $(PYTEST_ARGS)
 
 bench: venv
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
@@ -43,6 +47,7 @@ bench: venv
 	$(BIN)/python benchmarks/generation.py
 	$(BIN)/python benchmarks/preference_step.py
 	$(BIN)/python benchmarks/evaluate.py
+	$(BIN)/python benchmarks/pipeline.py
 
 clean-venv:
 	rm -rf $(VENV)

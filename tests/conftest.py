@@ -12,6 +12,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N`: the cores are shared out between the workers, in each worker and in the CLI processes its
+    # tests start (torch would otherwise give every one of them all the cores, and each would run many times slower)
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _threads
+    import torch
+
+    torch.set_num_threads(int(_threads))
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -43,3 +52,12 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
     """Run in an empty folder, as a user would run `polyalign` in their project."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def paired_tiny(tmp_path_factory) -> Path:
+    """The tiny project through `pairs` (sft_project.PAIRED), built once per session (once per xdist worker).
+    It is shared: a test module copies it (`copy_project`) before it writes anything."""
+    from sft_project import paired_project
+
+    return paired_project(tmp_path_factory.mktemp("paired_tiny"))

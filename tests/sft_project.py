@@ -17,7 +17,7 @@ TINY = {
                           "categories": ["greetings", "ai", "emotion", "food"]}]},
     "buckets": {"min_bucket_size": 5},
     "model": {"vocab_size": 600, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2,
-              "num_kv_heads": 1, "max_position_embeddings": 128},
+              "num_kv_heads": 1, "max_position_embeddings": 128, "pretrain_epochs": 2, "pretrain_block_size": 64},
     "prompt": {"max_prompt_tokens": 64, "max_tokens": 96},
     "trainer": {"accelerator": "cpu", "log_every_n_steps": 1},
     "sft": {"epochs": 1, "batch_size": 8, "lr": 0.005, "checkpoint_every_n_steps": 4},

@@ -18,19 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from sft_project import bucket_aware_project, cli
+from polyalign.params import load_params
+from sft_project import cli, write_tiny_params
 
 OUTPUTS = ("data", "models", "reports", "checkpoints")
 WANDB_OFF = ["--set", "logging.wandb.mode=disabled"]
 
 
 @pytest.fixture(scope="module")
-def paired(tmp_path_factory):
+def paired(paired_tiny, tmp_path_factory):
     from polyalign.stages import pairs
 
-    root = tmp_path_factory.mktemp("bad_input")
-    params = bucket_aware_project(root, generation={"max_new_tokens": 8}, pairs={"max_prompts": 24})
-    pairs.run(params, root)
+    root = tmp_path_factory.mktemp("bad_input") / "p"
+    shutil.copytree(paired_tiny, root, ignore=shutil.ignore_patterns("logs"))  # with checkpoints: resume classes
+    write_tiny_params(root, generation={"max_new_tokens": 8}, pairs={"max_prompts": 24})
+    pairs.run(load_params(root / "params.yaml"), root)
     (root / "data/raw").mkdir(parents=True, exist_ok=True)
     return root
 

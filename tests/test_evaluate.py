@@ -11,16 +11,18 @@ from transformers import AutoTokenizer
 from polyalign.buckets.features import FEATURE_NAMES
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.stages import evaluate
-from sft_project import bucket_aware_project, cli, copy_project
+from polyalign.params import load_params
+from sft_project import cli, copy_project, write_tiny_params
 
 EVALUATE = {"methods": ["base", "sft@bucket"], "compare": [["sft@bucket", "base"]], "bootstrap_resamples": 50,
             "c2st_min_n": 6, "mauve": "off", "generation": {"max_new_tokens": 12, "batch_size": 16}}
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaluate")
-    evaluate.run(bucket_aware_project(root, evaluate=EVALUATE), root)
+def project(paired_tiny, tmp_path_factory):
+    root = copy_project(paired_tiny, tmp_path_factory.mktemp("evaluate") / "p")
+    write_tiny_params(root, evaluate=EVALUATE)
+    evaluate.run(load_params(root / "params.yaml"), root)
     return root
 
 

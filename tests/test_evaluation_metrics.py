@@ -153,6 +153,14 @@ def test_c2st_is_chance_on_one_distribution_and_perfect_on_different_ones():
     assert set(per_prompt.tolist()) <= {0.0, 0.5, 1.0} and per_prompt.mean() == naturalness.c2st(one[:40], chinese[:40])
 
 
+def test_wrong_language_share_judges_each_response_by_its_prompt_language():
+    texts = ["你好，朋友", "hello 朋友们好", "我很好 ok", "fine, thanks", "fine 谢", "...", "bonjour"]
+    languages = ["zh", "zh", "zh", "en", "en", "zh", "fr"]
+    # CJK share of letters: 1, 4/9 (< 0.5: wrong), 3/5, 0, 1/5 (> 0.1: wrong), no letters, not judged
+    assert naturalness.wrong_language_share(texts, languages) == pytest.approx(2 / 7)
+    assert math.isnan(naturalness.wrong_language_share([], []))
+
+
 def test_replacement_share_counts_responses_with_broken_bytes():
     assert naturalness.replacement_share(["fine", "bro\ufffdken", "\ufffd\ufffd", "ok"]) == 0.5
     assert math.isnan(naturalness.replacement_share([]))

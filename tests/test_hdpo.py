@@ -13,12 +13,11 @@ from polyalign.manifest import write_manifest
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.training.preference import pair_examples, score_examples
 from sft_project import cli, copy_project
-from sft_project import paired_project as build_paired_project
 
 
 @pytest.fixture(scope="module")
-def paired_project(tmp_path_factory):
-    return build_paired_project(tmp_path_factory.mktemp("hdpo"))
+def paired_project(paired_tiny):
+    return paired_tiny  # shared by the session: every test that writes copies it first
 
 
 def renderer_for(path):

@@ -10,15 +10,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from sft_project import cli, copy_project, read_curve
-from sft_project import paired_project as build_paired_project
 from test_sft import signal_at_step, snapshot
 
 ARGS = ["hdpo", "--variant", "dpo", "--set", "hdpo.checkpoint_every_n_steps=3"]
 
 
 @pytest.fixture(scope="module")
-def paired_project(tmp_path_factory):
-    return build_paired_project(tmp_path_factory.mktemp("hdpo_resume"))
+def paired_project(paired_tiny):
+    return paired_tiny  # shared by the session: every test that writes copies it first
 
 
 def test_resume_after_a_kill_reproduces_the_uninterrupted_losses(paired_project, tmp_path):

@@ -1,11 +1,14 @@
-"""`init` and `sft`: real Lightning training of a tiny Qwen2-style model on bilingual data."""
+"""`init` and `sft`: real Lightning training of a tiny Qwen3-style model on bilingual data."""
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import unicodedata
 
 import lightning as L
 import numpy as np
@@ -14,7 +17,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from polyalign.generation import generate
+from polyalign.modeling.prompts import PromptRenderer
+from polyalign.modeling.tokenizer import decode_response
 from polyalign.params import load_params
+from polyalign.text import CJK_RE
 from polyalign.training.data import SFTDataModule
 from polyalign.training.losses import per_example_loss
 from polyalign.training.trainer import Terminated, build_trainer
@@ -48,11 +55,33 @@ def val_loss(model_dir, root, params):
     return total / n
 
 
+def bits_per_char(model_dir, root, params):
+    """The val answers' summed response NLL in bits per character they cover, computed outside the SFT module."""
+    data = SFTDataModule(root / "data/buckets", model_dir, params.prompt, params.sft, params.sft.variants["global"],
+                         params.seed)
+    data.setup()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    nats = 0.0
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            losses, n = per_example_loss(model(input_ids=batch["input_ids"],
+                                               attention_mask=batch["attention_mask"]).logits, batch["labels"])
+            nats += float((losses * n).sum())
+    answers = pq.read_table(root / "data/buckets/val.parquet").column("human_answer").to_pylist()
+    chars = sum(len(tokenizer.decode([t for t in labels if t >= 0 and t != tokenizer.eos_token_id])) if cut else len(a)
+                for a, labels, cut in zip(answers, data.val["labels"], data.val["truncated"]))
+    return nats / math.log(2) / chars
+
+
 def test_training_lowers_val_loss_changes_parameters_and_exports_plain_transformers(project):
     cli(["sft", "--variant", "bucket", "--set", "sft.epochs=3"], project)
     params = load_params(project / "params.yaml")
     base, trained = project / "models/base", project / "models/sft/bucket"
     assert val_loss(trained, project, params) < val_loss(base, project, params) - 0.5
+    report = json.loads((project / "reports/sft/bucket.json").read_text())
+    assert report["val_bits_per_char"] == pytest.approx(bits_per_char(trained, project, params), rel=1e-4)
+    assert report["val_bits_per_char"] < bits_per_char(base, project, params)
     before = AutoModelForCausalLM.from_pretrained(base).state_dict()
     after = AutoModelForCausalLM.from_pretrained(trained).state_dict()
     assert set(before) == set(after)
@@ -65,13 +94,10 @@ def test_training_lowers_val_loss_changes_parameters_and_exports_plain_transform
     ids = AutoTokenizer.from_pretrained(trained)("你好, how are you?", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.allclose(from_ckpt.eval()(ids).logits, exported.eval()(ids).logits, atol=1e-6)
-    report = json.loads((project / "reports/sft/bucket.json").read_text())
     assert report["balance"] == "sampler" and report["val_loss"] < 10 and report["tokens_per_s"] > 0
     assert {b.split("|")[0] for b in report["val_loss_per_bucket"]} == {"en", "zh"}
     assert (project / "reports/sft/bucket/train_loss.csv").read_text().startswith("step,loss\n")
     # training answers that prompt.max_tokens cuts are counted, as the renderer sees them
-    from polyalign.modeling.prompts import PromptRenderer
-
     renderer = PromptRenderer(AutoTokenizer.from_pretrained(base), params.prompt.conditioning,
                               params.prompt.max_prompt_tokens, params.prompt.max_tokens)
     train = pq.read_table(project / "data/buckets/train.parquet").to_pylist()
@@ -312,6 +338,23 @@ def test_pretrained_mode_loads_a_local_save_pretrained_directory(project, tmp_pa
     assert (project / "models/base/chat_template.jinja").is_file()
 
 
+def test_a_trained_model_never_generates_broken_or_control_characters(project):
+    cli(["sft", "--variant", "global", "--set", "sft.epochs=2"], project)
+    params = load_params(project / "params.yaml")
+    model = AutoModelForCausalLM.from_pretrained(project / "models/sft/global")
+    tokenizer = AutoTokenizer.from_pretrained(project / "models/sft/global")
+    renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
+                              params.prompt.max_tokens)
+    records = pq.read_table(project / "data/buckets/test.parquet").to_pylist()[:48]
+    samples = generate(model, tokenizer, [renderer.prompt_ids(r) for r in records], stop_ids=renderer.eot_ids,
+                       max_new_tokens=32, temperature=1.5, num_samples=2, progress=False)  # hot: rare tokens too
+    texts = [decode_response(tokenizer, s.ids, s.truncated) for row in samples for s in row]
+    assert sum(map(len, texts)) > 300, texts  # really generated text, in both languages
+    assert any(CJK_RE.search(t) for t in texts) and any(re.search("[A-Za-z]", t) for t in texts)
+    broken = [t for t in texts if "\ufffd" in t or any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in t)]
+    assert not broken
+
+
 def test_scratch_tokenizer_keeps_chinese_per_character(base_project):
     tokenizer = AutoTokenizer.from_pretrained(base_project / "models/base")
     report = json.loads((base_project / "reports/init.json").read_text())
@@ -319,6 +362,6 @@ def test_scratch_tokenizer_keeps_chinese_per_character(base_project):
     text = "我们今天去公园散步吧"
     ids = tokenizer(text)["input_ids"]
     assert len(ids) >= len(text)  # never several characters in one token
-    assert all(len(tokenizer.decode([i]).strip()) <= 1 for i in ids)
+    assert all(len(tokenizer.decode([i]).strip()) <= 1 for i in ids if i != tokenizer.unk_token_id)
     train = pq.read_table(base_project / "data/buckets/train.parquet")
     assert set(train["language"].to_pylist()) == {"en", "zh"}

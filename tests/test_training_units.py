@@ -24,7 +24,11 @@ CORPUS = ["Hello there, how are you today?", "I am fine, thanks.", "What is AI?"
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer(CORPUS, vocab_size=400, min_frequency=1)
+    """Trained on the corpus and every text of the test records: no character of theirs is unknown (an unknown
+    character decodes to `<unk>`, and these tests compare decoded prompts with their text)."""
+    texts = [t for r in RECORDS + EVAL_RECORDS
+             for t in (r["question"], r["context"], r["human_answer"], *(h["text"] for h in r["dialogue_history"]))]
+    return train_tokenizer(CORPUS + texts, vocab_size=800, min_frequency=1)
 
 
 def record(answer, question, history=(), language="en", track="single", context=""):

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from polyalign.errors import UserError, describe, sigterm_stops, use_paths
-from polyalign.log import console
+from polyalign.log import console, quiet_libraries
 from polyalign.params import Params, dump_params, load_params
 
 app = typer.Typer(
@@ -38,21 +38,32 @@ Overrides = Annotated[
 ]
 
 
-_options = {"debug": False}
+_options = {"debug": False, "verbose": False}
 
 
 @app.callback()
 def options(
     debug: Annotated[bool, typer.Option(
         "--debug", envvar="POLYALIGN_DEBUG", help="show the traceback of an error (also: POLYALIGN_DEBUG=1)")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", envvar="POLYALIGN_VERBOSE",
+        help="show everything the libraries print (Lightning, transformers, datasets, W&B): the same as "
+        "--set logging.level=debug (also POLYALIGN_VERBOSE=1)")] = False,
 ) -> None:
     _options["debug"] = debug
+    _options["verbose"] = verbose
 
 
 def _setup(params_file: Path, overrides: list[str]) -> Params:
+    if _options["verbose"]:
+        overrides = [*overrides, "logging.level=debug"]
     params = load_params(params_file, overrides)
     use_paths(params.paths)  # error messages name the commands that write this project's folders
-    logging.basicConfig(level=params.logging.level.upper(), format="%(name)s: %(message)s")
+    debug = params.logging.level == "debug"
+    # the libraries' INFO lines describe themselves; the project's own logger keeps the level params ask for
+    logging.basicConfig(level="DEBUG" if debug else "WARNING", format="%(name)s: %(message)s")
+    logging.getLogger("polyalign").setLevel(params.logging.level.upper())
+    quiet_libraries(verbose=debug)
     return params
 
 
@@ -139,7 +150,7 @@ def init(
     params_file: ParamsFile = Path("params.yaml"),
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
-    """Create the base model in models/base/ (params: model): train a tokenizer and a small Qwen2-style LM from
+    """Create the base model in models/base/ (params: model): train a tokenizer and a small Qwen3-style LM from
     config (source: scratch, the CPU default), or load any Hugging Face causal LM (source: pretrained)."""
 
     def action() -> None:

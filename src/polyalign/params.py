@@ -203,7 +203,7 @@ class BucketsParams(Section):
 
 
 class ModelParams(Section):
-    """`init`: the base model. `scratch` trains a tokenizer and creates a small Qwen2-style LM from config (the
+    """`init`: the base model. `scratch` trains a tokenizer and creates a small Qwen3-style LM from config (the
     CPU default, no download); `pretrained` loads any Hugging Face causal LM."""
 
     source: Literal["scratch", "pretrained"] = "scratch"
@@ -217,15 +217,22 @@ class ModelParams(Section):
     tokenizer_min_frequency: int = Field(2, ge=1)
     hidden_size: int = Field(128, ge=8)
     intermediate_size: int = Field(384, ge=8)
-    num_layers: int = Field(2, ge=1)
+    num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     num_kv_heads: int = Field(2, ge=1)
     max_position_embeddings: int = Field(512, ge=16)
+    pretrain_epochs: int = Field(30, ge=0, description="scratch: language-model epochs over the train split's "
+                                 "texts before SFT (0: none)")
+    pretrain_lr: float = Field(0.002, gt=0)
+    pretrain_block_size: int = Field(128, ge=8, description="tokens per packed pretraining block")
+    pretrain_batch_size: int = Field(16, ge=1)
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelParams:
         if self.source == "pretrained" and not self.name_or_path:
             raise ValueError("model.source is 'pretrained' but model.name_or_path is not set")
+        if self.pretrain_block_size > self.max_position_embeddings:
+            raise ValueError("model.pretrain_block_size must not exceed max_position_embeddings")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError("hidden_size must be a multiple of num_heads, and num_heads of num_kv_heads")
         return self
@@ -278,7 +285,7 @@ class SftParams(Section):
 
     variants: dict[str, SftVariant] = Field(default_factory=lambda: {
         "global": SftVariant(balance="none"), "bucket": SftVariant(balance="sampler", alpha=0.0)})
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(4, ge=1)
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
     batch_size: int = Field(16, ge=1, description="per device")
     accumulate_grad_batches: int = Field(1, ge=1)

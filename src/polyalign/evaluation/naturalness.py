@@ -5,7 +5,6 @@ features (optional extra) and the multi-turn dynamics similarity TDM. Every func
 from __future__ import annotations
 
 import importlib.util
-import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +15,8 @@ from sklearn.model_selection import GroupKFold
 
 from polyalign.evaluation.diversity import ngrams
 from polyalign.evaluation.utility import answer_units
+from polyalign.log import native_output_silenced
+from polyalign.text import CJK_RE
 
 
 def wasserstein_1(a: Sequence[float], b: Sequence[float]) -> float:
@@ -105,19 +106,40 @@ def replacement_share(texts: Sequence[str]) -> float:
     return float(np.mean(["\ufffd" in t for t in texts])) if len(texts) else float("nan")
 
 
+# A response is in the prompt's language when its CJK share of letters is at least this for zh, at most this for en
+ZH_MIN_CJK_SHARE, EN_MAX_CJK_SHARE = 0.5, 0.1
+
+
+def cjk_letter_share(text: str) -> float:
+    letters = [c for c in text if c.isalpha()]
+    return sum(CJK_RE.match(c) is not None for c in letters) / len(letters) if letters else 0.0
+
+
+def wrong_language_share(texts: Sequence[str], languages: Sequence[str]) -> float:
+    """Share of responses not in their prompt's language: to a zh prompt, a CJK share of letters below 0.5; to an
+    en prompt, above 0.1. A response without letters is not judged wrong; other languages are not judged."""
+
+    def wrong(text: str, language: str) -> bool:
+        share = cjk_letter_share(text)
+        return (language == "zh" and share < ZH_MIN_CJK_SHARE and any(c.isalpha() for c in text)
+                ) or (language == "en" and share > EN_MAX_CJK_SHARE)
+
+    return float(np.mean([wrong(t, lang) for t, lang in zip(texts, languages)])) if len(texts) else float("nan")
+
+
 def mauve_available() -> bool:
     return importlib.util.find_spec("mauve") is not None
 
 
 def mauve_score(human: np.ndarray, generated: np.ndarray, seed: int = 0) -> float:
     """MAUVE (mauve-text, the optional `mauve` extra) on precomputed feature vectors: 1 = same distribution."""
-    import mauve
-
-    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports every CPU feature probe at INFO
     if len(human) < 2 or len(generated) < 2:
         return float("nan")
-    result = mauve.compute_mauve(p_features=np.asarray(human, dtype=np.float32),
-                                 q_features=np.asarray(generated, dtype=np.float32), seed=seed, verbose=False)
+    import mauve
+
+    with native_output_silenced():  # faiss's C++ k-means warns about small clusters on every call
+        result = mauve.compute_mauve(p_features=np.asarray(human, dtype=np.float32),
+                                     q_features=np.asarray(generated, dtype=np.float32), seed=seed, verbose=False)
     return float(result.mauve)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from polyalign.errors import UserError
 from polyalign.evaluation.summary import GROUPS, SLICES, interval, naturalness_score, pareto_front, slice_of
 from polyalign.io import atomic_path, json_safe, write_json, write_text
+from polyalign.log import announce_wandb_run, wandb_settings
 
 # (metric, column label, which way is better: higher, lower, or 0.5 = the closer to 0.5 the better)
 HEADLINE = (("f1", "F1", "higher"), ("rouge_l", "ROUGE-L", "higher"), ("nll", "NLL", "lower"),
@@ -29,7 +30,7 @@ RANKED = tuple(("c2st_gap", "C2ST distance from 0.5", "lower") if b == "0.5" els
 ARROWS = {"higher": "↑", "lower": "↓", "0.5": "best at 0.5"}
 METRICS_JSON = ("em", "em_norm", "f1", "rouge_l", "nll", "bng", "hcr_joint", "hcr_joint_gap", "length_w1",
                 "length_ks", "c2st", "c2st_gap", "tdm", "mauve", "distinct_2", "self_bleu", "critic_distance",
-                "replacement_char_share", "truncated_share", "nuf_score")
+                "replacement_char_share", "wrong_language_share", "truncated_share", "nuf_score")
 # A method whose responses are told apart from human ones this easily, or that decodes to broken bytes this
 # often, is not producing text yet: its naturalness metrics compare non-text with text.
 NOT_TEXT_C2ST = 0.8
@@ -295,9 +296,11 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
     out.append("![lengths per slice](lengths.png)\n\n![per-bucket metrics](per_bucket.png)\n")
     out.append("## Diagnostics\n")
     out.append("The critic's distance is shown for completeness only: HDPO optimised it, so it cannot judge HDPO.\n")
-    out.append(_table(["method", "critic distance", "empty predictions", "generated tokens", "cache",
-                       "generation s", "NLL s", "metrics s"],
+    out.append(_table(["method", "critic distance", "wrong language", "U+FFFD", "empty predictions",
+                       "generated tokens", "cache", "generation s", "NLL s", "metrics s"],
                       [[_label(r), _fmt(value(r, "overall", "critic_distance")),
+                        _fmt(value(r, "overall", "wrong_language_share")),
+                        _fmt(value(r, "overall", "replacement_char_share")),
                         str(r["counts"]["empty_predictions"]), str(r["generated_tokens"]), r["cache"],
                         *[_fmt(r["timing_s"][k], 1) for k in ("generation", "nll", "metrics")]] for r in results]))
     out.append(METRIC_NOTES)
@@ -309,6 +312,8 @@ METRIC_NOTES = """## What the metrics mean
 - **F1 / ROUGE-L / EM**: overlap with the human answer in words (English) or characters (Chinese); a row whose
   human answer is empty is not scored (an empty prediction there is an abstention, counted apart).
 - **NLL**: the model's per-token negative log-likelihood of the human answers.
+- **Wrong language**: share of responses not in the prompt's language (to a zh prompt: under half of the letters
+  CJK; to an en prompt: over a tenth). **U+FFFD**: share of responses with replacement characters (broken bytes).
 - **BNG**: per bucket, the mean over non-constant features of W1(generated, human) / human std, each gap capped.
 - **HCR gap**: |share of generated responses inside the bucket's human support band on all core features − the
   same share for the human answers|.
@@ -456,7 +461,8 @@ def log_to_wandb(params, root: Path, built: dict) -> None:
     logs = root / params.paths.logs
     logs.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(logs), job_type="evaluate",
-                     group="evaluate", name="evaluate", config=params.model_dump(mode="json"), tags=["evaluate"])
+                     group="evaluate", name="evaluate", config=params.model_dump(mode="json"), tags=["evaluate"],
+                     settings=wandb_settings(params.logging.level))
     results = built["results"]
     columns = ["method", "group", *[m for m, _, _ in HEADLINE]]
     ablation = [[r["method"], g, *[value(r, g, m) for m, _, _ in HEADLINE]] for r in results for g in GROUPS]
@@ -467,3 +473,4 @@ def log_to_wandb(params, root: Path, built: dict) -> None:
     run.summary.update({f"{method}/{k}": v for method, flat in built["metrics"].items() if method != "compare"
                         for k, v in flat.items() if not math.isnan(v)})
     run.finish()
+    announce_wandb_run(run, cfg.mode)

@@ -36,7 +36,8 @@ LENGTH = FEATURE_NAMES.index("n_tokens")
 BOOTSTRAP_METRICS = ("em", "em_norm", "f1", "rouge_l", "nll", "bng", "hcr_joint", "hcr_joint_gap", "length_w1",
                      "tdm", "critic_distance", "c2st", "c2st_gap")
 POINT_METRICS = ("hcr_mean", "length_ks", "length_mean", "empty_prediction_share", "distinct_1", "distinct_2",
-                 "distinct_3", "self_bleu", "mauve", "replacement_char_share", "truncated_share")
+                 "distinct_3", "self_bleu", "mauve", "replacement_char_share", "wrong_language_share",
+                 "truncated_share")
 METRICS = (*BOOTSTRAP_METRICS, *POINT_METRICS, "nuf_score")
 # The range of each resampled metric, which its interval is clipped to (others are unbounded).
 BOUNDS = {**dict.fromkeys(("em", "em_norm", "f1", "rouge_l", "hcr_joint", "hcr_joint_gap", "tdm", "c2st",
@@ -143,6 +144,8 @@ def bucket_values(test: EvalRows, bucket: str, rows: np.ndarray, gen: Side, huma
         v[f"distinct_{n}"] = diversity.distinct_n(units, n)
     v["self_bleu"] = diversity.self_bleu(units, settings.self_bleu_samples, settings.seed)
     v["replacement_char_share"] = naturalness.replacement_share([gen.texts[i] for i in rows])
+    v["wrong_language_share"] = naturalness.wrong_language_share([gen.texts[i] for i in rows],
+                                                                 [test.languages[i] for i in rows])
     truncated = scores.get("truncated")  # generation hit its token budget without an end of turn
     v["truncated_share"] = float("nan") if truncated is None else float(np.asarray(truncated, dtype=float)[rows].mean())
     v["mauve"] = (naturalness.mauve_score(_standardised(h_feat, ref), _standardised(g_feat, ref), settings.seed)

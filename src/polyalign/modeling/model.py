@@ -16,8 +16,8 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    Qwen2Config,
-    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 from polyalign.errors import UserError, producer, rerun_hint, shown
@@ -25,16 +25,21 @@ from polyalign.manifest import PICKLE_SUFFIXES, verify_manifest, write_manifest
 from polyalign.modeling.tokenizer import CHATML_TEMPLATE
 
 
-def create_scratch_model(tokenizer: PreTrainedTokenizerBase, cfg, seed: int) -> Qwen2ForCausalLM:
-    """A small Qwen2-style causal LM from config (no download), initialised from `seed`."""
-    config = Qwen2Config(
+def create_scratch_model(tokenizer: PreTrainedTokenizerBase, cfg, seed: int) -> Qwen3ForCausalLM:
+    """A small Qwen3-style causal LM from config (no download), initialised from `seed`.
+
+    Qwen3 rather than Qwen2: its normalised queries and keys train stably at the high learning rates a model
+    trained from scratch wants, and transformers loads a `qwen2` folder's tokenizer as Qwen2's own byte-level
+    tokenizer whatever tokenizer.json says, which would silently replace ours."""
+    config = Qwen3Config(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
-        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        head_dim=cfg.hidden_size // cfg.num_heads, max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = Qwen3ForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -134,10 +139,21 @@ def load_model_dir(path: str | Path, what: str = "model") -> tuple[PreTrainedMod
     return model, tokenizer
 
 
+TOKENIZER_PROBE = "Hello,  world!\n\n你好吗？ It's 2026."
+
+
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    """save_pretrained form (safetensors), plus the checksum manifest that every later load verifies."""
+    """save_pretrained form (safetensors), plus the checksum manifest that every later load verifies.
+
+    The saved tokenizer is loaded back with plain AutoTokenizer and must tokenise a probe text exactly as the
+    one in memory: transformers picks the tokenizer class from the model type, and a mismatch would train
+    and evaluate every later stage on different token ids than the ones written here."""
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+    loaded = AutoTokenizer.from_pretrained(folder)
+    if loaded(TOKENIZER_PROBE)["input_ids"] != tokenizer(TOKENIZER_PROBE)["input_ids"]:
+        raise UserError(f"the tokenizer saved in {shown(folder)} loads back as {type(loaded).__name__}, which "
+                        f"tokenises differently from the {type(tokenizer).__name__} that was saved")
     write_manifest(folder)
 
 

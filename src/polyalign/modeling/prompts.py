@@ -102,8 +102,14 @@ class PromptRenderer:
 
     def example(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """input_ids and labels (IGNORE_INDEX on the prompt) for one training record; a response longer than
-        the room left after the prompt is cut (and then has no end-of-turn token): `truncated` says so."""
-        return self.example_from_ids(record, self._encode(record["human_answer"]), ended=True)
+        the room left after the prompt is cut (and then has no end-of-turn token): `truncated` says so.
+        `n_chars` is the number of characters of the answer that the labels cover."""
+        answer = record["human_answer"]
+        example = self.example_from_ids(record, self._encode(answer), ended=True)
+        # characters the response's loss covers: bits per character compare models across tokenizers
+        kept = example["labels"][example["n_prompt"]:]
+        example["n_chars"] = len(self.tokenizer.decode(kept)) if example["truncated"] else len(answer)
+        return example
 
     def example_from_ids(self, record: Mapping[str, Any], response_ids: list[int], ended: bool) -> dict[str, Any]:
         """Like `example`, for a response given as token ids (a model sample scored as it was generated, with no

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from polyalign.buckets.features import FEATURE_NAMES, compute_features
 from polyalign.buckets.references import BalanceBuckets, References
-from polyalign.errors import UserError
+from polyalign.errors import UserError, shown
 from polyalign.io import atomic_outputs, write_json, write_text
 from polyalign.log import console, progress_bar
 from polyalign.params import Params
@@ -85,7 +85,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     write_outputs(params, root, out_tables, refs, report, rows, balance.merges())
     console.print(f"bucketize: {report['buckets_train']} buckets in train, {report['reference_buckets']} reference "
                   f"buckets, {report['backed_off_buckets']} backed off; mean support distance val "
-                  f"{report['support_distance_val']:.3f}")
+                  f"{report['support_distance_val']:.3f} → {shown(root / params.paths.buckets)}", highlight=False)
     return report
 
 

@@ -29,7 +29,7 @@ from transformers import AutoTokenizer
 from polyalign.buckets.references import References
 from polyalign.critic.encoders import NgramEncoder
 from polyalign.critic.model import Critic
-from polyalign.errors import UserError
+from polyalign.errors import UserError, shown
 from polyalign.evaluation import report as report_builder
 from polyalign.evaluation.naturalness import mauve_available
 from polyalign.evaluation.suite import (
@@ -48,6 +48,7 @@ from polyalign.io import atomic_path, json_safe, write_json
 from polyalign.log import console
 from polyalign.modeling.model import folder_digest, inference_device, load_model_dir
 from polyalign.modeling.prompts import PromptRenderer
+from polyalign.modeling.tokenizer import decode_response
 from polyalign.params import Params
 from polyalign.training.preference import response_logps
 
@@ -109,8 +110,8 @@ def generations(method: str, records: list[dict], train: dict[str, list[str]], p
     tokenizer = AutoTokenizer.from_pretrained(folder)  # enough for the cache key; the weights only on a miss
     p, g = params.prompt, params.evaluate.generation
     renderer = PromptRenderer(tokenizer, p.conditioning, p.max_prompt_tokens, p.max_tokens)
-    shown = [prompt_record(r, p.conditioning) for r in records]
-    prompts = [renderer.prompt_ids(r) for r in shown]
+    visible = [prompt_record(r, p.conditioning) for r in records]
+    prompts = [renderer.prompt_ids(r) for r in visible]
     budgets = prompt_budgets(g, tokenizer, train["answers"], train["buckets"], [r["bucket_id"] for r in records],
                              [len(x) for x in prompts], model_context(folder))
     answers = [r["human_answer"] for r in records]
@@ -134,10 +135,10 @@ def generations(method: str, records: list[dict], train: dict[str, list[str]], p
                        repetition_penalty=g.repetition_penalty, batch_size=g.batch_size, seed=params.seed,
                        progress=params.logging.progress, description=f"evaluate: generating ({method})")
     generated_s = time.perf_counter() - start
-    responses = [tokenizer.decode(s[0].ids, skip_special_tokens=True).strip() for s in samples]
+    responses = [decode_response(tokenizer, s[0].ids, s[0].truncated) for s in samples]
     start = time.perf_counter()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else renderer.eot_ids[0]
-    examples = [renderer.example({**r, "human_answer": a}) for r, a in zip(shown, answers)]
+    examples = [renderer.example({**r, "human_answer": a}) for r, a in zip(visible, answers)]
     logps, counts = response_logps(model, examples, pad_id, batch_size=g.batch_size)
     nll_s = time.perf_counter() - start
     result = {"key": key, "responses": responses, "generated_tokens": sum(len(s[0].ids) for s in samples),
@@ -228,7 +229,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
             write_json(tmp / f"{result['method']}.json", json_safe(result))
         built = report_builder.build(tmp, reports, cfg.compare)
     report_builder.log_to_wandb(params, root, built)
-    timing = {r["method"]: {k: round(v, 2) for k, v in r["timing_s"].items()} for r in results}
-    console.print(f"evaluate: {len(cfg.methods)} methods on {len(records)} test prompts; seconds per method "
-                  f"(generation / nll / metrics): {timing}; report in {reports / 'eval' / 'report.md'}")
+    seconds = sum(sum(r["timing_s"].values()) for r in results)
+    bng = ", ".join(f"{r['method']} {report_builder.value(r, 'overall', 'bng'):.3f}" for r in results)
+    console.print(f"evaluate: {len(cfg.methods)} methods on {len(records)} test prompts in {seconds:.0f} s; "
+                  f"BNG {bng} → {shown(reports / 'eval' / 'report.md')}", highlight=False)
     return built

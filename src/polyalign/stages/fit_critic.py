@@ -23,7 +23,7 @@ from polyalign.buckets.references import References
 from polyalign.critic.encoders import HFEncoder, NgramEncoder
 from polyalign.critic.model import Critic, CriticNet, build_inputs, feature_distance, feature_mask
 from polyalign.critic.training import CriticModule, Pairs, build_pairs, pair_loader
-from polyalign.errors import UserError
+from polyalign.errors import UserError, shown
 from polyalign.io import atomic_path, write_json
 from polyalign.log import console
 from polyalign.params import Params
@@ -189,6 +189,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     figures = {"AUROC human-vs-corrupted": "auroc_human_vs_corrupted", "own-vs-mismatched": "auroc_own_vs_mismatched",
                "own-vs-other prompt": "auroc_own_vs_other_prompt",
                "Spearman with the held-out features' distance": "spearman_heldout_distance"}
-    console.print("fit-critic: " + ", ".join(f"{label} {_figure(report[key])}" for label, key in figures.items()
-                                             if key in report))
+    shown_figures = ", ".join(f"{label} {_figure(report[key])}" for label, key in figures.items() if key in report)
+    critic_dir = root / params.paths.models / "critic"
+    console.print(f"fit-critic: {shown_figures} → {shown(critic_dir)}", highlight=False)
     return report

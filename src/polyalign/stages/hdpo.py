@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from transformers import AutoTokenizer
 
-from polyalign.errors import UserError
+from polyalign.errors import UserError, shown
 from polyalign.io import atomic_path, write_json, write_text
 from polyalign.log import console
 from polyalign.modeling.prompts import PromptRenderer
@@ -151,5 +151,6 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
     write_json(reports / f"{variant}.json", report)
     finish_loggers(trainer)
     console.print(f"hdpo@{variant}: {report['steps']} steps, val loss {figure(report['val_loss'])}, "
-                  f"val reward accuracy {figure(report['val_reward_accuracy'])}")
+                  f"val reward accuracy {figure(report['val_reward_accuracy'])} "
+                  f"→ {shown(root / params.paths.models / 'hdpo' / variant)}", highlight=False)
     return report

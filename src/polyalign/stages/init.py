@@ -1,8 +1,9 @@
 """Stage `init`: the base model in `models/base/` (save_pretrained form, safetensors).
 
-Reads params: seed, paths, model. `scratch` trains a byte-level BPE tokenizer on the training split's prompts
-and answers and creates a small Qwen2-style LM from config; `pretrained` loads any Hugging Face causal LM.
-Writes `reports/init.json`. The base model folder gets a checksum manifest like every model folder; a
+Reads params: seed, paths, model. `scratch` trains a character-level BPE tokenizer on the training split's prompts
+and answers and creates a small Qwen3-style LM from config; `pretrained` loads any Hugging Face causal LM.
+A scratch model is then pretrained as a plain language model on the train split's texts for
+`model.pretrain_epochs` (see `training/pretrain.py`). Writes `reports/init.json`. The base model folder gets a checksum manifest like every model folder; a
 pretrained model with pickled weights only (`pytorch_model.bin`) needs `model.allow_pickle: true`.
 """
 
@@ -18,13 +19,17 @@ from polyalign.io import atomic_path, write_json
 from polyalign.log import console
 from polyalign.modeling.model import create_scratch_model, load_pretrained, save_model
 from polyalign.modeling.prompts import system_profile
-from polyalign.modeling.tokenizer import train_tokenizer
+from polyalign.modeling.tokenizer import train_tokenizer, unknown_share
 from polyalign.params import Params
 from polyalign.text import CJK_RE
+from polyalign.training.pretrain import pretrain
 
 
-def training_texts(params: Params, root: Path) -> list[str]:
-    path = root / params.paths.buckets / "train.parquet"
+def training_texts(params: Params, root: Path, split: str = "train", with_profiles: bool = True) -> list[str]:
+    """Every text of a split that the model reads or writes: questions, contexts, answers, history turns and (with
+    `with_profiles`) the prompt profiles. The tokenizer is trained on the train split's, pretraining reads the
+    train split's without the profiles, and `unknown_share` is measured on the val split's."""
+    path = root / params.paths.buckets / f"{split}.parquet"
     if not path.is_file():
         raise UserError(f"init: {path} not found (run `polyalign bucketize` first)")
     try:
@@ -35,16 +40,22 @@ def training_texts(params: Params, root: Path) -> list[str]:
     texts = []
     for r in table:
         texts += [r["question"], r["context"], r["human_answer"], *(t["text"] for t in r["dialogue_history"])]
-        texts.append(system_profile(r, "oracle_length"))
+        if with_profiles:
+            texts.append(system_profile(r, "oracle_length"))
     return [t for t in texts if t]
 
 
 def run(params: Params, root: Path = Path(".")) -> dict:
     cfg = params.model
+    pretrained = {}
     if cfg.source == "scratch":
-        texts = training_texts(params, root)
-        tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.tokenizer_min_frequency)
+        tokenizer = train_tokenizer(training_texts(params, root), cfg.vocab_size, cfg.tokenizer_min_frequency)
         model = create_scratch_model(tokenizer, cfg, params.seed)
+        if cfg.pretrain_epochs:
+            pretrained = pretrain(model, tokenizer, training_texts(params, root, with_profiles=False),
+                                  epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, block_size=cfg.pretrain_block_size,
+                                  batch_size=cfg.pretrain_batch_size, seed=params.seed,
+                                  accelerator=params.trainer.accelerator, progress=params.logging.progress)
     else:
         model, tokenizer = load_pretrained(cfg.name_or_path, cfg.trust_remote_code, cfg.chat_template,
                                            allow_pickle=cfg.allow_pickle)
@@ -57,10 +68,15 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
         "tokens_with_several_cjk_characters": multi_cjk,
+        # characters of the val split's texts that become the unknown token (scratch: unseen in train)
+        "unknown_share_val": round(unknown_share(tokenizer, training_texts(params, root, "val")), 5),
+        **pretrained,
     }
     with atomic_path(root / params.paths.models / "base", directory=True) as tmp:
         save_model(model, tokenizer, tmp)
     write_json(root / params.paths.reports / "init.json", report)
-    console.print(f"init: {report['architecture']} with {report['parameters']:,} parameters, "
-                  f"vocabulary {report['vocab_size']}")
+    done = f", pretrained {report['pretrain_steps']} steps to loss {report['pretrain_loss']:.3f}" if pretrained else ""
+    console.print(f"init: {report['architecture']} with {report['parameters']:,} parameters, vocabulary "
+                  f"{report['vocab_size']} ({report['unknown_share_val']:.2%} of val characters unknown){done} "
+                  f"→ {shown(root / params.paths.models / 'base')}", highlight=False)
     return report

@@ -26,12 +26,13 @@ from sklearn.metrics import roc_auc_score
 from polyalign.critic.model import Critic
 from polyalign.data.record import Problem
 from polyalign.data.sources.base import RowModel, Track, Turn, resolve, validated_rows
-from polyalign.errors import UserError
+from polyalign.errors import UserError, shown
 from polyalign.generation import Sample, generate, prompt_budgets, read_train_answers
 from polyalign.io import atomic_path, write_json
 from polyalign.log import console
 from polyalign.modeling.model import inference_device, load_model_dir
 from polyalign.modeling.prompts import PromptRenderer
+from polyalign.modeling.tokenizer import decode_response
 from polyalign.params import Family, Language, Params
 from polyalign.training.preference import FINGERPRINT, pair_examples, reference_fingerprint, score_examples
 
@@ -96,7 +97,7 @@ def sampled_pairs(records: list[dict], model, tokenizer, renderer: PromptRendere
                        temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
                        repetition_penalty=g.repetition_penalty, num_samples=cfg.k, batch_size=g.batch_size,
                        seed=seed, progress=params.logging.progress, description="sampling rejected responses")
-    flat = [(i, s, tokenizer.decode(s.ids, skip_special_tokens=True).strip())
+    flat = [(i, s, decode_response(tokenizer, s.ids, s.truncated))
             for i, outs in enumerate(samples) for s in outs]
     report["samples"] = len(flat)
     report["samples_truncated"] = sum(s.truncated for _, s, _ in flat)
@@ -225,5 +226,6 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     auroc = report.get("val_critic_auroc_human_vs_sample")
     console.print(f"pairs: {report['train_pairs']} train / {report['val_pairs']} val pairs; the rejected side is "
                   f"farther from human support in {report['train_rejected_farther']:.0%} of train pairs"
-                  + (f"; critic AUROC human vs sample (val) {auroc:.3f}" if auroc is not None else ""))
+                  + (f"; critic AUROC human vs sample (val) {auroc:.3f}" if auroc is not None else "")
+                  + f" → {shown(root / params.paths.data_pairs)}", highlight=False)
     return report

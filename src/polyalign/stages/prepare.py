@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from polyalign.data.clean import deduplicate, slice_of, stratified_split, to_record
 from polyalign.data.record import RECORD_SCHEMA, Problem
 from polyalign.data.sources import read_source
-from polyalign.errors import UserError
+from polyalign.errors import UserError, shown
 from polyalign.io import atomic_outputs, portable, write_json, write_text
 from polyalign.log import console, progress_bar
 from polyalign.params import Params
@@ -89,7 +89,8 @@ def run(params: Params, root: Path = Path("."), *, require_every_split: bool = T
     console.print(f"prepare: {report['records']} records "
                   f"(train {report['splits']['train']}, val {report['splits']['val']}, "
                   f"test {report['splits']['test']}), {report['dropped_total']} dropped "
-                  f"{dict(report['dropped'])}" + uncovered_note(report["uncovered_slices"]))
+                  f"{dict(report['dropped'])}" + uncovered_note(report["uncovered_slices"]) + f" → {shown(root / params.paths.prepared)}",
+                  highlight=False)
     return report
 
 

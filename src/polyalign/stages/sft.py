@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polyalign.errors import UserError
+from polyalign.errors import UserError, shown
 from polyalign.io import atomic_path, write_json, write_text
 from polyalign.log import console
 from polyalign.modeling.model import load_tokenizer
@@ -110,6 +110,7 @@ def _train(params: Params, variant: str, resume: bool, root: Path, resume_anyway
         "train_loss": curves["train"][-1][1] if curves["train"] else None,
         "val_loss": val["loss"],
         "val_loss_macro": val["loss_macro"],
+        "val_bits_per_char": val["bits_per_char"],
         "val_loss_per_bucket": val["per_bucket"],
         "train_seconds": round(seconds, 2),
         "tokens_per_s": round(tokens["all"] * world / seconds, 1),
@@ -119,8 +120,10 @@ def _train(params: Params, variant: str, resume: bool, root: Path, resume_anyway
     }
     write_json(reports / f"{variant}.json", report)
     finish_loggers(trainer)
-    console.print(f"sft@{variant}: {report['steps']} steps, train loss {figure(report['train_loss'])}, "
-                  f"val loss {figure(report['val_loss'])} (macro {figure(report['val_loss_macro'])}), "
-                  f"{report['tokens_per_s']:.0f} tokens/s; {report['truncated_train_examples']} training examples "
-                  f"cut by prompt.max_tokens={params.prompt.max_tokens}")
+    console.print(f"sft@{variant}: {report['steps']} steps, val loss {figure(report['val_loss'])} "
+                  f"(macro {figure(report['val_loss_macro'])}), {figure(report['val_bits_per_char'])} bits/char, "
+                  f"{report['tokens_per_s']:.0f} tokens/s → {shown(out)}", highlight=False)
+    if report["truncated_train_examples"]:
+        console.print(f"  {report['truncated_train_examples']} training answers were cut by "
+                      f"prompt.max_tokens={params.prompt.max_tokens}", style="yellow", highlight=False)
     return report

@@ -49,6 +49,7 @@ class Collator:
             "input_ids": ids, "labels": labels, "attention_mask": mask,
             "weight": torch.tensor([r["bucket_weight"] for r in rows], dtype=torch.float32),
             "bucket": torch.tensor([self.bucket_index[r["bucket_id"]] for r in rows], dtype=torch.long),
+            "n_chars": torch.tensor([r.get("n_chars", 0) for r in rows], dtype=torch.float64),
         }
 
 

@@ -3,8 +3,8 @@
 Supports: `balance: none` (global SFT baseline), `sampler` (bucket-balanced batches, see `EpochBatchSampler`)
 and `loss_weight` (per-example loss x w_b over a constant normaliser); full fine-tuning or LoRA (peft);
 any Lightning accelerator/strategy; resume mid-epoch. The per-example loss is the mean token cross-entropy
-over the response (and its end-of-turn token); validation reports the loss overall, macro over buckets and
-per bucket.
+over the response (and its end-of-turn token); validation reports the loss overall, macro over buckets,
+per bucket, and in bits per character of the answers (which compares models with different tokenizers).
 """
 
 from __future__ import annotations
@@ -126,26 +126,35 @@ class SFTModule(L.LightningModule):
     def on_validation_epoch_start(self):
         self._val_sum = torch.zeros(len(self.bucket_names), dtype=torch.float64, device=self.device)
         self._val_n = torch.zeros(len(self.bucket_names), dtype=torch.float64, device=self.device)
+        self._val_nats = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_chars = torch.zeros((), dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch, batch_idx):
-        losses, _ = per_example_loss(self(batch), batch["labels"])
+        losses, n_tokens = per_example_loss(self(batch), batch["labels"])
         self._val_sum.index_add_(0, batch["bucket"], losses.double())
         self._val_n.index_add_(0, batch["bucket"], torch.ones_like(losses, dtype=torch.float64))
+        self._val_nats += (losses.double() * n_tokens).sum()
+        self._val_chars += batch["n_chars"].to(self._val_chars).sum()
 
     def on_validation_epoch_end(self):
         total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
         count = self.trainer.strategy.reduce(self._val_n, reduce_op="sum")
         present = count > 0
         overall = total.sum() / count.sum().clamp(min=1)
+        # the summed response NLL in bits per character of the answers: comparable across tokenizers
+        bits_per_char = (self.trainer.strategy.reduce(self._val_nats, reduce_op="sum") / math.log(2)
+                         / self.trainer.strategy.reduce(self._val_chars, reduce_op="sum").clamp(min=1))
         macro = (total[present] / count[present]).mean() if present.any() else overall
         self.log("val/loss", overall.float(), prog_bar=True)
         self.log("val/loss_macro", macro.float())
+        self.log("val/bits_per_char", bits_per_char.float())
         per_bucket = {}
         for i in torch.nonzero(present).flatten().tolist():
             value = float(total[i] / count[i])
             per_bucket[self.bucket_names[i]] = value
             self.log(f"val_bucket/{self.bucket_names[i]}", value)
-        self.last_val = {"loss": float(overall), "loss_macro": float(macro), "per_bucket": per_bucket}
+        self.last_val = {"loss": float(overall), "loss_macro": float(macro), "bits_per_char": float(bits_per_char),
+                         "per_bucket": per_bucket}
         if not self.trainer.sanity_checking:
             self.history["val"].append((self.trainer.global_step, float(overall)))
 

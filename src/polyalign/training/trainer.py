@@ -17,11 +17,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from polyalign.errors import Terminated, UserError, sigterm_stops, terminated  # noqa: F401 - re-exported
+from polyalign.log import announce_wandb_run, progress_bar, wandb_settings
 from polyalign.params import Params
 
 RUN_KEY = "polyalign_run"  # in every checkpoint: the settings and inputs of the run that wrote it
@@ -54,6 +55,45 @@ class StageTrainer(L.Trainer):
             return super().validate(*args, **kwargs)
 
 
+class TrainingProgress(Callback):
+    """One progress bar for a whole training run, in optimizer steps, with the epoch and the last training loss
+    (Lightning's own bar draws one bar per epoch and another per validation)."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.bar = progress_bar()
+            self.bar.start()
+            self.task = self.bar.add_task(f"{self.label}: training", total=None, completed=trainer.global_step)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.bar is not None:
+            per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+            total = per_epoch * trainer.max_epochs
+            self.bar.update(self.task, total=min(total, trainer.max_steps) if trainer.max_steps > 0 else total)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.bar is not None:
+            loss = trainer.callback_metrics.get("train/loss")
+            shown = f", loss {float(loss):.3f}" if loss is not None else ""
+            self.bar.update(self.task, completed=trainer.global_step, description=(
+                f"{self.label}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}{shown}"))
+
+    def _stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._stop()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._stop()
+
+
 def check_devices(trainer_params) -> None:
     """A clear error when more devices are asked for than this machine has."""
     devices = trainer_params.devices
@@ -76,9 +116,13 @@ def wandb_logger(params: Params, stage: str, variant: str, save_dir: Path) -> Wa
         return None
     save_dir.mkdir(parents=True, exist_ok=True)
     # offline: a local run folder under logs/wandb, no account and no network; never wandb.login()
-    return WandbLogger(project=cfg.project, entity=cfg.entity, group=stage, job_type=stage,
-                       name=f"{stage}-{variant}", save_dir=str(save_dir), mode=cfg.mode,
-                       config=params.model_dump(mode="json"), tags=[stage, variant])
+    logger = WandbLogger(project=cfg.project, entity=cfg.entity, group=stage, job_type=stage,
+                         name=f"{stage}-{variant}", save_dir=str(save_dir), mode=cfg.mode,
+                         config=params.model_dump(mode="json"), tags=[stage, variant],
+                         settings=wandb_settings(params.logging.level))
+    # Lightning 2.6 always passes `anonymous` (None), which W&B 0.31 deprecated: it then warns on every run
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def build_trainer(params: Params, root: Path, stage: str, variant: str, *, max_epochs: int, max_steps: int,
@@ -100,14 +144,14 @@ def build_trainer(params: Params, root: Path, stage: str, variant: str, *, max_e
         LearningRateMonitor(logging_interval="step"),
     ]
     if params.logging.progress:
-        callbacks.append(RichProgressBar())
+        callbacks.append(TrainingProgress(stage if variant == "default" else f"{stage}@{variant}"))
     try:
         trainer = StageTrainer(
             accelerator=tp.accelerator, devices=tp.devices, strategy=tp.strategy, num_nodes=tp.num_nodes,
             precision=tp.precision, logger=loggers, callbacks=callbacks, max_epochs=max_epochs,
             max_steps=max_steps, accumulate_grad_batches=accumulate, gradient_clip_val=clip or None,
             val_check_interval=val_every_n_steps or None, log_every_n_steps=tp.log_every_n_steps,
-            deterministic="warn", use_distributed_sampler=False, enable_progress_bar=params.logging.progress,
+            deterministic="warn", use_distributed_sampler=False, enable_progress_bar=False,
             enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(logs),
         )
     except (ValueError, TypeError, RuntimeError) as exc:  # Lightning's MisconfigurationException is a ValueError
@@ -126,7 +170,9 @@ def finish_loggers(trainer: L.Trainer) -> None:
     """Close W&B runs so that their config and summary are written (offline runs stay in logs/wandb)."""
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
-            logger.experiment.finish()
+            run = logger.experiment
+            run.finish()
+            announce_wandb_run(run, run.settings.mode)
 
 
 def validate_at_end(trainer: L.Trainer, module: L.LightningModule, **data) -> None:

@@ -1,0 +1,82 @@
+"""Benchmark: the default `dvc repro` from a fresh clone, seconds per stage and in total (install excluded).
+
+    python benchmarks/pipeline.py [--worktree] [--keep DIR] [--out benchmarks/results/pipeline.json]
+
+The clone is of the committed HEAD (`--worktree`: of the working tree as it is, uncommitted changes included),
+in a temporary folder (`--keep DIR`: in DIR, kept with its reports), so this checkout's own outputs are left alone. A stage's time runs from DVC's
+"Running stage" line to the next one (the last to the end of `dvc repro`), so it includes DVC's own work around
+the stage. The console output of the run is counted too: it should fit on two screens.
+Target: the whole pipeline within 600 s on the 2-core CPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, write_result
+
+TARGET_S = 600.0
+STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
+
+
+def clone(dest: Path, worktree: bool) -> None:
+    if not worktree:
+        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(dest)], check=True)
+        return
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    for command in (["git", "init", "--quiet"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "--quiet", "-m",
+                     "worktree"]):
+        subprocess.run(command, cwd=dest, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worktree", action="store_true", help="clone the working tree, not HEAD")
+    parser.add_argument("--keep", type=Path, help="run in this new folder and keep it (its report, models)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/pipeline.json")
+    args = parser.parse_args()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "WANDB_MODE": "offline",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        project = args.keep.resolve() if args.keep else Path(tmp) / "project"
+        project.mkdir(parents=True)
+        clone(project, args.worktree)
+        starts: list[tuple[str, float]] = []
+        lines = 0
+        start = time.perf_counter()
+        with subprocess.Popen(["dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+            for line in proc.stdout:
+                lines += 1
+                sys.stdout.write(line)
+                match = STAGE_LINE.match(line)
+                if match:
+                    starts.append((match.group(1), time.perf_counter() - start))
+        total = time.perf_counter() - start
+        if proc.returncode != 0:
+            sys.exit(f"dvc repro failed with status {proc.returncode}")
+    ends = [t for _, t in starts[1:]] + [total]
+    stages = {name: round(end - begin, 1) for (name, begin), end in zip(starts, ends)}
+    write_result(args.out, {
+        "benchmark": "pipeline", "source": "worktree" if args.worktree else "HEAD",
+        "stages_s": stages, "total_s": round(total, 1), "target_s": TARGET_S, "within_target": total <= TARGET_S,
+        "console_lines": lines,
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Language-model pretraining of the scratch base model on the training split's own texts.
+
+A model created from config knows no words, and SFT alone would have to teach it the language from the answers
+only (about 54k characters on the default corpus). `init` therefore first trains it as a plain language model
+on every distinct text of the train split: questions, contexts, history turns and answers. The texts are packed
+into blocks of `block_size` tokens with the end-of-text token between them, so no step computes padding.
+The val and test splits are never read. Supports one device (the base model is small by construction: a
+pretrained model skips this step).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+
+from polyalign.training.sft import make_optimizer
+from polyalign.training.trainer import TrainingProgress
+
+
+def packed_blocks(token_rows: Sequence[Sequence[int]], separator: int, block_size: int) -> torch.Tensor:
+    """All rows joined by `separator` and cut into [n_blocks, block_size] (the incomplete tail is dropped)."""
+    stream = [t for row in token_rows for t in (*row, separator)]
+    n = len(stream) // block_size
+    return torch.tensor(stream[: n * block_size], dtype=torch.long).view(n, block_size)
+
+
+class PretrainModule(L.LightningModule):
+    def __init__(self, model, lr: float, total_steps: int):
+        super().__init__()
+        self.model, self.lr, self.total_steps = model, lr, total_steps
+        self.losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        loss = self.model(input_ids=batch, labels=batch).loss  # next-token cross-entropy over the whole block
+        self.log("train/loss", loss, batch_size=len(batch))
+        self.losses.append(float(loss.detach()))
+        return loss
+
+    def configure_optimizers(self):
+        return make_optimizer(self, self.lr, weight_decay=0.01, warmup_ratio=0.05, min_lr_ratio=0.1,
+                              total_steps=self.total_steps)
+
+
+def pretrain(model, tokenizer, texts: Sequence[str], *, epochs: int, lr: float, block_size: int, batch_size: int,
+             seed: int, accelerator: str, progress: bool) -> dict:
+    """Train `model` in place on `texts` (each distinct text once per epoch); returns what the report needs."""
+    distinct = sorted(set(texts))
+    rows = tokenizer(distinct, add_special_tokens=False)["input_ids"]
+    blocks = packed_blocks(rows, tokenizer.pad_token_id, block_size)
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(blocks, batch_size=batch_size, shuffle=True, generator=generator)
+    total_steps = epochs * math.ceil(len(blocks) / batch_size)
+    module = PretrainModule(model, lr, total_steps)
+    L.seed_everything(seed, workers=True, verbose=False)
+    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=epochs, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[TrainingProgress("init: pretraining")] if progress else [], num_sanity_val_steps=0)
+    start = time.perf_counter()
+    model.train()
+    trainer.fit(module, train_dataloaders=loader)
+    model.eval()
+    last = module.losses[-max(1, len(module.losses) // 10):]  # the last tenth of the steps: less noise
+    return {"pretrain_texts": len(distinct), "pretrain_tokens": int(blocks.numel()), "pretrain_steps": total_steps,
+            "pretrain_loss": round(sum(last) / len(last), 4), "pretrain_seconds": round(time.perf_counter() - start, 1)}
