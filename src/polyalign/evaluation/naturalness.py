@@ -24,7 +24,9 @@ def wasserstein_1(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
-    return float(ks_2samp(a, b).statistic)
+    """The two-sample KS statistic D. Only D is used, and D does not depend on how the p-value is computed:
+    `asymp` skips the exact p-value, which fails (with a warning) on tied lengths."""
+    return float(ks_2samp(a, b, method="asymp").statistic)
 
 
 def column_wasserstein(A: np.ndarray, B: np.ndarray) -> np.ndarray:
