@@ -1,11 +1,11 @@
 """Stage `init`: the base model in `models/base/` (save_pretrained form, safetensors).
 
-Reads params: seed, paths, model. `scratch` trains a character-level BPE tokenizer on the training split's prompts
-and answers and creates a small Qwen3-style LM from config; `pretrained` loads any Hugging Face causal LM.
-A scratch model is then pretrained as a plain language model on the train split's texts for
-`model.pretrain_epochs` (see `training/pretrain.py`). Writes `reports/init.json`. The base model folder gets a checksum manifest like every model folder; a
-pretrained model with pickled weights only (`pytorch_model.bin`) needs `model.allow_pickle: true`.
-"""
+Reads params: seed, paths, model (and trainer.accelerator, logging for pretraining). `scratch` trains a
+character-level BPE tokenizer on the training split's prompts and answers, creates a small Qwen3-style LM from
+config and pretrains it as a plain language model on the train split's texts for `model.pretrain_epochs` (see
+`training/pretrain.py`); `pretrained` loads any Hugging Face causal LM. Writes `reports/init.json`. The base model
+folder gets a checksum manifest like every model folder; a pretrained model with pickled weights only
+(`pytorch_model.bin`) needs `model.allow_pickle: true`."""
 
 from __future__ import annotations
 
