@@ -10,8 +10,8 @@ from transformers import AutoTokenizer
 
 from polyalign.buckets.features import FEATURE_NAMES
 from polyalign.modeling.prompts import PromptRenderer
-from polyalign.stages import evaluate
 from polyalign.params import load_params
+from polyalign.stages import evaluate
 from sft_project import cli, copy_project, write_tiny_params
 
 EVALUATE = {"methods": ["base", "sft@bucket"], "compare": [["sft@bucket", "base"]], "bootstrap_resamples": 50,
