@@ -49,11 +49,30 @@ def test_every_method_is_scored_on_the_same_full_test_split(project):
         assert result["truncated_responses"] == sum(e["truncated"] for e in result["examples"])
         assert all(e["n_tokens"] > 0 for e in result["examples"] if e["truncated"])
     metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert set(metrics) == {"base", "sft@bucket", "compare"}
+    assert set(metrics) == {"split", "base", "sft@bucket", "compare"} and metrics["split"] == "test"
     assert {"f1", "rouge_l", "nll", "bng_macro", "hcr_joint_gap_macro", "c2st", "tdm", "nuf_score"} <= set(
         metrics["sft@bucket"])
     assert "sft@bucket - base" in metrics["compare"]
     assert metrics["sft@bucket"]["nll"] < metrics["base"]["nll"]  # SFT learnt the human answers
+
+
+def test_val_split_scores_exactly_the_val_ids_and_names_the_split_everywhere(project, tmp_path):
+    root = copy_project(project, tmp_path / "val")
+    params = load_params(root / "params.yaml", ["evaluate.split=val"])
+    evaluate.run(params, root)
+    val_ids = sorted(pq.read_table(root / "data/buckets/val.parquet").column("id").to_pylist())
+    test_ids = set(pq.read_table(root / "data/buckets/test.parquet").column("id").to_pylist())
+    human = json.loads((root / "reports/eval/human.json").read_text())
+    assert human["split"] == "val" and human["test_ids"] == val_ids and not test_ids & set(val_ids)
+    for result in results(root).values():
+        assert result["split"] == "val" and [e["id"] for e in result["examples"]] == val_ids
+    assert json.loads((root / "reports/metrics.json").read_text())["split"] == "val"
+    report = (root / "reports/eval/report.md").read_text()
+    assert report.startswith("# PolyAlign evaluation report — val split") and f"{len(val_ids)} val prompts" in report
+    # a method scored on test next to a human reference of val is refused
+    (root / "reports/eval/base.json").write_text((project / "reports/eval/base.json").read_text())
+    result = cli(["report"], root, check=False)
+    assert result.returncode == 2 and "test split and the human reference on the val split" in result.stderr
 
 
 def test_prompts_never_contain_the_answer_or_its_length_bin(project):

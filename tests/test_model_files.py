@@ -165,7 +165,7 @@ def test_a_corrupt_critic_manifest_is_refused(project):
 
 def test_a_corrupt_evaluation_cache_entry_is_a_miss_and_is_rewritten(project):
     params = load_params(project / "params.yaml", ["evaluate.generation.max_new_tokens=3"])
-    records = evaluate.read_test(params, project)[:3]
+    records = evaluate.read_split(params, project)[:3]
     train = {"answers": ["hello there"] * 3, "buckets": [r["bucket_id"] for r in records]}
     assert evaluate.generations("base", records, train, params, project)["cache"] == "miss"
     (entry,) = (project / "cache/eval/base").iterdir()

@@ -131,7 +131,7 @@ def test_evaluation_scores_all_four_methods_into_metrics_report_plots_and_wandb(
     plots = json.loads(sh(["dvc", "plots", "show", "--json"], repo).stdout)
     assert not plots.get("errors") and any("eval_bng.csv" in key for key in plots["data"])
     runs = [next(run.glob("*.wandb")).read_bytes() for run in (repo / "logs/wandb").glob("offline-run-*")]
-    assert any(b"eval/ablation" in run and b"eval/per_bucket" in run for run in runs)
+    assert any(b"eval/ablation" in run and b"eval/per_bucket" in run and b"evaluate-test" in run for run in runs)
 
 
 def test_exp_run_hdpo_gamma_changes_only_the_hdpo_headline_metrics(repo):

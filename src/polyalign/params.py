@@ -445,7 +445,9 @@ class EvaluateParams(Section):
     compare: list[tuple[str, str]] = Field(
         default_factory=lambda: [("sft@bucket", "sft@global"), ("hdpo@hdpo", "hdpo@dpo")],
         description="pairs (a, b): the report gives a - b with a paired bootstrap interval")
-    max_prompts: int = Field(0, ge=0, description="evaluate a seeded subset of the test split (0: all of it)")
+    split: Literal["test", "val"] = Field("test", description="the split the methods answer: tune on val, "
+                                          "report test once")
+    max_prompts: int = Field(0, ge=0, description="evaluate a seeded subset of the split (0: all of it)")
     generation: GenerationParams = Field(default_factory=GenerationParams)
     bootstrap_resamples: int = Field(1000, ge=0, description="0: no intervals")
     confidence: float = Field(0.95, gt=0, lt=1)

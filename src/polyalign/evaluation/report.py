@@ -54,9 +54,13 @@ def load(folder: Path) -> tuple[dict, list[dict]]:
     if not results:
         raise UserError(f"report: no method results in {folder} (run `polyalign evaluate` first)")
     results.sort(key=lambda r: r["order"])
+    split = human.get("split", "test")
     for r in results:
+        if r.get("split", "test") != split:
+            raise UserError(f"report: {r['method']} was evaluated on the {r.get('split', 'test')} split and the "
+                            f"human reference on the {split} split; rerun `polyalign evaluate`")
         if r["test_ids"] != human["test_ids"]:
-            raise UserError(f"report: {r['method']} was scored on other test rows than the human reference "
+            raise UserError(f"report: {r['method']} was scored on other {split} rows than the human reference "
                             f"({r['n']} vs {human['n']}); rerun `polyalign evaluate`")
     return human, results
 
@@ -83,9 +87,9 @@ def difference(a: dict, b: dict, group: str, metric: str) -> tuple[float, float,
 
 
 def metrics_json(results: Sequence[dict], compare: Sequence[Sequence[str]]) -> dict:
-    """Flat headline numbers per method: `<metric>` over all test rows (n-weighted over buckets) and
-    `<metric>_macro` (every bucket counts once), plus the compared differences."""
-    out: dict = {}
+    """The evaluated split, and flat headline numbers per method: `<metric>` over all rows (n-weighted over
+    buckets) and `<metric>_macro` (every bucket counts once), plus the compared differences."""
+    out: dict = {"split": results[0].get("split", "test")}  # which split these numbers are on: never mix them
     for r in results:
         flat = {}
         for metric in METRICS_JSON:
@@ -205,7 +209,11 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
     first = results[0]
     d = first["decoding"]
     oracle = any(r.get("oracle") for r in results)
-    out = ["# PolyAlign evaluation report\n"]
+    split = first.get("split", "test")
+    out = [f"# PolyAlign evaluation report — {split} split\n"]
+    if split == "val":
+        out.append("> Evaluated on the **val** split, for tuning. Report final numbers once, on test "
+                   "(`evaluate.split: test`).\n")
     warning = not_text_warning(results)
     if warning:
         out.append(warning)
@@ -213,7 +221,7 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
         out.append("> **ORACLE RUN** — `prompt.conditioning: oracle_length`: every prompt carried the human answer's "
                    "length bin, which a deployed model cannot know. Do not compare these numbers with a "
                    "non-oracle run.\n")
-    out.append(f"Every method answered the same **{first['n']} test prompts** (the ids are identical in every "
+    out.append(f"Every method answered the same **{first['n']} {split} prompts** (the ids are identical in every "
                f"`<method>.json`), rendered by one prompt renderer (conditioning `{first['conditioning']}`) and "
                f"decoded with the same settings: temperature {d['temperature']}, top-p {d['top_p']}, top-k "
                f"{d['top_k']}, repetition penalty {d['repetition_penalty']}, {budget_text(d, results)}, "
@@ -223,12 +231,12 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
                "the estimate: each interval contains its estimate. C2ST: 0.5 = indistinguishable from the human "
                "answers, so the best is the closest to 0.5; rankings and differences use |C2ST − 0.5|.\n")
     header = ["method", *[f"{label} ({ARROWS[b]})" for _, label, b in HEADLINE]]
-    titles = {"overall": "All test rows (buckets weighted by size)", "macro": "Macro over buckets (each counts once)"}
+    titles = {"overall": f"All {split} rows (buckets weighted by size)", "macro": "Macro over buckets (each counts once)"}
     for group in GROUPS:
         n = first["groups"][group]["n"]
         out.append(f"## {titles.get(group, 'Slice ' + group)} — n = {n}, {first['groups'][group]['buckets']} buckets\n")
         if n == 0:
-            out.append("No test rows in this slice.\n")
+            out.append(f"No {split} rows in this slice.\n")
             continue
         out.append(_table(header, [[_label(r), *[_cell(r, group, m) for m, _, _ in HEADLINE]] for r in results]))
     by_name = {r["method"]: r for r in results}
@@ -252,11 +260,11 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
             out.append(f"## Best method per metric ({group})\n")
             out.append(_table(["metric", "direction", "best [interval]", "method", "runner-up [interval]", "method",
                                "intervals overlap", "best − runner-up, paired [interval]", "contains 0"], rows))
-    out.append("## Diversity (all test rows; human answers first)\n")
+    out.append(f"## Diversity (all {split} rows; human answers first)\n")
     div_rows = [["human", *[_fmt(_num(human["groups"]["overall"].get(m))) for m in DIVERSITY]]]
     div_rows += [[_label(r), *[_fmt(value(r, "overall", m)) for m in DIVERSITY]] for r in results]
     out.append(_table(["responses", "distinct-1", "distinct-2", "distinct-3", "self-BLEU-4"], div_rows))
-    out.append("## Human-support coverage per feature (all test rows)\n")
+    out.append(f"## Human-support coverage per feature (all {split} rows)\n")
     out.append("Share of responses inside the bucket's human support band [q10, q90] of the training answers; the "
                "human test answers' own share is the target.\n")
     coverage = [human["groups"]["overall"].get("hcr_per_feature", {})] + [
@@ -460,8 +468,10 @@ def log_to_wandb(params, root: Path, built: dict) -> None:
 
     logs = root / params.paths.logs
     logs.mkdir(parents=True, exist_ok=True)
+    split = built["metrics"]["split"]
     run = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(logs), job_type="evaluate",
-                     group="evaluate", name="evaluate", config=params.model_dump(mode="json"), tags=["evaluate"],
+                     group="evaluate", name=f"evaluate-{split}", config=params.model_dump(mode="json"),
+                     tags=["evaluate", split],
                      settings=wandb_settings(params.logging.level))
     results = built["results"]
     columns = ["method", "group", *[m for m, _, _ in HEADLINE]]
@@ -470,7 +480,8 @@ def log_to_wandb(params, root: Path, built: dict) -> None:
                for r in results for b, v in sorted(r["buckets"].items())]
     run.log({"eval/ablation": wandb.Table(columns=columns, data=ablation),
              "eval/per_bucket": wandb.Table(columns=["method", "bucket", "n", *columns[2:]], data=buckets)})
-    run.summary.update({f"{method}/{k}": v for method, flat in built["metrics"].items() if method != "compare"
-                        for k, v in flat.items() if not math.isnan(v)})
+    run.summary.update({f"{method}/{k}": v for method, flat in built["metrics"].items()
+                        if method not in ("compare", "split") for k, v in flat.items() if not math.isnan(v)})
+    run.summary["split"] = split
     run.finish()
     announce_wandb_run(run, cfg.mode)

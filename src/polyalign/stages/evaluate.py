@@ -1,7 +1,8 @@
-"""Stage `evaluate`: every method of `evaluate.methods` answers the same test prompts with the same renderer and
-the same decoding, and is scored against the human answers (DESIGN §9).
+"""Stage `evaluate`: every method of `evaluate.methods` answers the same prompts of `evaluate.split` (test by
+default; val for tuning) with the same renderer and the same decoding, and is scored against the human answers
+(DESIGN §9). `test_ids` in the JSON files are the ids of the evaluated split's rows, whichever it is.
 
-Reads params: seed, paths, prompt, evaluate, trainer.accelerator (and sft/hdpo variant names). Reads the test
+Reads params: seed, paths, prompt, evaluate, trainer.accelerator (and sft/hdpo variant names). Reads the evaluated
 split, the train split's answers (budgets) and references (data/buckets), the critic (models/critic, a diagnostic
 only) and each method's model. Writes
 `reports/eval/<method>.json` (every number, intervals, bootstrap replicates, per-example responses),
@@ -72,13 +73,15 @@ def _sha(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def read_test(params: Params, root: Path) -> list[dict]:
-    path = root / params.paths.buckets / "test.parquet"
+def read_split(params: Params, root: Path) -> list[dict]:
+    """The records of `evaluate.split` (test or val) in id order, or the seeded subset `max_prompts` asks for."""
+    split = params.evaluate.split
+    path = root / params.paths.buckets / f"{split}.parquet"
     if not path.is_file():
         raise UserError(f"evaluate: {path} not found (run `polyalign bucketize` first)")
     rows = sorted(pq.read_table(path).to_pylist(), key=lambda r: r["id"])
     if not rows:
-        raise UserError(f"evaluate: {path} holds no test record")
+        raise UserError(f"evaluate: {path} holds no {split} record")
     limit = params.evaluate.max_prompts
     if limit and len(rows) > limit:
         keep = np.sort(np.random.default_rng(params.seed).choice(len(rows), size=limit, replace=False))
@@ -166,7 +169,8 @@ def score_method(method: str, order: int, records: list[dict], train: dict[str, 
     return {
         "method": method, "order": order, "model_dir": str(out["model_dir"].relative_to(root)),
         "conditioning": params.prompt.conditioning, "oracle": params.prompt.conditioning == "oracle_length",
-        "decoding": cfg.generation.model_dump(), "seed": params.seed, "n": len(records), "test_ids": test.ids,
+        "decoding": cfg.generation.model_dump(), "seed": params.seed, "split": cfg.split, "n": len(records),
+        "test_ids": test.ids,
         "cache": out["cache"], "generated_tokens": out["generated_tokens"],
         "truncated_responses": int(np.sum(out["truncated"])),
         "timing_s": {**out["timing_s"], "metrics": metrics_s},
@@ -202,7 +206,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     if missing:
         raise UserError(f"evaluate: no model for {', '.join(missing)} (run `dvc repro` or the stages that write "
                         f"{', '.join(str(model_dir(m, params, root)) for m in missing)})")
-    records = read_test(params, root)
+    records = read_split(params, root)
     refs = References.load(root / params.paths.buckets / "references.json")
     critic = Critic.load(root / params.paths.models / "critic")
     encoder = tdm_encoder(params, root)
@@ -214,7 +218,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     groups = aggregate(per_bucket, test.counts(), HUMAN_METRICS)
     groups["overall"]["hcr_per_feature"] = weighted_coverage(per_bucket)
     human_report = {
-        "n": len(records), "test_ids": test.ids, "buckets": per_bucket, "groups": groups,
+        "split": cfg.split, "n": len(records), "test_ids": test.ids, "buckets": per_bucket, "groups": groups,
         "examples": [{"id": i, "bucket_id": b, "n_tokens": int(n)}
                      for i, b, n in zip(test.ids, test.bucket_ids, human.features[:, 0])],
     }
@@ -231,6 +235,6 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     report_builder.log_to_wandb(params, root, built)
     seconds = sum(sum(r["timing_s"].values()) for r in results)
     bng = ", ".join(f"{r['method']} {report_builder.value(r, 'overall', 'bng'):.3f}" for r in results)
-    console.print(f"evaluate: {len(cfg.methods)} methods on {len(records)} test prompts in {seconds:.0f} s; "
+    console.print(f"evaluate: {len(cfg.methods)} methods on {len(records)} {cfg.split} prompts in {seconds:.0f} s; "
                   f"BNG {bng} → {shown(reports / 'eval' / 'report.md')}", highlight=False)
     return built
