@@ -26,6 +26,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from polyalign.errors import shown
+
 console = Console(stderr=True, soft_wrap=True)  # long lines (paths, summaries) are not hard-wrapped in logs
 
 # loggers whose INFO lines describe the library, not the user's run ("GPU available: False", "💡 Tip: ...")
@@ -84,11 +86,7 @@ def wandb_settings(level: str):
 def announce_wandb_run(run, mode: str) -> None:
     """The one line a stage prints about W&B: where its run is, and how to upload an offline one."""
     if mode == "offline":
-        folder = Path(run.dir).parent
-        try:
-            folder = folder.resolve().relative_to(Path.cwd().resolve())
-        except ValueError:
-            pass
+        folder = shown(Path(run.dir).parent)
         console.print(f"W&B offline run in {folder} (upload with `wandb sync {folder}`)", highlight=False)
     elif mode == "online":
         console.print(f"W&B run: {run.url}", highlight=False)

@@ -113,8 +113,9 @@ ZH_MIN_CJK_SHARE, EN_MAX_CJK_SHARE = 0.5, 0.1
 
 
 def cjk_letter_share(text: str) -> float:
+    """Share of the letters that are CJK characters; NaN for a text without letters."""
     letters = [c for c in text if c.isalpha()]
-    return sum(CJK_RE.match(c) is not None for c in letters) / len(letters) if letters else 0.0
+    return sum(CJK_RE.match(c) is not None for c in letters) / len(letters) if letters else float("nan")
 
 
 def wrong_language_share(texts: Sequence[str], languages: Sequence[str]) -> float:
@@ -122,9 +123,8 @@ def wrong_language_share(texts: Sequence[str], languages: Sequence[str]) -> floa
     en prompt, above 0.1. A response without letters is not judged wrong; other languages are not judged."""
 
     def wrong(text: str, language: str) -> bool:
-        share = cjk_letter_share(text)
-        return (language == "zh" and share < ZH_MIN_CJK_SHARE and any(c.isalpha() for c in text)
-                ) or (language == "en" and share > EN_MAX_CJK_SHARE)
+        share = cjk_letter_share(text)  # NaN without letters: neither comparison holds
+        return (language == "zh" and share < ZH_MIN_CJK_SHARE) or (language == "en" and share > EN_MAX_CJK_SHARE)
 
     return float(np.mean([wrong(t, lang) for t, lang in zip(texts, languages)])) if len(texts) else float("nan")
 

@@ -25,34 +25,42 @@ from polyalign.text import CJK_RE
 from polyalign.training.pretrain import pretrain
 
 
-def training_texts(params: Params, root: Path, split: str = "train", with_profiles: bool = True) -> list[str]:
-    """Every text of a split that the model reads or writes: questions, contexts, answers, history turns and (with
-    `with_profiles`) the prompt profiles. The tokenizer is trained on the train split's, pretraining reads the
-    train split's without the profiles, and `unknown_share` is measured on the val split's."""
+def read_split(params: Params, root: Path, split: str) -> list[dict]:
     path = root / params.paths.buckets / f"{split}.parquet"
     if not path.is_file():
         raise UserError(f"init: {path} not found (run `polyalign bucketize` first)")
     try:
-        table = pq.read_table(path).to_pylist()
+        return pq.read_table(path).to_pylist()
     except (pa.ArrowException, OSError) as exc:
         raise UserError(f"init: {shown(path)} is corrupt or unreadable ({str(exc).splitlines()[0]}); "
                         f"{rerun_hint(path)}") from None
+
+
+def record_texts(rows: list[dict], with_profiles: bool = True) -> list[str]:
+    """Every text of the records that the model reads or writes: questions, contexts, answers, history turns and
+    (with `with_profiles`) the prompt profiles. The tokenizer is trained on the train split's, pretraining reads
+    the train split's without the profiles, and `unknown_share` is measured on the val split's."""
     texts = []
-    for r in table:
+    for r in rows:
         texts += [r["question"], r["context"], r["human_answer"], *(t["text"] for t in r["dialogue_history"])]
         if with_profiles:
             texts.append(system_profile(r, "oracle_length"))
     return [t for t in texts if t]
 
 
+def training_texts(params: Params, root: Path, split: str = "train", with_profiles: bool = True) -> list[str]:
+    return record_texts(read_split(params, root, split), with_profiles)
+
+
 def run(params: Params, root: Path = Path(".")) -> dict:
     cfg = params.model
     pretrained = {}
     if cfg.source == "scratch":
-        tokenizer = train_tokenizer(training_texts(params, root), cfg.vocab_size, cfg.tokenizer_min_frequency)
+        train = read_split(params, root, "train")
+        tokenizer = train_tokenizer(record_texts(train), cfg.vocab_size, cfg.tokenizer_min_frequency)
         model = create_scratch_model(tokenizer, cfg, params.seed)
         if cfg.pretrain_epochs:
-            pretrained = pretrain(model, tokenizer, training_texts(params, root, with_profiles=False),
+            pretrained = pretrain(model, tokenizer, record_texts(train, with_profiles=False),
                                   epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, block_size=cfg.pretrain_block_size,
                                   batch_size=cfg.pretrain_batch_size, seed=params.seed,
                                   accelerator=params.trainer.accelerator, progress=params.logging.progress)
