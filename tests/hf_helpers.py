@@ -33,7 +33,7 @@ def records(dataset: str, seed: int = 0, **options) -> tuple[list[dict], Counter
     examples, dropped = read(dataset, **options)
     out = []
     for ex in examples:
-        rec = to_record(ex, DataParams(), seed)
+        rec = to_record(ex, DataParams(split_seed=seed))
         if isinstance(rec, str):
             dropped[rec] += 1
         else:

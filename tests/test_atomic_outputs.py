@@ -78,7 +78,7 @@ def test_prepare_replaces_its_outputs_as_a_whole(tmp_path):
     shutil.rmtree(tmp_path / "reports")
     (tmp_path / "reports").write_text("a file where the reports folder belongs")
     with pytest.raises(OSError):
-        prepare.run(load_params(None, ["data.sources=[{kind: chatterbot, languages: [english]}]", "seed=7",
+        prepare.run(load_params(None, ["data.sources=[{kind: chatterbot, languages: [english]}]", "data.split_seed=7",
                                        *QUIET]), tmp_path)
     assert snapshot(tmp_path / "data") == before
 

@@ -62,8 +62,9 @@ def closure(start: Path) -> set[Path]:
 
 def stages() -> list[tuple[str, str, list[str]]]:
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
-    return [(name, stage["cmd"].split()[1], [d for d in stage["deps"] if d.startswith("src/")])
-            for name, stage in spec.items()]
+    bodies = {name: stage.get("do", stage) for name, stage in spec.items()}  # a foreach stage's body is under `do`
+    return [(name, body["cmd"].split()[1], [d for d in body["deps"] if d.startswith("src/")])
+            for name, body in bodies.items()]
 
 
 @pytest.mark.parametrize(("stage", "command", "deps"), stages(), ids=[s[0] for s in stages()])
@@ -80,3 +81,10 @@ def test_a_stage_depends_on_exactly_the_code_it_imports(stage, command, deps):
     unused = [d.relative_to(ROOT).as_posix() for d in dep_paths
               if not any(p == d or d in p.parents for p in used)]
     assert not unused, f"dvc.yaml stage {stage} depends on {unused} but never imports them"
+
+
+def test_each_hdpo_stage_depends_on_the_sft_model_its_variant_starts_from():
+    """dvc.yaml cannot read `init` out of params.yaml, so it lists each variant's start itself: they must agree."""
+    listed = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["hdpo"]["foreach"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    assert listed == {name: v["init"].removeprefix("sft@") for name, v in params["hdpo"]["variants"].items()}

@@ -49,7 +49,7 @@ def test_every_method_is_scored_on_the_same_full_test_split(project):
         assert result["truncated_responses"] == sum(e["truncated"] for e in result["examples"])
         assert all(e["n_tokens"] > 0 for e in result["examples"] if e["truncated"])
     metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert set(metrics) == {"split", "base", "sft@bucket", "compare"} and metrics["split"] == "test"
+    assert set(metrics) == {"split", "rows_sha256", "base", "sft@bucket", "compare"} and metrics["split"] == "test"
     assert {"f1", "rouge_l", "nll", "bng_macro", "hcr_joint_gap_macro", "c2st", "tdm", "nuf_score"} <= set(
         metrics["sft@bucket"])
     assert "sft@bucket - base" in metrics["compare"]

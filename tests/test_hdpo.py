@@ -217,12 +217,34 @@ def test_frozen_reference_trains_like_precomputed(paired_project, tmp_path):
                                rtol=1e-4)
 
 
+def test_a_variant_from_global_sft_starts_there_and_uses_it_as_its_reference(paired_project, tmp_path):
+    a = copy_project(paired_project, tmp_path / "a")
+    other = AutoModelForCausalLM.from_pretrained(a / "models/sft/bucket")
+    with torch.no_grad():  # a global-SFT model that differs from the model the pairs were sampled and scored with
+        for p in other.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    other.save_pretrained(a / "models/sft/global")
+    AutoTokenizer.from_pretrained(a / "models/sft/bucket").save_pretrained(a / "models/sft/global")
+    write_manifest(a / "models/sft/global")
+    b = copy_project(a, tmp_path / "b")
+    steps = ["--variant", "dpo_global", "--set", "hdpo.max_steps=4"]
+    run = cli(["hdpo", *steps], a)
+    assert "reference log-probs recomputed with sft@global" in run.stderr
+    cli(["hdpo", *steps, "--set", "hdpo.reference=frozen"], b)  # a copy of sft@global in memory
+    losses = [[float(row.split(",")[1]) for row in (p / "reports/hdpo/dpo_global/train.csv").read_text().splitlines()[1:]]
+              for p in (a, b)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+    assert losses[0][0] == pytest.approx(np.log(2), abs=1e-4)  # policy = reference at the first step: it starts there
+
+
 @pytest.mark.parametrize(("setup", "args", "message"), [
     ("drop_column", ["hdpo"], "lacks columns ['d_rejected']"),
     (None, ["hdpo", "--beta", "0"], "hdpo.beta = 0"),
     ("no_sft", ["hdpo"], "the SFT model"),
     ("no_sft", ["pairs"], "not found in"),
     (None, ["hdpo", "--variant", "nope", "--gamma", "1"], "no variant 'nope'"),
+    (None, ["hdpo", "--variant", "dpo", "--set", "hdpo.variants.dpo.init=sft@nope"], "names no variant of sft"),
+    ("no_sft", ["hdpo", "--variant", "dpo_global"], "sft --variant global"),
 ])
 def test_bad_preference_input_exits_2(paired_project, tmp_path, setup, args, message):
     project = copy_project(paired_project, tmp_path / "p")

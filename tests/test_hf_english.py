@@ -158,7 +158,7 @@ def test_squad_v2_keeps_unanswerable_questions_with_an_empty_answer_for_prepare_
     assert sorted(unanswerable) == ["5733be284776f41900661183", "5ad39d53604f3c001a3fe8d1"]
     assert all(ex.meta["unanswerable"] is True for ex in unanswerable.values())
     assert not any("unanswerable" in ex.meta for ex in examples if ex.answer)
-    kept = to_record(unanswerable["5733be284776f41900661183"], DataParams(drop_empty_answers=False), 0)
+    kept = to_record(unanswerable["5733be284776f41900661183"], DataParams(drop_empty_answers=False))
     assert kept["human_answer"] == "" and kept["question"] == "How fast do glaciers melt in summer?"
     assert kept["group_id"] == group_key("Glacier") and kept["split"] in ("train", "test")
 

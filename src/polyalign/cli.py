@@ -15,8 +15,10 @@ import typer
 from rich.markup import escape
 
 from polyalign.errors import UserError, describe, sigterm_stops, use_paths
+from polyalign.errors import shown as shown_path
 from polyalign.log import console, quiet_libraries
 from polyalign.params import Params, dump_params, load_params
+from polyalign.threads import limit_for_queue
 
 app = typer.Typer(
     name="polyalign",
@@ -64,6 +66,7 @@ def _setup(params_file: Path, overrides: list[str]) -> Params:
     logging.basicConfig(level="DEBUG" if debug else "WARNING", format="%(name)s: %(message)s")
     logging.getLogger("polyalign").setLevel(params.logging.level.upper())
     quiet_libraries(verbose=debug)
+    limit_for_queue()  # experiments that `dvc queue start -j N` runs side by side share the cores
     return params
 
 
@@ -108,7 +111,8 @@ def params(
 @app.command()
 def prepare(
     on_invalid: Annotated[str | None, typer.Option(help="error | skip: what a malformed input row does")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed of the hashed train/val/test split")] = None,
+    split_seed: Annotated[int | None, typer.Option(
+        help="data.split_seed: seed of the hashed train/val/test split")] = None,
     preset: Annotated[str | None, typer.Option(
         help="data.preset: default (data.sources) | paper-en | paper-zh | paper-all (the paper's hub corpora)")] = None,
     params_file: ParamsFile = Path("params.yaml"),
@@ -116,7 +120,8 @@ def prepare(
 ) -> None:
     """Read the data sources (params: data.sources, or a data.preset), clean, deduplicate and split them into
     data/prepared/{train,val,test}.parquet; counts and every dropped record go to reports/prepare.json."""
-    named = [f"data.on_invalid={on_invalid}"] * (on_invalid is not None) + [f"seed={seed}"] * (seed is not None)
+    named = [f"data.on_invalid={on_invalid}"] * (on_invalid is not None)
+    named += [f"data.split_seed={split_seed}"] * (split_seed is not None)
     named += [f"data.preset={preset}"] * (preset is not None)
 
     def action() -> None:
@@ -287,6 +292,42 @@ def report(
         reports = Path(params.paths.reports)
         builder.build(reports / "eval", reports, params.evaluate.compare)
         console.print(f"report: {reports / 'eval' / 'report.md'}")
+
+    _run(action)
+
+
+@app.command()
+def compare(
+    exp: Annotated[list[str], typer.Option(
+        "--exp", metavar="NAME", help="compare only these experiments (name, branch or commit prefix; repeatable)")] = [],  # noqa: B006
+    split: Annotated[str | None, typer.Option(
+        help="val | test: keep the runs evaluated on this split (without it, a mix of splits is refused)")] = None,
+    from_json: Annotated[Path | None, typer.Option(
+        "--from-json", help="read a file that `dvc exp show --json` wrote instead of this project's experiments")] = None,
+    params_file: ParamsFile = Path("params.yaml"),
+    overrides: Overrides = [],  # noqa: B006
+) -> None:
+    """Methods over seeds across DVC experiments (e.g. `dvc exp run --queue -S 'seed=1,2,3'`): runs that differ
+    only by seed form a configuration; per configuration each headline metric's mean, standard deviation and 95%
+    interval over seeds, and the evaluate.compare differences paired by seed with their sign counts:
+    reports/compare.{md,json,csv,png}."""
+
+    def action() -> None:
+        from polyalign.evaluation import compare as builder
+        from polyalign.evaluation import experiments
+
+        if split not in (None, "val", "test"):
+            raise UserError(f"compare: --split {split!r}: use val or test")
+        params = _setup(params_file, overrides)
+        shown = experiments.read_json(from_json) if from_json else experiments.read_project(Path("."))
+        found, skipped = experiments.runs(shown)
+        result = builder.compare(experiments.select(found, exp), split, params.evaluate.confidence)
+        for why, n in skipped.items():
+            result["left_out"][why] = result["left_out"].get(why, 0) + n
+        paths = builder.write(result, Path(params.paths.reports))
+        seeds = ", ".join(f"{g['label']}: {len(g['seeds'])}" for g in result["groups"])
+        console.print(f"compare: {len(result['groups'])} configuration(s) on the {result['split']} split, seeds "
+                      f"per configuration: {seeds} → {shown_path(paths['md'])}", highlight=False)
 
     _run(action)
 

@@ -6,6 +6,8 @@ so that a typo or a bad value stops the run with one clear message before any wo
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -176,6 +178,8 @@ class DataParams(Section):
     drop_empty_answers: bool = True
     zh_threshold: float = Field(0.2, gt=0, le=1, description="share of CJK among letters that makes text zh")
     split_ratios: SplitRatios = Field(default_factory=SplitRatios)
+    split_seed: int = Field(42, ge=0, le=2**32 - 1, description=(
+        "seeds the hashed split; the top-level seed does not, so every seed of a sweep sees the same split"))
     length_bins: LengthBins = Field(default_factory=LengthBins)
 
 
@@ -394,13 +398,16 @@ class HdpoVariant(Section):
     lam: float = Field(0.0, ge=0, description="weight of the distribution regulariser")
     alpha: float = Field(0.0, ge=0, description="weight of the NLL anchor on the human answer")
     weighting: Literal["uniform", "bucket"] = Field("uniform", description="pair weights w_i")
+    init: str = Field("sft@bucket", pattern=r"^sft@[A-Za-z0-9_.-]+$", description=(
+        "the SFT model the variant starts from, which is also its reference model"))
 
 
 class HdpoParams(Section):
-    """`hdpo@<variant>`: DPO (gamma = lam = alpha = 0, uniform weights) and HDPO from models/sft/bucket."""
+    """`hdpo@<variant>`: DPO (gamma = lam = alpha = 0, uniform weights) and HDPO, each from its `init` SFT model."""
 
     variants: dict[str, HdpoVariant] = Field(default_factory=lambda: {
-        "dpo": HdpoVariant(), "hdpo": HdpoVariant(gamma=1.0, lam=0.5, alpha=0.05, weighting="bucket")})
+        "dpo": HdpoVariant(), "hdpo": HdpoVariant(gamma=1.0, lam=0.5, alpha=0.05, weighting="bucket"),
+        "dpo_global": HdpoVariant(init="sft@global")})
     beta: float = Field(0.1, gt=0)
     m_max: float = Field(2.0, ge=0, description="the critic offset is clipped to [0, m_max]")
     label_smoothing: float = Field(
@@ -440,14 +447,18 @@ class EvaluateParams(Section):
     """`evaluate`: every method on the same test prompts with the same decoding, then the metrics (DESIGN §9)."""
 
     methods: list[Annotated[str, Field(pattern=METHOD_PATTERN)]] = Field(
-        default_factory=lambda: ["sft@global", "sft@bucket", "hdpo@dpo", "hdpo@hdpo"], min_length=1,
-        description="base | sft@<variant> | hdpo@<variant>")
+        default_factory=lambda: ["sft@global", "sft@bucket", "hdpo@dpo", "hdpo@hdpo", "hdpo@dpo_global"],
+        min_length=1, description="base | sft@<variant> | hdpo@<variant>")
     compare: list[tuple[str, str]] = Field(
-        default_factory=lambda: [("sft@bucket", "sft@global"), ("hdpo@hdpo", "hdpo@dpo")],
-        description="pairs (a, b): the report gives a - b with a paired bootstrap interval")
+        default_factory=lambda: [("sft@bucket", "sft@global"), ("hdpo@hdpo", "hdpo@dpo"),
+                                 ("hdpo@hdpo", "sft@bucket"), ("hdpo@dpo_global", "sft@global"),
+                                 ("hdpo@hdpo", "hdpo@dpo_global")],
+        description="pairs (a, b): a - b, with a paired bootstrap interval in the report and over seeds in "
+        "`polyalign compare`")
     split: Literal["test", "val"] = Field("test", description="the split the methods answer: tune on val, "
                                           "report test once")
-    max_prompts: int = Field(0, ge=0, description="evaluate a seeded subset of the split (0: all of it)")
+    max_prompts: int = Field(0, ge=0, description=(
+        "evaluate a fixed subset of the split, the same for every seed (0: all of it)"))
     generation: GenerationParams = Field(default_factory=GenerationParams)
     bootstrap_resamples: int = Field(1000, ge=0, description="0: no intervals")
     confidence: float = Field(0.95, gt=0, lt=1)
@@ -476,6 +487,9 @@ class EvaluateParams(Section):
         return self
 
 
+NOT_CONFIGURATION = ("seed", "logging")  # seeds vary within a configuration; logging changes no result
+
+
 class Params(Section):
     seed: int = Field(42, ge=0, le=2**32 - 1, description="NumPy and Lightning take seeds in [0, 2**32 - 1]")
     paths: PathsParams = Field(default_factory=PathsParams)
@@ -491,6 +505,12 @@ class Params(Section):
     pairs: PairsParams = Field(default_factory=PairsParams)
     hdpo: HdpoParams = Field(default_factory=HdpoParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+
+    def configuration_id(self) -> str:
+        """The configuration a run belongs to: a hash of every parameter but those in NOT_CONFIGURATION. Runs that
+        differ only by seed share it; it names their W&B group and their group in `polyalign compare`."""
+        settings = self.model_dump(mode="json", exclude=set(NOT_CONFIGURATION))
+        return "cfg-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
     @model_validator(mode="after")
     def _sampling(self) -> Params:

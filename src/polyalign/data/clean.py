@@ -92,7 +92,7 @@ def stratified_split(records: list[dict], pools: list[tuple[str, ...] | None], s
                 records[i]["split"] = split
 
 
-def to_record(ex: Example, data: DataParams, seed: int) -> dict | str:
+def to_record(ex: Example, data: DataParams) -> dict | str:
     """The record for `ex`, or the reason it is dropped."""
     question, answer, context = normalise(ex.question), normalise(ex.answer), normalise(ex.context)
     history = [{"role": role, "text": normalise(text)} for role, text in ex.history]
@@ -111,7 +111,7 @@ def to_record(ex: Example, data: DataParams, seed: int) -> dict | str:
     return {
         "id": ex.id or f"{ex.dataset}/{ex.origin.rsplit('/', 1)[-1]}",
         "dataset": ex.dataset,
-        "split": ex.split or hashed_split(seed, ex.group_id, data.split_ratios, ex.split_pool),
+        "split": ex.split or hashed_split(data.split_seed, ex.group_id, data.split_ratios, ex.split_pool),
         "language": language,
         "track": ex.track or ("multi" if history else "single"),
         "family": ex.family or "assistant",

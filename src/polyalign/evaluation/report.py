@@ -4,6 +4,7 @@ and PNG plots, and the same tables in a W&B run."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -89,7 +90,9 @@ def difference(a: dict, b: dict, group: str, metric: str) -> tuple[float, float,
 def metrics_json(results: Sequence[dict], compare: Sequence[Sequence[str]]) -> dict:
     """The evaluated split, and flat headline numbers per method: `<metric>` over all rows (n-weighted over
     buckets) and `<metric>_macro` (every bucket counts once), plus the compared differences."""
-    out: dict = {"split": results[0].get("split", "test")}  # which split these numbers are on: never mix them
+    # which rows these numbers are on: `polyalign compare` never mixes splits or row sets
+    ids = json.dumps(results[0]["test_ids"], ensure_ascii=False)
+    out: dict = {"split": results[0].get("split", "test"), "rows_sha256": hashlib.sha256(ids.encode()).hexdigest()}
     for r in results:
         flat = {}
         for metric in METRICS_JSON:
@@ -106,7 +109,7 @@ def metrics_json(results: Sequence[dict], compare: Sequence[Sequence[str]]) -> d
     return out
 
 
-def _fmt(x: float, digits: int = 3) -> str:
+def fmt_number(x: float, digits: int = 3) -> str:
     return "—" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
 
@@ -129,15 +132,15 @@ def _with_interval(v: float, bounds) -> str:
     if math.isnan(v):
         return "—"
     if low is None or math.isnan(_num(low)):
-        return _fmt(v)
-    return f"{_fmt(v)} [{_fmt(low)}, {_fmt(high)}]"
+        return fmt_number(v)
+    return f"{fmt_number(v)} [{fmt_number(low)}, {fmt_number(high)}]"
 
 
 def _label(result: dict) -> str:
     return f"{result['method']} (oracle)" if result.get("oracle") else result["method"]
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A markdown table; a "|" inside a cell (bucket ids) is escaped so that it does not split the cell."""
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
@@ -165,7 +168,7 @@ def _winners(results: Sequence[dict], group: str) -> list[list[str]]:
         verdict = "—" if math.isnan(low) else ("yes" if low <= 0 <= high else "no")
         rows.append([label, f"{better} is better", _cell(best, group, metric), _label(best),
                      _cell(second, group, metric), _label(second), _overlap(best, second, group, metric),
-                     f"{_fmt(diff)} [{_fmt(low)}, {_fmt(high)}]", verdict])
+                     f"{fmt_number(diff)} [{fmt_number(low)}, {fmt_number(high)}]", verdict])
     return rows
 
 
@@ -238,7 +241,7 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
         if n == 0:
             out.append(f"No {split} rows in this slice.\n")
             continue
-        out.append(_table(header, [[_label(r), *[_cell(r, group, m) for m, _, _ in HEADLINE]] for r in results]))
+        out.append(markdown_table(header, [[_label(r), *[_cell(r, group, m) for m, _, _ in HEADLINE]] for r in results]))
     by_name = {r["method"]: r for r in results}
     rows = []
     for a, b in compare:
@@ -250,40 +253,40 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
                         continue
                     excludes = "—" if math.isnan(low) else ("no" if low <= 0 <= high else "yes")
                     rows.append([f"{a} − {b}", group, f"{label} ({better} is better)",
-                                 f"{_fmt(diff)} [{_fmt(low)}, {_fmt(high)}]", excludes])
+                                 f"{fmt_number(diff)} [{fmt_number(low)}, {fmt_number(high)}]", excludes])
     if rows:
         out.append("## Differences (paired: the same half-samples for both methods)\n")
-        out.append(_table(["comparison", "group", "metric", "a − b [interval]", "interval excludes 0"], rows))
+        out.append(markdown_table(["comparison", "group", "metric", "a − b [interval]", "interval excludes 0"], rows))
     for group in ("overall", "macro"):
         rows = _winners(results, group)
         if rows:
             out.append(f"## Best method per metric ({group})\n")
-            out.append(_table(["metric", "direction", "best [interval]", "method", "runner-up [interval]", "method",
+            out.append(markdown_table(["metric", "direction", "best [interval]", "method", "runner-up [interval]", "method",
                                "intervals overlap", "best − runner-up, paired [interval]", "contains 0"], rows))
     out.append(f"## Diversity (all {split} rows; human answers first)\n")
-    div_rows = [["human", *[_fmt(_num(human["groups"]["overall"].get(m))) for m in DIVERSITY]]]
-    div_rows += [[_label(r), *[_fmt(value(r, "overall", m)) for m in DIVERSITY]] for r in results]
-    out.append(_table(["responses", "distinct-1", "distinct-2", "distinct-3", "self-BLEU-4"], div_rows))
+    div_rows = [["human", *[fmt_number(_num(human["groups"]["overall"].get(m))) for m in DIVERSITY]]]
+    div_rows += [[_label(r), *[fmt_number(value(r, "overall", m)) for m in DIVERSITY]] for r in results]
+    out.append(markdown_table(["responses", "distinct-1", "distinct-2", "distinct-3", "self-BLEU-4"], div_rows))
     out.append(f"## Human-support coverage per feature (all {split} rows)\n")
     out.append("Share of responses inside the bucket's human support band [q10, q90] of the training answers; the "
                "human test answers' own share is the target.\n")
     coverage = [human["groups"]["overall"].get("hcr_per_feature", {})] + [
         r["groups"]["overall"].get("hcr_per_feature", {}) for r in results]
-    out.append(_table(["feature", "human", *[_label(r) for r in results]],
-                      [[f, *[_fmt(_num(c.get(f)), 2) for c in coverage]] for f in coverage[0]]))
+    out.append(markdown_table(["feature", "human", *[_label(r) for r in results]],
+                      [[f, *[fmt_number(_num(c.get(f)), 2) for c in coverage]] for f in coverage[0]]))
     out.append("## MAUVE\n")
     if first.get("mauve") == "computed":
-        out.append(_table(["method", "conditional (per bucket, n-weighted)", "unconditional"],
-                          [[_label(r), _fmt(value(r, "overall", "mauve")),
-                            _fmt(_num(r["groups"]["overall"].get("mauve_unconditional")))] for r in results]))
+        out.append(markdown_table(["method", "conditional (per bucket, n-weighted)", "unconditional"],
+                          [[_label(r), fmt_number(value(r, "overall", "mauve")),
+                            fmt_number(_num(r["groups"]["overall"].get("mauve_unconditional")))] for r in results]))
     else:
         out.append(f"MAUVE {first.get('mauve')}.\n")
     out.append("## Naturalness–utility frontier\n")
     out.append("Macro over buckets, so every interaction context counts once.\n")
     points = frontier_points(results)
     front = pareto_front(points)
-    out.append(_table(["method", "naturalness exp(−BNG)", "utility (ROUGE-L)", "NUF score", "on the frontier"],
-                      [[_label(r), _fmt(p[0]), _fmt(p[1]), _cell(r, "macro", "nuf_score"),
+    out.append(markdown_table(["method", "naturalness exp(−BNG)", "utility (ROUGE-L)", "NUF score", "on the frontier"],
+                      [[_label(r), fmt_number(p[0]), fmt_number(p[1]), _cell(r, "macro", "nuf_score"),
                         "yes" if f else "no"] for r, p, f in zip(results, points, front)]))
     out.append("![frontier](frontier.png)\n")
     out.append("## Per bucket\n")
@@ -293,24 +296,24 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
         h = human["buckets"][b]
         for r in results:
             v = r["buckets"][b]
-            rows.append([b, str(v["n"]), _label(r), _fmt(_num(v.get("bng"))), _fmt(_num(v.get("hcr_joint"))),
-                         _fmt(_num(h.get("hcr_joint"))), _fmt(_num(v.get("length_mean")), 1),
-                         _fmt(_num(h.get("length_mean")), 1), _fmt(_num(v.get("f1"))), _bucket_cell(v, "c2st"),
+            rows.append([b, str(v["n"]), _label(r), fmt_number(_num(v.get("bng"))), fmt_number(_num(v.get("hcr_joint"))),
+                         fmt_number(_num(h.get("hcr_joint"))), fmt_number(_num(v.get("length_mean")), 1),
+                         fmt_number(_num(h.get("length_mean")), 1), fmt_number(_num(v.get("f1"))), _bucket_cell(v, "c2st"),
                          _count(v, "truncated_share"), _count(v, "replacement_char_share")])
     out.append("Truncated: responses that hit the generation budget without ending their turn; U+FFFD: responses "
                "with replacement characters (broken bytes).\n")
-    out.append(_table(["bucket", "n", "method", "BNG", "HCR joint", "HCR joint (human)", "length",
+    out.append(markdown_table(["bucket", "n", "method", "BNG", "HCR joint", "HCR joint (human)", "length",
                        "length (human)", "F1", "C2ST [interval]", "truncated", "U+FFFD"], rows))
     out.append("![lengths per slice](lengths.png)\n\n![per-bucket metrics](per_bucket.png)\n")
     out.append("## Diagnostics\n")
     out.append("The critic's distance is shown for completeness only: HDPO optimised it, so it cannot judge HDPO.\n")
-    out.append(_table(["method", "critic distance", "wrong language", "U+FFFD", "empty predictions",
+    out.append(markdown_table(["method", "critic distance", "wrong language", "U+FFFD", "empty predictions",
                        "generated tokens", "cache", "generation s", "NLL s", "metrics s"],
-                      [[_label(r), _fmt(value(r, "overall", "critic_distance")),
-                        _fmt(value(r, "overall", "wrong_language_share")),
-                        _fmt(value(r, "overall", "replacement_char_share")),
+                      [[_label(r), fmt_number(value(r, "overall", "critic_distance")),
+                        fmt_number(value(r, "overall", "wrong_language_share")),
+                        fmt_number(value(r, "overall", "replacement_char_share")),
                         str(r["counts"]["empty_predictions"]), str(r["generated_tokens"]), r["cache"],
-                        *[_fmt(r["timing_s"][k], 1) for k in ("generation", "nll", "metrics")]] for r in results]))
+                        *[fmt_number(r["timing_s"][k], 1) for k in ("generation", "nll", "metrics")]] for r in results]))
     out.append(METRIC_NOTES)
     return "\n".join(out)
 
@@ -470,8 +473,8 @@ def log_to_wandb(params, root: Path, built: dict) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     split = built["metrics"]["split"]
     run = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(logs), job_type="evaluate",
-                     group="evaluate", name=f"evaluate-{split}", config=params.model_dump(mode="json"),
-                     tags=["evaluate", split],
+                     group=params.configuration_id(), name=f"evaluate-{split}-seed{params.seed}",
+                     config=params.model_dump(mode="json"), tags=["evaluate", split, f"seed{params.seed}"],
                      settings=wandb_settings(params.logging.level))
     results = built["results"]
     columns = ["method", "group", *[m for m, _, _ in HEADLINE]]
@@ -480,8 +483,8 @@ def log_to_wandb(params, root: Path, built: dict) -> None:
                for r in results for b, v in sorted(r["buckets"].items())]
     run.log({"eval/ablation": wandb.Table(columns=columns, data=ablation),
              "eval/per_bucket": wandb.Table(columns=["method", "bucket", "n", *columns[2:]], data=buckets)})
-    run.summary.update({f"{method}/{k}": v for method, flat in built["metrics"].items()
-                        if method not in ("compare", "split") for k, v in flat.items() if not math.isnan(v)})
-    run.summary["split"] = split
+    run.summary.update({f"{method}/{k}": v for method, flat in built["metrics"].items() if isinstance(flat, dict)
+                        and method != "compare" for k, v in flat.items() if not math.isnan(v)})
+    run.summary.update({"split": split, "rows_sha256": built["metrics"]["rows_sha256"]})
     run.finish()
     announce_wandb_run(run, cfg.mode)

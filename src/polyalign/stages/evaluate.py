@@ -74,7 +74,8 @@ def _sha(data) -> str:
 
 
 def read_split(params: Params, root: Path) -> list[dict]:
-    """The records of `evaluate.split` (test or val) in id order, or the seeded subset `max_prompts` asks for."""
+    """The records of `evaluate.split` (test or val) in id order, or the subset `max_prompts` asks for: the ids
+    with the smallest hashes, so every method and every seed of a sweep is scored on the same rows."""
     split = params.evaluate.split
     path = root / params.paths.buckets / f"{split}.parquet"
     if not path.is_file():
@@ -84,8 +85,9 @@ def read_split(params: Params, root: Path) -> list[dict]:
         raise UserError(f"evaluate: {path} holds no {split} record")
     limit = params.evaluate.max_prompts
     if limit and len(rows) > limit:
-        keep = np.sort(np.random.default_rng(params.seed).choice(len(rows), size=limit, replace=False))
-        rows = [rows[i] for i in keep]
+        by_hash = sorted(rows, key=lambda r: (hashlib.blake2b(r["id"].encode(), digest_size=8).digest(), r["id"]))
+        kept = {r["id"] for r in by_hash[:limit]}
+        rows = [r for r in rows if r["id"] in kept]
     return rows
 
 

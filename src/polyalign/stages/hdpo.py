@@ -1,9 +1,12 @@
-"""Stage `hdpo@<variant>`: preference optimisation from `models/sft/bucket` on `data/pairs/`.
+"""Stage `hdpo@<variant>`: preference optimisation from the variant's `init` SFT model (`models/sft/<name>`,
+default sft@bucket) on `data/pairs/`, whose rejected responses were sampled from sft@bucket.
 
 `dpo` (gamma = lam = alpha = 0, uniform weights) is standard sigmoid DPO; `hdpo` adds the critic offset, the
 distribution regulariser and the NLL anchor (DESIGN §8). Reads params: seed, paths, prompt, trainer, hdpo
-(shared keys and `hdpo.variants.<variant>`), logging. Writes `models/hdpo/<variant>/` (save_pretrained form)
-and `reports/hdpo/<variant>.json`. Checkpoints go to `checkpoints/hdpo/<variant>/` for --resume.
+(shared keys and `hdpo.variants.<variant>`), the names of sft.variants, logging. Writes `models/hdpo/<variant>/`
+(save_pretrained form) and `reports/hdpo/<variant>.json`. A variant that starts from another model than the
+sampler gets its reference log-probs recomputed with its own start: the reference of DPO is the model it starts
+from. Checkpoints go to `checkpoints/hdpo/<variant>/` for --resume.
 """
 
 from __future__ import annotations
@@ -17,16 +20,19 @@ from transformers import AutoTokenizer
 from polyalign.errors import UserError, shown
 from polyalign.io import atomic_path, write_json, write_text
 from polyalign.log import console
+from polyalign.modeling.model import inference_device, load_model_dir
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.params import Params
 from polyalign.training.preference import (
     FINGERPRINT,
+    SAMPLER,
     PairCollator,
     PreferenceModule,
     encode_pair,
     fingerprint_changes,
     pair_dataloader,
     reference_fingerprint,
+    reference_logps,
 )
 from polyalign.training.trainer import (
     build_trainer,
@@ -60,9 +66,11 @@ def read_pairs(path: Path, need_ref: bool) -> list[dict]:
     return table.to_pylist()
 
 
-def check_reference(pairs_dir: Path, start: Path, renderer: PromptRenderer) -> None:
-    """Precomputed reference log-probs are only valid for the model and prompt format they were computed with:
-    refuse them when either changed since `pairs` ran."""
+def check_reference(pairs_dir: Path, start: Path, sampler: Path, renderer: PromptRenderer) -> bool:
+    """Precomputed reference log-probs are only valid for the model and prompt format they were computed with.
+    They are refused when the prompt format or the model that sampled the pairs (`sampler`) changed since
+    `pairs` ran. Returns whether they hold for `start`; when a variant starts from another model than the
+    sampler (`init: sft@global`), they do not, and the caller recomputes them with `start`."""
     path = pairs_dir / FINGERPRINT
     if not path.is_file():
         raise UserError(f"hdpo: {path} not found, so the precomputed reference log-probs cannot be checked "
@@ -71,11 +79,23 @@ def check_reference(pairs_dir: Path, start: Path, renderer: PromptRenderer) -> N
         stored = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"hdpo: {path} is not valid JSON ({exc}); rerun `polyalign pairs`") from None
+    if start != sampler and not fingerprint_changes(stored, reference_fingerprint(sampler, renderer)):
+        return False
     changes = fingerprint_changes(stored, reference_fingerprint(start, renderer))
     if changes:
         raise UserError(f"hdpo: the reference log-probs in {pairs_dir} were computed with another model or prompt "
                         f"format than hdpo uses now ({'; '.join(changes)}); rerun `polyalign pairs`, or set "
                         "hdpo.reference: frozen")
+    return True
+
+
+def recompute_reference(rows: list[dict], start: Path, renderer: PromptRenderer, accelerator: str) -> None:
+    """Replace the pairs' reference log-probs with those of `start`, the variant's own starting model."""
+    model, _ = load_model_dir(start, f"the starting model {start}")
+    model.to(inference_device(accelerator))
+    ref_c, ref_r = reference_logps(model, renderer, rows)
+    for r, c, rj in zip(rows, ref_c, ref_r):
+        r.update(ref_chosen_logp=float(c), ref_rejected_logp=float(rj))
 
 
 def run(params: Params, variant: str, root: Path = Path("."), resume: bool = False,
@@ -92,9 +112,14 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
     if variant not in h.variants:
         raise UserError(f"hdpo: no variant {variant!r}; params.yaml defines: {', '.join(h.variants)}")
     v = h.variants[variant]
-    start = root / params.paths.models / "sft" / "bucket"
+    sft_variant = v.init.removeprefix("sft@")
+    if sft_variant not in params.sft.variants:
+        raise UserError(f"hdpo.variants.{variant}.init: {v.init!r} names no variant of sft.variants "
+                        f"({', '.join(params.sft.variants)})")
+    start = root / params.paths.models / "sft" / sft_variant
     if not (start / "config.json").is_file():
-        raise UserError(f"hdpo: the SFT model {start} is missing (run `polyalign sft --variant bucket` first)")
+        raise UserError(f"hdpo: the SFT model {start} is missing (run `polyalign sft --variant {sft_variant}` "
+                        "first)")
     ckpt = last_checkpoint(root, params, "hdpo", variant, resume)
     pairs_dir = root / params.paths.data_pairs
     need_ref = h.reference == "precomputed"
@@ -104,8 +129,10 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
     tokenizer = AutoTokenizer.from_pretrained(start)
     renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
                               params.prompt.max_tokens)
-    if need_ref:
-        check_reference(pairs_dir, start, renderer)
+    if need_ref and not check_reference(pairs_dir, start, root / params.paths.models / SAMPLER, renderer):
+        recompute_reference(train + val, start, renderer, params.trainer.accelerator)
+        console.print(f"hdpo@{variant}: reference log-probs recomputed with {v.init} (the pairs were sampled "
+                      f"from sft@bucket)", highlight=False)
     for rows in (train, val):
         for r in rows:
             r.update(encode_pair(renderer, r))

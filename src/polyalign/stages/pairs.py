@@ -34,7 +34,7 @@ from polyalign.modeling.model import inference_device, load_model_dir
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.tokenizer import decode_response
 from polyalign.params import Family, Language, Params
-from polyalign.training.preference import FINGERPRINT, pair_examples, reference_fingerprint, score_examples
+from polyalign.training.preference import FINGERPRINT, SAMPLER, reference_fingerprint, reference_logps
 
 PROMPT_FIELDS = ("id", "language", "track", "family", "length_bin", "question", "context", "dialogue_history",
                  "bucket_id")
@@ -144,7 +144,7 @@ def critic_separation(records: list[dict], human_d: np.ndarray, samples: list[tu
     return out
 
 
-def finish(pairs: list[dict], critic: Critic, model, tokenizer, renderer: PromptRenderer, precompute: bool) -> None:
+def finish(pairs: list[dict], critic: Critic, model, renderer: PromptRenderer, precompute: bool) -> None:
     """Critic distances (sampled pairs already have them), weights normalised over the file, and optionally
     reference log-probs."""
     buckets = [p["bucket_id"] for p in pairs]
@@ -159,10 +159,7 @@ def finish(pairs: list[dict], critic: Critic, model, tokenizer, renderer: Prompt
         raw = np.array([len(pairs) / (len(counts) * counts[b]) for b in buckets])
     weights = raw / raw.mean()
     if precompute:
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else renderer.eot_ids[0]
-        examples = [pair_examples(renderer, p) for p in pairs]
-        ref_c = score_examples(model, [c for c, _ in examples], pad_id)
-        ref_r = score_examples(model, [r for _, r in examples], pad_id)
+        ref_c, ref_r = reference_logps(model, renderer, pairs)
     for i, p in enumerate(pairs):
         p.pop("balance_weight", None)
         p["weight"] = float(weights[i])
@@ -177,7 +174,7 @@ def model_context(model) -> int | None:
 def run(params: Params, root: Path = Path(".")) -> dict:
     cfg = params.pairs
     models = root / params.paths.models
-    start = models / "sft" / "bucket"
+    start = models / SAMPLER
     model, tokenizer = load_model_dir(start, "the bucket-aware SFT model (sft@bucket)")
     model.to(inference_device(params.trainer.accelerator))
     critic = Critic.load(models / "critic")
@@ -210,7 +207,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
             report[f"{split}_budget_mean"] = float(np.mean(budgets)) if budgets else 0.0
         if not pairs:
             raise UserError(f"pairs: no usable {split} pair ({dict(dropped)})")
-        finish(pairs, critic, model, tokenizer, renderer, cfg.precompute_ref)
+        finish(pairs, critic, model, renderer, cfg.precompute_ref)
         out[split] = pairs
         report[f"{split}_pairs"] = len(pairs)
         report[f"{split}_dropped"] = dict(dropped)

@@ -4,7 +4,7 @@ conversation level; see `data.clean.stratified_split`), drop exact duplicates, w
 `data/prepared/{train,val,test}.parquet` and `reports/prepare.json` (with records per slice and split and the
 slices a split lacks).
 
-Reads params: seed, paths, data. Every record that does not reach a split is counted by reason in the
+Reads params: paths, data (`data.split_seed` seeds the split, not the top-level seed). Every record that does not reach a split is counted by reason in the
 report and listed in `reports/prepare_dropped.jsonl` (origins relative to the project root). A split left
 empty is refused (exit 2): `bucketize` builds references from train, `sft` validates on val and `evaluate`
 tests on test. The outputs replace the previous ones all together or not at all.
@@ -60,7 +60,7 @@ def run(params: Params, root: Path = Path("."), *, require_every_split: bool = T
                     reason, entry = item.reason, {"origin": portable(item.origin, root), "field": item.field,
                                                   "message": item.message}
                 else:
-                    record = to_record(item, data, params.seed)
+                    record = to_record(item, data)
                     if isinstance(record, dict):
                         record["_source"] = label
                         records.append(record)
@@ -70,7 +70,7 @@ def run(params: Params, root: Path = Path("."), *, require_every_split: bool = T
                 stats["dropped"][reason] += 1
                 dropped.append({"source": label, "reason": reason, **entry})
 
-    stratified_split(records, pools, params.seed, data.split_ratios)
+    stratified_split(records, pools, data.split_seed, data.split_ratios)
     hashed_groups = len({r["group_id"] for r, pool in zip(records, pools) if pool is not None})
     records, duplicates = deduplicate(records)
     for rec in duplicates:

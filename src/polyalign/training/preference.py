@@ -25,6 +25,7 @@ from polyalign.training.samplers import EpochBatchSampler, ResumableDataLoader
 from polyalign.training.sft import lora_wrap, make_optimizer
 
 FINGERPRINT = "fingerprint.json"  # beside the pairs: what their precomputed reference log-probs were computed with
+SAMPLER = Path("sft") / "bucket"  # under paths.models: the model `pairs` samples from and scores with (sft@bucket)
 
 
 def pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -101,6 +102,16 @@ def response_logps(model, examples: list[dict[str, Any]], pad_id: int,
 def score_examples(model, examples: list[dict[str, Any]], pad_id: int, batch_size: int = 16) -> np.ndarray:
     """Summed response log-probs of examples (input_ids + labels) under `model`, batched."""
     return response_logps(model, examples, pad_id, batch_size)[0]
+
+
+def reference_logps(model, renderer: PromptRenderer, pairs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """The reference log-probs of both sides of every pair under `model` (what `hdpo.reference: precomputed`
+    trains against)."""
+    tokenizer = renderer.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else renderer.eot_ids[0]
+    examples = [pair_examples(renderer, p) for p in pairs]
+    return score_examples(model, [c for c, _ in examples], pad_id), score_examples(model, [r for _, r in examples],
+                                                                                   pad_id)
 
 
 class PairCollator:

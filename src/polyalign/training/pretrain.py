@@ -65,4 +65,5 @@ def pretrain(model, tokenizer, texts: Sequence[str], *, epochs: int, lr: float, 
     model.eval()
     last = module.losses[-max(1, len(module.losses) // 10):]  # the last tenth of the steps: less noise
     return {"pretrain_texts": len(distinct), "pretrain_tokens": int(blocks.numel()), "pretrain_steps": total_steps,
-            "pretrain_loss": round(sum(last) / len(last), 4), "pretrain_seconds": round(time.perf_counter() - start, 1)}
+            "pretrain_loss": round(sum(last) / len(last), 4), "pretrain_seconds": round(time.perf_counter() - start, 1),
+            "pretrain_threads": torch.get_num_threads()}  # seconds depend on them (a queued experiment gets a share)

@@ -116,9 +116,10 @@ def wandb_logger(params: Params, stage: str, variant: str, save_dir: Path) -> Wa
         return None
     save_dir.mkdir(parents=True, exist_ok=True)
     # offline: a local run folder under logs/wandb, no account and no network; never wandb.login()
-    logger = WandbLogger(project=cfg.project, entity=cfg.entity, group=stage, job_type=stage,
-                         name=f"{stage}-{variant}", save_dir=str(save_dir), mode=cfg.mode,
-                         config=params.model_dump(mode="json"), tags=[stage, variant],
+    # W&B's convention for seeds: one group per configuration, the seeds' runs inside it, the stage as job type
+    logger = WandbLogger(project=cfg.project, entity=cfg.entity, group=params.configuration_id(), job_type=stage,
+                         name=f"{stage}-{variant}-seed{params.seed}", save_dir=str(save_dir), mode=cfg.mode,
+                         config=params.model_dump(mode="json"), tags=[stage, variant, f"seed{params.seed}"],
                          settings=wandb_settings(params.logging.level))
     # Lightning 2.6 always passes `anonymous` (None), which W&B 0.31 deprecated: it then warns on every run
     logger._wandb_init.pop("anonymous", None)
