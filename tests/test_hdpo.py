@@ -125,6 +125,25 @@ def test_sampled_rejected_sides_are_scored_as_generated_and_truncated_ones_do_no
     assert {"val_critic_auroc_human_vs_sample/en", "val_critic_auroc_human_vs_sample/zh"} <= set(report)
 
 
+def test_on_policy_pairs_choose_the_nearest_sample_and_hdpo_anchors_on_the_human_answer(paired_project, tmp_path):
+    project = copy_project(paired_project, tmp_path / "p")
+    cli(["pairs", "--set", "pairs.chosen=nearest_sample", "--set", "pairs.k=3"], project)
+    rows = pq.read_table(project / "data/pairs/train.parquet").to_pylist()
+    assert rows and all(r["chosen_ids"] is not None and r["human_answer"] for r in rows)
+    assert all(r["d_chosen"] <= r["d_rejected"] for r in rows)  # the nearest sample against the farthest other
+    assert json.loads((project / "reports/pairs.json").read_text())["train_chosen_sampled"] == 1.0
+    path = project / "models/sft/bucket"
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer, renderer = renderer_for(path)
+    for row in rows[:5]:  # the chosen sample is scored from the ids the model generated
+        chosen, _ = pair_examples(renderer, row)
+        assert [t for t in chosen["labels"] if t != -100][:len(row["chosen_ids"])] == row["chosen_ids"]
+        ref = score_examples(model, [chosen], tokenizer.pad_token_id)[0]
+        assert ref == pytest.approx(row["ref_chosen_logp"], rel=1e-5)
+    cli(["hdpo", "--variant", "hdpo", "--set", "hdpo.max_steps=2"], project)  # alpha > 0: the anchor's pass
+    assert json.loads((project / "reports/hdpo/hdpo.json").read_text())["steps"] == 2
+
+
 def test_pairs_can_drop_truncated_samples_and_count_them(paired_project, tmp_path):
     project = copy_project(paired_project, tmp_path / "p")
     cli(["pairs", "--set", "pairs.truncated=drop", "--set", "pairs.max_prompts=24"], project)
@@ -201,6 +220,12 @@ def test_short_preference_run_learns_the_pairs_and_exports_plain_transformers(pa
     report = json.loads((project / f"reports/hdpo/{variant}.json").read_text())
     assert report["train_reward_accuracy_last_10pct"] > 0.5 and report["beta"] == 0.2
     assert report["val_reward_accuracy_per_bucket"]
+    # diagnostics per validation: the log-probs against their reference values (displacement shows here)
+    val = pq.read_table(project / "data/pairs/val.parquet").to_pylist()
+    assert report["val_ref_logps_chosen"] == pytest.approx(np.mean([r["ref_chosen_logp"] for r in val]), rel=1e-5)
+    assert len(report["val_history"]) >= 2 and report["val_history"][-1]["logps_chosen"] == pytest.approx(
+        report["val_logps_chosen"])
+    assert report["val_logps_chosen"] != pytest.approx(report["val_ref_logps_chosen"])  # the policy moved
     before = AutoModelForCausalLM.from_pretrained(project / "models/sft/bucket").state_dict()
     after = AutoModelForCausalLM.from_pretrained(project / f"models/hdpo/{variant}").state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -246,3 +246,14 @@ def test_ipo_gradient_matches_the_hand_derived_one():
     loss.backward()
     assert pc.grad.tolist() == pytest.approx([2 * (0.45 - 5) / (2 * 5), 2 * (-0.225 - 1) / (2 * 10)], rel=1e-12)
     assert pr.grad.tolist() == pytest.approx([-2 * (0.45 - 5) / (2 * 4), -2 * (-0.225 - 1) / (2 * 8)], rel=1e-12)
+
+
+def test_the_nll_anchor_scores_the_human_answers_when_the_chosen_sides_are_samples():
+    human_logps, human_lengths = torch.tensor([-6.0, -30.0]), torch.tensor([3.0, 10.0])
+    base, base_parts = hdpo_loss(PC, PR, RC, RR, LC, LR, DC, DR, beta=0.5)
+    loss, parts = hdpo_loss(PC, PR, RC, RR, LC, LR, DC, DR, beta=0.5, alpha=0.2,
+                            anchor=(human_logps, human_lengths))
+    nll = (6 / 3 + 30 / 10) / 2  # the human answers' per-token NLL, not the chosen samples' (10/5 + 20/10) / 2
+    assert parts["hdpo/nll"].item() == pytest.approx(nll)
+    assert loss.item() == pytest.approx(base.item() + 0.2 * nll)
+    assert parts["rewards/margins"] == base_parts["rewards/margins"]  # the preference term is the pairs' own

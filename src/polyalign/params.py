@@ -381,10 +381,18 @@ class GenerationParams(Section):
 
 
 class PairsParams(Section):
-    """`pairs`: chosen = the human answer, rejected = a sample of models/sft/bucket (or the user's own data)."""
+    """`pairs`: chosen = the human answer or a sample, rejected = a sample of models/sft/bucket (or the user's own
+    pairs)."""
 
     k: int = Field(2, ge=1, description="samples per prompt")
-    rejected: Literal["first", "farthest"] = Field("farthest", description="farthest = largest critic distance")
+    chosen: Literal["human", "nearest_sample", "mixed"] = Field(
+        "human", description="human answer | the sample nearest to human support (on-policy) | mixed: the human "
+        "answer with probability human_share")
+    human_share: float = Field(0.5, ge=0, le=1, description="mixed: probability that the chosen side is human")
+    rejected: Literal["first", "farthest", "random"] = Field(
+        "farthest", description="among the other samples: farthest = largest critic distance | first | random")
+    min_gap: float | None = Field(
+        None, description="drop pairs whose critic-distance gap d_rejected - d_chosen is below this (null: keep all)")
     truncated: Literal["keep", "drop"] = Field(
         "keep", description="samples cut by their token budget: keep (scored without an end-of-turn token) | drop")
     precompute_ref: bool = Field(True, description="store the reference model's log-probs of both sides")
@@ -514,6 +522,9 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _sampling(self) -> Params:
+        if self.pairs.chosen != "human" and self.pairs.k < 2 and self.pairs.preference_file is None:
+            raise ValueError(f"pairs.chosen: {self.pairs.chosen} takes both sides from the samples, so it needs "
+                             f"pairs.k >= 2 (got {self.pairs.k})")
         if self.generation.temperature == 0 and self.pairs.k > 1 and self.pairs.preference_file is None:
             raise ValueError(f"generation.temperature = 0 decodes greedily, so pairs.k = {self.pairs.k} samples of a "
                              "prompt would all be the same; set pairs.k: 1 or a temperature > 0")

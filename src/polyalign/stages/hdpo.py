@@ -138,7 +138,10 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
             r.update(encode_pair(renderer, r))
     buckets = sorted({r["bucket_id"] for r in train + val})
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else renderer.eot_ids[0]
-    collate = PairCollator(pad_id, {b: i for i, b in enumerate(buckets)}, uniform=v.weighting == "uniform")
+    # sampled chosen sides (pairs.chosen: nearest_sample | mixed): the NLL anchor scores the human answers apart
+    anchor = v.alpha > 0 and any(r.get("chosen_ids") is not None for r in train + val)
+    collate = PairCollator(pad_id, {b: i for i, b in enumerate(buckets)}, uniform=v.weighting == "uniform",
+                           anchor=anchor)
 
     trainer = build_trainer(params, root, "hdpo", variant, max_epochs=h.epochs, max_steps=h.max_steps,
                             accumulate=h.accumulate_grad_batches, clip=h.gradient_clip_val, val_every_n_steps=0,
@@ -174,6 +177,12 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
         "train_reward_accuracy_last_10pct": sum(x[2] for x in tail) / len(tail),
         "val_loss": metrics["loss"], "val_reward_accuracy": metrics["accuracy"],
         "val_reward_accuracy_per_bucket": metrics["per_bucket"],
+        # mean val log-probs: below the reference's, the chosen side has lost likelihood (displacement)
+        "val_logps_chosen": metrics["logps_chosen"], "val_ref_logps_chosen": metrics["ref_logps_chosen"],
+        "val_logps_rejected": metrics["logps_rejected"], "val_ref_logps_rejected": metrics["ref_logps_rejected"],
+        "val_reward_margin": metrics["margin"],
+        "val_history": [dict(zip(("step", "loss", "reward_accuracy", *PreferenceModule.SUMS), row))
+                        for row in module.history["val"]],
     }
     write_json(reports / f"{variant}.json", report)
     finish_loggers(trainer)

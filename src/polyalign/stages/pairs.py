@@ -1,13 +1,16 @@
-"""Stage `pairs`: preference pairs for HDPO. Chosen = the human answer; rejected = one of `pairs.k` samples of
-`models/sft/bucket` (`first`, or `farthest` by critic distance), or the user's own pairs
-(`pairs.preference_file`). Empty sides and samples identical to the human answer are dropped and counted.
+"""Stage `pairs`: preference pairs for HDPO from `pairs.k` samples per prompt of `models/sft/bucket`, or the user's
+own pairs (`pairs.preference_file`). Chosen = the human answer, the sample nearest to human support (on-policy)
+or either (`pairs.chosen`); rejected = another sample (`first`, `farthest` by critic distance or `random`). Empty
+sides, samples identical to the human answer and (with `pairs.min_gap`) pairs whose critic-distance gap is too
+small are dropped and counted.
 
 Each prompt's token budget comes from `generation` (by default 1.5 x the q90 length of its bucket's training
 answers). A sample its budget cut is kept with `rejected_truncated` (and scored without an end-of-turn token)
 or dropped (`pairs.truncated`); samples are stored and scored as the token ids the model generated.
 
 Reads params: seed, paths, prompt, generation, pairs, trainer.accelerator. Writes `data/pairs/{train,val}.parquet`
-(prompt fields, chosen, rejected, rejected_ids, rejected_truncated, bucket, critic distances d_chosen/d_rejected,
+(prompt fields, human_answer, chosen, chosen_ids and chosen_truncated for a sampled chosen side, rejected,
+rejected_ids, rejected_truncated, bucket, critic distances d_chosen/d_rejected,
 bucket-balanced weight normalised over the file, and with `precompute_ref` the reference model's summed log-probs
 of both sides), `data/pairs/fingerprint.json` (what those log-probs were computed with) and `reports/pairs.json`.
 """
@@ -85,7 +88,8 @@ def read_preference_file(path: str, root: Path) -> list[dict]:
 
 def sampled_pairs(records: list[dict], model, tokenizer, renderer: PromptRenderer, critic: Critic,
                   params: Params, budgets: list[int], seed: int, dropped: Counter, report: dict) -> list[dict]:
-    """Sample `pairs.k` responses per prompt and pair the human answer (chosen) with one of them (rejected).
+    """Sample `pairs.k` responses per prompt and pair them up (`pick_pair`: chosen = the human answer or the
+    nearest sample, rejected = another sample).
 
     Samples keep the token ids the model generated and their `truncated` flag (cut by the budget, no end of
     turn); `pairs.truncated: drop` leaves truncated samples out. `report` gets the share of truncated samples
@@ -115,19 +119,56 @@ def sampled_pairs(records: list[dict], model, tokenizer, renderer: PromptRendere
             dropped["truncated_sample"] += 1
         else:
             candidates[i].append((float(d), text, sample))
+    rng = np.random.default_rng(seed)
     pairs = []
     for record, options, d_human in zip(records, candidates, human_d):
-        if not record["human_answer"].strip():
-            dropped["empty_chosen"] += 1
-        elif not options:
-            dropped["no_usable_sample"] += 1
-        else:
-            d, text, sample = max(options, key=lambda o: o[0]) if cfg.rejected == "farthest" else options[0]
-            pairs.append({**{k: record[k] for k in PROMPT_FIELDS}, "chosen": record["human_answer"],
-                          "rejected": text, "rejected_ids": sample.ids, "rejected_truncated": sample.truncated,
-                          "balance_weight": record["bucket_weight"], "d_chosen": float(d_human),
-                          "d_rejected": d})
+        human = (float(d_human), record["human_answer"], None) if record["human_answer"].strip() else None
+        picked = pick_pair(human, options, cfg.chosen, cfg.rejected, cfg.human_share, cfg.min_gap, rng)
+        if isinstance(picked, str):
+            dropped[picked] += 1
+            continue
+        (d_c, chosen, c_sample), (d_r, rejected, r_sample) = picked
+        pairs.append({**{k: record[k] for k in PROMPT_FIELDS}, "human_answer": record["human_answer"],
+                      "chosen": chosen, "chosen_ids": None if c_sample is None else c_sample.ids,
+                      "chosen_truncated": c_sample is not None and c_sample.truncated,
+                      "rejected": rejected, "rejected_ids": r_sample.ids, "rejected_truncated": r_sample.truncated,
+                      "balance_weight": record["bucket_weight"], "d_chosen": d_c, "d_rejected": d_r})
     return pairs
+
+
+Candidate = tuple[float, str, "Sample | None"]  # critic distance, text, the sample (None: the human answer)
+
+
+def pick_pair(human: Candidate | None, samples: list[Candidate], chosen: str, rejected: str, human_share: float,
+              min_gap: float | None, rng: np.random.Generator) -> tuple[Candidate, Candidate] | str:
+    """The (chosen, rejected) pair of one prompt, or why it has none.
+
+    chosen: `human` the human answer; `nearest_sample` the sample nearest to human support (smallest critic
+    distance: an on-policy chosen side); `mixed` the human answer with probability `human_share`, else the nearest
+    sample. rejected, among the samples left: `farthest` (largest distance), `first` (the first drawn) or `random`.
+    A pair whose distance gap d_rejected - d_chosen is below `min_gap` is dropped."""
+    if chosen == "mixed":
+        chosen = "human" if rng.random() < human_share else "nearest_sample"
+    if chosen == "human":
+        if human is None:
+            return "empty_chosen"
+        pick, rest = human, samples
+    else:
+        if not samples:
+            return "no_usable_sample"
+        nearest = min(range(len(samples)), key=lambda i: samples[i][0])
+        pick, rest = samples[nearest], samples[:nearest] + samples[nearest + 1:]
+    if not rest:
+        return "no_usable_sample" if chosen == "human" else "one_usable_sample"
+    if rejected == "farthest":
+        other = max(rest, key=lambda o: o[0])
+    elif rejected == "random":
+        other = rest[int(rng.integers(len(rest)))]
+    else:
+        other = rest[0]
+    if min_gap is not None and other[0] - pick[0] < min_gap:
+        return "small_gap"
+    return pick, other
 
 
 def critic_separation(records: list[dict], human_d: np.ndarray, samples: list[tuple[int, float]]) -> dict:
@@ -180,8 +221,9 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     critic = Critic.load(models / "critic")
     renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
                               params.prompt.max_tokens)
-    report: dict = {"source": "file" if cfg.preference_file else "samples", "k": cfg.k, "rejected": cfg.rejected,
-                    "truncated": cfg.truncated, "budget": params.generation.budget}
+    report: dict = {"source": "file" if cfg.preference_file else "samples", "k": cfg.k, "chosen": cfg.chosen,
+                    "rejected": cfg.rejected, "min_gap": cfg.min_gap, "truncated": cfg.truncated,
+                    "budget": params.generation.budget}
     out: dict[str, list[dict]] = {}
     user_rows = read_preference_file(cfg.preference_file, root) if cfg.preference_file else None
     if user_rows is None:
@@ -194,7 +236,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
                 is_val[-1] = True
             pairs = [dict(r) for r, v in zip(user_rows, is_val) if v == (split == "val")]
             for p in pairs:
-                p.update(rejected_ids=None, rejected_truncated=False)
+                p.update(human_answer=p["chosen"], chosen_ids=None, chosen_truncated=False, rejected_ids=None,
+                         rejected_truncated=False)
         else:
             records = read_records(root / params.paths.buckets / f"{split}.parquet", cfg.max_prompts, params.seed)
             budgets = prompt_budgets(params.generation, tokenizer, train_answers, train_buckets,
@@ -212,6 +255,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         report[f"{split}_pairs"] = len(pairs)
         report[f"{split}_dropped"] = dict(dropped)
         report[f"{split}_rejected_truncated"] = float(np.mean([p["rejected_truncated"] for p in pairs]))
+        report[f"{split}_chosen_sampled"] = float(np.mean([p["chosen_ids"] is not None for p in pairs]))
         report[f"{split}_dist_gap"] = float(np.mean([p["d_rejected"] - p["d_chosen"] for p in pairs]))
         report[f"{split}_rejected_farther"] = float(np.mean([p["d_rejected"] > p["d_chosen"] for p in pairs]))
     with atomic_path(root / params.paths.data_pairs, directory=True) as tmp:

@@ -39,8 +39,13 @@ def pad(rows: list[list[int]], value: int) -> torch.Tensor:
 def pair_examples(renderer: PromptRenderer, row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The chosen and rejected training examples of a pair. A sampled rejected response is scored from the token
     ids the model generated (`rejected_ids`), and one that its budget cut (`rejected_truncated`) gets no
-    end-of-turn token; text-only sides (human answers, the user's own pairs) are encoded and end their turn."""
-    chosen = renderer.example({**row, "human_answer": row["chosen"]})
+    end-of-turn token; text-only sides (human answers, the user's own pairs) are encoded and end their turn. A
+    sampled chosen side (`chosen_ids`, `pairs.chosen: nearest_sample`) is scored as generated too."""
+    chosen_ids = row.get("chosen_ids")
+    if chosen_ids is None:
+        chosen = renderer.example({**row, "human_answer": row["chosen"]})
+    else:
+        chosen = renderer.example_from_ids(row, list(chosen_ids), ended=not row.get("chosen_truncated", False))
     ids = row.get("rejected_ids")
     if ids is None:
         rejected = renderer.example({**row, "human_answer": row["rejected"]})
@@ -50,9 +55,14 @@ def pair_examples(renderer: PromptRenderer, row: dict[str, Any]) -> tuple[dict[s
 
 
 def encode_pair(renderer: PromptRenderer, row: dict[str, Any]) -> dict[str, Any]:
+    """Both sides as token ids and labels, and the human answer's (the NLL anchor's): the chosen side's own when
+    it is the human answer."""
     chosen, rejected = pair_examples(renderer, row)
+    anchor = chosen if row.get("chosen_ids") is None else renderer.example(
+        {**row, "human_answer": row.get("human_answer") or row["chosen"]})
     return {"chosen_ids": chosen["input_ids"], "chosen_labels": chosen["labels"],
-            "rejected_ids": rejected["input_ids"], "rejected_labels": rejected["labels"]}
+            "rejected_ids": rejected["input_ids"], "rejected_labels": rejected["labels"],
+            "anchor_ids": anchor["input_ids"], "anchor_labels": anchor["labels"]}
 
 
 def reference_fingerprint(model_dir: Path, renderer: PromptRenderer) -> dict[str, Any]:
@@ -115,12 +125,16 @@ def reference_logps(model, renderer: PromptRenderer, pairs: list[dict[str, Any]]
 
 
 class PairCollator:
-    def __init__(self, pad_id: int, bucket_index: dict[str, int], uniform: bool):
-        self.pad_id, self.bucket_index, self.uniform = pad_id, bucket_index, uniform
+    """Chosen then rejected sequences in one padded batch (one forward pass scores both), and with `anchor` the
+    human answers after them, for the NLL anchor when the chosen sides are samples."""
+
+    def __init__(self, pad_id: int, bucket_index: dict[str, int], uniform: bool, anchor: bool = False):
+        self.pad_id, self.bucket_index, self.uniform, self.anchor = pad_id, bucket_index, uniform, anchor
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        seqs = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
-        labels = [r["chosen_labels"] for r in rows] + [r["rejected_labels"] for r in rows]
+        sides = ("chosen", "rejected", "anchor") if self.anchor else ("chosen", "rejected")
+        seqs = [r[f"{side}_ids"] for side in sides for r in rows]
+        labels = [r[f"{side}_labels"] for side in sides for r in rows]
         ids, lab = pad(seqs, self.pad_id), pad(labels, IGNORE_INDEX)
         mask = torch.zeros_like(ids)
         for i, s in enumerate(seqs):
@@ -170,11 +184,16 @@ class PreferenceModule(L.LightningModule):
             reference.requires_grad_(False)
             object.__setattr__(self, "reference", reference)  # not a submodule: not trained, not checkpointed
 
-    def _logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _forward(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probs and scored lengths of every sequence of the batch (chosen, rejected[, anchor])."""
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logps, lengths = sequence_logps(logits, batch["labels"])
-        n = len(logps) // 2
-        return logps[:n], logps[n:], lengths[:n].float(), lengths[n:].float()
+        return logps, lengths.float()
+
+    def _logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        logps, lengths = self._forward(model, batch)
+        n = len(batch["weight"])
+        return logps[:n], logps[n: 2 * n], lengths[:n], lengths[n: 2 * n]
 
     def reference_logps(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         if self.hdpo.reference == "precomputed":
@@ -188,12 +207,15 @@ class PreferenceModule(L.LightningModule):
         return c, r
 
     def _loss(self, batch):
-        pc, pr, lc, lr = self._logps(self.model, batch)
+        logps, lengths = self._forward(self.model, batch)
+        n = len(batch["weight"])
+        pc, pr, len_c, len_r = logps[:n], logps[n: 2 * n], lengths[:n], lengths[n: 2 * n]
+        anchor = (logps[2 * n:], lengths[2 * n:]) if len(logps) > 2 * n else None
         rc, rr = self.reference_logps(batch)
         v = self.variant
-        return hdpo_loss(pc, pr, rc, rr, lc, lr, batch["d_chosen"], batch["d_rejected"], batch["weight"],
+        return hdpo_loss(pc, pr, rc, rr, len_c, len_r, batch["d_chosen"], batch["d_rejected"], batch["weight"],
                          beta=self.hdpo.beta, gamma=v.gamma, lam=v.lam, alpha=v.alpha, m_max=self.hdpo.m_max,
-                         label_smoothing=self.hdpo.label_smoothing, loss_type=self.hdpo.loss_type)
+                         label_smoothing=self.hdpo.label_smoothing, loss_type=self.hdpo.loss_type, anchor=anchor)
 
     def training_step(self, batch, batch_idx):
         loss, parts = self._loss(batch)
@@ -213,36 +235,48 @@ class PreferenceModule(L.LightningModule):
         saved = checkpoint.get("polyalign_history", {})
         self.history = {k: [tuple(row) for row in saved.get(k, [])] for k in ("train", "val")}
 
+    # per validation, summed over pairs: the policy's and the reference's log-probs of both sides and the reward
+    # margin. A chosen log-prob falling below its reference value is likelihood displacement as it happens.
+    SUMS = ("logps_chosen", "logps_rejected", "ref_logps_chosen", "ref_logps_rejected", "margin")
+
     def on_validation_epoch_start(self):
         self._acc = torch.zeros(len(self.bucket_names), dtype=torch.float64, device=self.device)
         self._n = torch.zeros(len(self.bucket_names), dtype=torch.float64, device=self.device)
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._sums = torch.zeros(len(self.SUMS), dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch, batch_idx):
         with torch.no_grad():
             pc, pr, _, _ = self._logps(self.model, batch)
             rc, rr = self.reference_logps(batch)
             loss, _ = self._loss(batch)
-        correct = (((pc - rc) - (pr - rr)) > 0).double()
+        margin = self.hdpo.beta * ((pc - rc) - (pr - rr))
+        correct = (margin > 0).double()
         self._acc.index_add_(0, batch["bucket"], correct)
         self._n.index_add_(0, batch["bucket"], torch.ones_like(correct))
         self._loss_sum += loss.double() * len(correct)
+        self._sums += torch.stack([x.double().sum() for x in (pc, pr, rc, rr, margin)])
 
     def on_validation_epoch_end(self):
         acc = self.trainer.strategy.reduce(self._acc, reduce_op="sum")
         n = self.trainer.strategy.reduce(self._n, reduce_op="sum")
         loss_sum = self.trainer.strategy.reduce(self._loss_sum, reduce_op="sum")
+        sums = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
         total = n.sum().clamp(min=1)
+        means = {name: float(v) for name, v in zip(self.SUMS, sums / total)}
         self.log("val/loss", (loss_sum / total).float())
         self.log("val/rewards/accuracies", (acc.sum() / total).float())
+        self.log_dict({"val/logps/chosen": means["logps_chosen"], "val/logps/rejected": means["logps_rejected"],
+                       "val/rewards/margins": means["margin"]})
         per_bucket = {}
         for i in torch.nonzero(n > 0).flatten().tolist():
             per_bucket[self.bucket_names[i]] = float(acc[i] / n[i])
             self.log(f"val_bucket_accuracy/{self.bucket_names[i]}", per_bucket[self.bucket_names[i]])
         self.last_val = {"loss": float(loss_sum / total), "accuracy": float(acc.sum() / total),
-                         "per_bucket": per_bucket}
+                         "per_bucket": per_bucket, **means}
         if not self.trainer.sanity_checking:
-            self.history["val"].append((self.global_step, float(loss_sum / total), float(acc.sum() / total)))
+            self.history["val"].append((self.global_step, float(loss_sum / total), float(acc.sum() / total),
+                                        *(means[k] for k in self.SUMS)))
 
     def configure_optimizers(self):
         h = self.hdpo

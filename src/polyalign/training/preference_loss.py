@@ -6,7 +6,8 @@ For pair i with weight w_i (normalised over the whole dataset, mean 1), summed l
     m_i = gamma * clip(d_r,i - d_c,i, 0, m_max)                     critic offset (ODPO-style)
     L   = mean_i w_i * [-log sigma(h_i - m_i)]                      preference term
         + lam * mean_i [p_i * d_c,i + (1 - p_i) * d_r,i]            distribution regulariser
-        + alpha * mean_i [-log pi_theta(y_c) / |y_c|]                NLL anchor on the human answer
+        + alpha * mean_i [-log pi_theta(y_h) / |y_h|]                NLL anchor on the human answer y_h
+                                                                    (the chosen side, unless it is a sample)
     p_i = sigma(beta * (lbar_theta(y_c) - lbar_ref(y_c) - lbar_theta(y_r) + lbar_ref(y_r))),  lbar = log pi / |y|
 
 With gamma = lam = alpha = 0 and w = 1 this is standard sigmoid DPO (TRL 1.16's `loss_type="sigmoid"`). The
@@ -48,9 +49,11 @@ def hdpo_loss(
     ref_rejected: torch.Tensor, len_chosen: torch.Tensor, len_rejected: torch.Tensor, d_chosen: torch.Tensor,
     d_rejected: torch.Tensor, weights: torch.Tensor | None = None, *, beta: float, gamma: float = 0.0,
     lam: float = 0.0, alpha: float = 0.0, m_max: float = 2.0, label_smoothing: float = 0.0,
-    loss_type: str = "sigmoid",
+    loss_type: str = "sigmoid", anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss (a scalar) and its parts (detached scalars for logging)."""
+    """The loss (a scalar) and its parts (detached scalars for logging). `anchor` is the human answers' summed
+    log-probs and lengths for the NLL anchor when the chosen sides are model samples (None: the chosen side is
+    the human answer)."""
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     chosen_ratio = policy_chosen - ref_chosen
@@ -71,7 +74,8 @@ def hdpo_loss(
 
     p = torch.sigmoid(beta * mean_gap)
     regulariser = (p * d_chosen + (1 - p) * d_rejected).mean()
-    nll = (-policy_chosen / len_chosen.clamp(min=1)).mean()
+    anchor_logps, anchor_lengths = anchor if anchor is not None else (policy_chosen, len_chosen)
+    nll = (-anchor_logps / anchor_lengths.clamp(min=1)).mean()
     loss = preference_term + lam * regulariser + alpha * nll
 
     parts = {
