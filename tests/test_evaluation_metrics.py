@@ -3,6 +3,7 @@ generated responses are the human ones."""
 
 import math
 import random
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -109,6 +110,9 @@ def test_self_bleu_clipping_against_all_others_equals_a_direct_computation():
 def test_wasserstein_and_ks_by_hand():
     assert naturalness.wasserstein_1([0, 1, 3], [5, 6, 8]) == pytest.approx(5.0)
     assert naturalness.ks_statistic([1, 2, 3], [2, 3, 4]) == pytest.approx(1 / 3)
+    with warnings.catch_warnings():  # one response against one answer: scipy's p-value divides by zero, D does not
+        warnings.simplefilter("error")
+        assert naturalness.ks_statistic([3.0], [5.0]) == 1.0
     A, B = np.array([[0.0, 1], [1, 2], [3, 9]]), np.array([[5.0, 1], [6, 2], [8, 9]])
     assert naturalness.column_wasserstein(A, B).tolist() == pytest.approx([5.0, 0.0])
     C = np.array([[1.0, 0], [2, 4]])  # unequal sizes go through scipy

@@ -25,8 +25,10 @@ def wasserstein_1(a: Sequence[float], b: Sequence[float]) -> float:
 
 def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
     """The two-sample KS statistic D. Only D is used, and D does not depend on how the p-value is computed:
-    `asymp` skips the exact p-value, which fails (with a warning) on tied lengths."""
-    return float(ks_2samp(a, b, method="asymp").statistic)
+    `asymp` skips the exact p-value, which fails (with a warning) on tied lengths, and the errstate silences the
+    division by zero of its p-value for tiny samples (m n / (m + n) < 0.5), which D does not use."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(ks_2samp(a, b, method="asymp").statistic)
 
 
 def column_wasserstein(A: np.ndarray, B: np.ndarray) -> np.ndarray:
