@@ -231,6 +231,27 @@ def test_short_preference_run_learns_the_pairs_and_exports_plain_transformers(pa
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_select_val_bng_exports_the_validation_with_the_most_human_like_samples(paired_project, tmp_path):
+    from polyalign.params import load_params
+    from polyalign.stages.hdpo import naturalness_probe
+
+    project = copy_project(paired_project, tmp_path / "p")
+    cli(["hdpo", "--variant", "dpo", "--set", "hdpo.select=val_bng", "--set", "hdpo.epochs=3"], project)
+    report = json.loads((project / "reports/hdpo/dpo.json").read_text())
+    history = report["val_history"]
+    assert len(history) >= 3 and all(np.isfinite(h["bng_macro"]) and h["response_length"] > 0 for h in history)
+    best = min(history, key=lambda h: h["bng_macro"])
+    assert (report["select"], report["selected_step"]) == ("val_bng", best["step"])
+    # the exported weights are that validation's: the same probe on them gives the same number
+    params = load_params(project / "params.yaml")
+    tokenizer, _ = renderer_for(project / "models/hdpo/dpo")
+    renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
+                              params.prompt.max_tokens)
+    probe = naturalness_probe(params, project, project / "models/sft/bucket", tokenizer, renderer)
+    exported = AutoModelForCausalLM.from_pretrained(project / "models/hdpo/dpo").eval()
+    assert probe(exported)["bng_macro"] == pytest.approx(report["selected_score"], rel=1e-9)
+
+
 def test_frozen_reference_trains_like_precomputed(paired_project, tmp_path):
     a = copy_project(paired_project, tmp_path / "a")
     b = copy_project(paired_project, tmp_path / "b")

@@ -260,3 +260,27 @@ def test_warmup_then_cosine_decay():
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.1)
     assert f(55) == pytest.approx(0.1 + 0.9 * 0.5, abs=1e-9)
+
+
+def test_select_keeps_the_weights_of_the_validation_with_the_lowest_val_bng():
+    """A planted sequence of validations: the weights kept are those of the best one, not the last."""
+    from types import SimpleNamespace
+
+    from polyalign.training.preference import PreferenceModule
+
+    model = torch.nn.Linear(2, 1)
+    fake = SimpleNamespace(hdpo=SimpleNamespace(select="val_bng"), best=None, model=model)
+    for step, bng in [(10, 0.9), (20, 0.5), (30, math.nan), (40, 0.7)]:
+        with torch.no_grad():
+            model.weight.fill_(step)  # weights that name their step
+        fake.global_step, fake.last_val = step, {"loss": 1.0 / step, "bng_macro": bng}
+        PreferenceModule._keep_if_best(fake)
+    assert fake.best["step"] == 20 and fake.best["score"] == 0.5
+    selected = PreferenceModule.use_selected(fake)
+    assert selected == {"select": "val_bng", "selected_step": 20, "selected_score": 0.5}
+    assert torch.all(model.weight == 20)  # the exported weights are the selected validation's
+    fake.hdpo.select, fake.best = "val_loss", None
+    for step in (10, 20, 30):
+        fake.global_step, fake.last_val = step, {"loss": 1.0 / step, "bng_macro": 0.1}
+        PreferenceModule._keep_if_best(fake)
+    assert fake.best["step"] == 30  # the lowest val loss

@@ -431,6 +431,11 @@ class HdpoParams(Section):
     batch_size: int = Field(8, ge=1)
     accumulate_grad_batches: int = Field(1, ge=1)
     lr: float = Field(5e-4, gt=0)
+    val_prompts: int = Field(128, ge=0, description=(
+        "val prompts sampled at each validation for macro BNG, Len W1 and response length (0: none)"))
+    select: Literal["last", "val_loss", "val_bng"] = Field(
+        "last", description="the weights exported: the last step's, or those of the validation with the lowest "
+        "val loss or val macro BNG")
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
@@ -522,6 +527,8 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _sampling(self) -> Params:
+        if self.hdpo.select == "val_bng" and self.hdpo.val_prompts == 0:
+            raise ValueError("hdpo.select: val_bng needs sampled val responses: set hdpo.val_prompts > 0")
         if self.pairs.chosen != "human" and self.pairs.k < 2 and self.pairs.preference_file is None:
             raise ValueError(f"pairs.chosen: {self.pairs.chosen} takes both sides from the samples, so it needs "
                              f"pairs.k >= 2 (got {self.pairs.k})")
