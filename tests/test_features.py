@@ -1,6 +1,7 @@
 """Bilingual response features: the vectorised implementation against a plain per-text one, and what the
 features mean on hand-made English and Chinese responses."""
 
+import itertools
 import json
 import math
 import random
@@ -56,7 +57,7 @@ def plain_features(text: str) -> dict[str, float]:
         "n_paragraphs": len(re.findall(r"\n[\t\n\f\r ]*\n", text)) + 1,
         "ends_terminal": float(bool(re.search(r"[.!?…。！？][\"'”’」』)）]*\s*$", text))),
         "distinct_1": len(counts) / len(units) if units else 0.0,
-        "distinct_2": len(set(zip(units, units[1:]))) / (len(units) - 1) if len(units) > 1 else 0.0,
+        "distinct_2": len(set(itertools.pairwise(units))) / (len(units) - 1) if len(units) > 1 else 0.0,
         "repeat_3": 1 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0,
         "unit_entropy": (math.log2(len(units)) - sum(c * math.log2(c) for c in counts.values()) / len(units))
         if units else 0.0,

@@ -51,7 +51,7 @@ def test_cmrc2018_trial_is_all_chinese_single_turn_qa_and_nothing_is_lost(tmp_pa
     path = shared_file("cmrc2018/cmrc2018_trial.json")
     data = json.loads(path.read_text(encoding="utf-8"))["data"]
     expected = sum(len(p["qas"]) for article in data for p in article["paragraphs"])
-    params, report, rows = prepare_source(tmp_path, {"kind": "squad", "path": str(path)})
+    _, report, rows = prepare_source(tmp_path, {"kind": "squad", "path": str(path)})
     assert report["sources"]["cmrc2018_trial"]["read"] == expected
     assert report["records"] + report["dropped_total"] == expected
     assert {r["language"] for r in rows} == {"zh"} and {r["track"] for r in rows} == {"single"}
