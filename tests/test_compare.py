@@ -1,6 +1,8 @@
 """`polyalign compare` on hand-made experiment records (as `dvc exp show --json` writes them): means, standard
 deviations, t-intervals and sign counts checked against hand computation, and the refusals."""
 
+import csv
+import io
 import json
 import math
 
@@ -143,8 +145,16 @@ def test_cli_writes_markdown_json_csv_and_png_from_a_dvc_json_file(tmp_path):
     assert "| worse in 3/3 |" in md and "better in 1, worse in 1, tied in 1 of 3" in md
     saved = json.loads((tmp_path / "reports/compare.json").read_text(encoding="utf-8"))
     assert len(saved["groups"]) == 2
-    rows = (tmp_path / "reports/compare.csv").read_text(encoding="utf-8").splitlines()
-    assert rows[0].startswith("label,configuration,method,seeds,") and len(rows) == 5
+    rows = list(csv.reader((tmp_path / "reports/compare.csv").open(encoding="utf-8")))
+    assert rows[0][:5] == ["label", "configuration", "method", "seeds", "f1_macro"] and len(rows) == 5
+    assert rows[1][0] == "hdpo.beta=0.1 · sft@global" and float(rows[2][rows[0].index("bng_macro")]) == 0.9
     assert matplotlib.image.imread(tmp_path / "reports/compare.png").ndim == 3
     bad = cli(["compare", "--from-json", str(path), "--split", "dev"], tmp_path, check=False)
     assert bad.returncode == 2 and "use val or test" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_label_with_commas_and_quotes_survives_the_csv():
+    result = compare.compare(experiments.runs(grid())[0])
+    result["groups"][0]["label"] = 'data.preset="paper-en", hdpo.beta=0.3'
+    rows = list(csv.reader(io.StringIO(compare.table_csv(result))))
+    assert rows[1][0] == 'data.preset="paper-en", hdpo.beta=0.3 · sft@global' and len(rows[1]) == len(rows[0])

@@ -9,7 +9,9 @@ percentile bootstrap of the mean over seeds. One seed gives a mean and no interv
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import math
 from collections import Counter
@@ -218,18 +220,21 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def csv(result: dict[str, Any]) -> str:
+def table_csv(result: dict[str, Any]) -> str:
     """One row per configuration and method (for `dvc plots`): each metric's mean and interval over seeds."""
     names = [m for m, _, _ in METRICS]
-    lines = ["label,configuration,method,seeds," + ",".join(f"{m},{m}_low,{m}_high" for m in names)]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")  # labels hold commas and quotes (e.g. data.preset="paper-en")
+    writer.writerow(["label", "configuration", "method", "seeds",
+                     *[f"{m}{suffix}" for m in names for suffix in ("", "_low", "_high")]])
     several = len(result["groups"]) > 1
     for g in result["groups"]:
         for method, per in g["methods"].items():
-            label = f"{g['label']} · {method}" if several else method
             cells = [f"{per['summary'][m][k]:.6f}" if math.isfinite(per["summary"][m][k]) else ""
                      for m in names for k in ("mean", "low", "high")]
-            lines.append(",".join([f'"{label}"', g["id"], method, str(len(g["seeds"])), *cells]))
-    return "\n".join(lines) + "\n"
+            writer.writerow([f"{g['label']} · {method}" if several else method, g["id"], method, len(g["seeds"]),
+                             *cells])
+    return out.getvalue()
 
 
 def plot(result: dict[str, Any], path) -> None:
@@ -269,7 +274,7 @@ def write(result: dict[str, Any], reports: Path) -> dict[str, Path]:
     paths = {kind: reports / f"compare.{kind}" for kind in ("md", "json", "csv", "png")}
     write_text(paths["md"], markdown(result))
     write_json(paths["json"], result)
-    write_text(paths["csv"], csv(result))
+    write_text(paths["csv"], table_csv(result))
     with atomic_path(paths["png"]) as tmp:
         plot(result, tmp)
     return paths
