@@ -291,6 +291,7 @@ def test_a_variant_from_global_sft_starts_there_and_uses_it_as_its_reference(pai
     (None, ["hdpo", "--variant", "nope", "--gamma", "1"], "no variant 'nope'"),
     (None, ["hdpo", "--variant", "dpo", "--set", "hdpo.variants.dpo.init=sft@nope"], "names no variant of sft"),
     ("no_sft", ["hdpo", "--variant", "dpo_global"], "sft --variant global"),
+    ("no_val", ["hdpo", "--set", "hdpo.max_steps=1"], "or set hdpo.val_prompts: 0"),
 ])
 def test_bad_preference_input_exits_2(paired_project, tmp_path, setup, args, message):
     project = copy_project(paired_project, tmp_path / "p")
@@ -302,6 +303,8 @@ def test_bad_preference_input_exits_2(paired_project, tmp_path, setup, args, mes
         import shutil
 
         shutil.rmtree(project / "models/sft/bucket")
+    if setup == "no_val":
+        (project / "data/buckets/val.parquet").unlink()
     result = cli(args, project, check=False)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr

@@ -2,9 +2,11 @@
 default sft@bucket) on `data/pairs/`, whose rejected responses were sampled from sft@bucket.
 
 `dpo` (gamma = lam = alpha = 0, uniform weights) is standard sigmoid DPO; `hdpo` adds the critic offset, the
-distribution regulariser and the NLL anchor (DESIGN §8). Reads params: seed, paths, prompt, trainer, hdpo
-(shared keys and `hdpo.variants.<variant>`), the names of sft.variants, logging. Writes `models/hdpo/<variant>/`
-(save_pretrained form) and `reports/hdpo/<variant>.json`. A variant that starts from another model than the
+distribution regulariser and the NLL anchor (DESIGN §8). Reads params: seed, paths, prompt, trainer, generation,
+hdpo (shared keys and `hdpo.variants.<variant>`), the names of sft.variants, logging. Reads `data/pairs/`, the
+start model, and for the val probe (`hdpo.val_prompts`) `data/buckets/{val,train}.parquet` and
+`references.json`. Writes `models/hdpo/<variant>/` (save_pretrained form; with `hdpo.select`, the selected
+validation's weights) and `reports/hdpo/<variant>.json`. A variant that starts from another model than the
 sampler gets its reference log-probs recomputed with its own start: the reference of DPO is the model it starts
 from. Checkpoints go to `checkpoints/hdpo/<variant>/` for --resume.
 """
@@ -103,6 +105,10 @@ def naturalness_probe(params: Params, root: Path, start: Path, tokenizer, render
     if n == 0:
         return None
     buckets = root / params.paths.buckets
+    for name in ("val.parquet", "train.parquet"):
+        if not (buckets / name).is_file():
+            raise UserError(f"hdpo: {buckets / name} not found: hdpo.val_prompts samples val responses with the "
+                            "training answers' budgets (run `polyalign bucketize`, or set hdpo.val_prompts: 0)")
     records = pq.read_table(buckets / "val.parquet").to_pylist()
     if len(records) > n:
         records = [records[i] for i in np.sort(np.random.default_rng(params.seed).choice(len(records), n, False))]
