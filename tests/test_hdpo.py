@@ -236,10 +236,10 @@ def test_select_val_bng_exports_the_validation_with_the_most_human_like_samples(
     from polyalign.stages.hdpo import naturalness_probe
 
     project = copy_project(paired_project, tmp_path / "p")
-    cli(["hdpo", "--variant", "dpo", "--set", "hdpo.select=val_bng", "--set", "hdpo.epochs=3"], project)
+    cli(["hdpo", "--variant", "dpo", "--set", "hdpo.select=val_bng"], project)  # 2 epochs: 2 validations
     report = json.loads((project / "reports/hdpo/dpo.json").read_text())
     history = report["val_history"]
-    assert len(history) >= 3 and all(np.isfinite(h["bng_macro"]) and h["response_length"] > 0 for h in history)
+    assert len(history) >= 2 and all(np.isfinite(h["bng_macro"]) and h["response_length"] > 0 for h in history)
     best = min(history, key=lambda h: h["bng_macro"])
     assert (report["select"], report["selected_step"]) == ("val_bng", best["step"])
     # the exported weights are that validation's: the same probe on them gives the same number
