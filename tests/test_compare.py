@@ -61,6 +61,7 @@ def grid() -> list[dict]:
 def test_means_standard_deviations_t_intervals_and_sign_counts_match_hand_computation():
     found, skipped = experiments.runs(grid())
     assert len(found) == 6 and skipped == {"no evaluation": 1}  # the commit was never evaluated
+    assert compare.compare(found, split="test")["left_out"] == {}  # nothing left out, nothing to report
     result = compare.compare(found)
     assert result["split"] == "test" and [g["seeds"] for g in result["groups"]] == [[1, 2, 3], [1, 2, 3]]
     default, beta = sorted(result["groups"], key=lambda g: g["label"] != 'hdpo.beta=0.1')

@@ -113,7 +113,8 @@ def _check_rows(chosen: list[Run], split: str | None) -> tuple[list[Run], str, C
         chosen = [r for r in chosen if r not in unknown]
     splits = sorted({r.metrics["split"] for r in chosen})
     if split is not None:
-        left_out[f"other split than {split}"] += sum(r.metrics["split"] != split for r in chosen)
+        if other := sum(r.metrics["split"] != split for r in chosen):
+            left_out[f"other split than {split}"] += other
         chosen = [r for r in chosen if r.metrics["split"] == split]
     elif len(splits) > 1:
         names = "; ".join(f"{s}: {', '.join(r.name for r in chosen if r.metrics['split'] == s)}" for s in splits)
