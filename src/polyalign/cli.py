@@ -321,9 +321,7 @@ def compare(
         params = _setup(params_file, overrides)
         shown = experiments.read_json(from_json) if from_json else experiments.read_project(Path("."))
         found, skipped = experiments.runs(shown)
-        result = builder.compare(experiments.select(found, exp), split, params.evaluate.confidence)
-        for why, n in skipped.items():
-            result["left_out"][why] = result["left_out"].get(why, 0) + n
+        result = builder.compare(experiments.select(found, exp), split, params.evaluate.confidence, skipped)
         paths = builder.write(result, Path(params.paths.reports))
         seeds = ", ".join(f"{g['label']}: {len(g['seeds'])}" for g in result["groups"])
         console.print(f"compare: {len(result['groups'])} configuration(s) on the {result['split']} split, seeds "

@@ -503,6 +503,19 @@ class EvaluateParams(Section):
 NOT_CONFIGURATION = ("seed", "logging")  # seeds vary within a configuration; logging changes no result
 
 
+def settings_hash(settings: dict[str, Any]) -> str:
+    """A short, order-independent hash of JSON-able settings."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def flat_keys(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys: {"a": {"b": 1}} -> {"a.b": 1} (with `prefix`, "prefix.a.b")."""
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items()
+                for k, v in flat_keys(sub, f"{prefix}.{key}" if prefix else str(key)).items()}
+    return {prefix: value}
+
+
 class Params(Section):
     seed: int = Field(42, ge=0, le=2**32 - 1, description="NumPy and Lightning take seeds in [0, 2**32 - 1]")
     paths: PathsParams = Field(default_factory=PathsParams)
@@ -522,8 +535,7 @@ class Params(Section):
     def configuration_id(self) -> str:
         """The configuration a run belongs to: a hash of every parameter but those in NOT_CONFIGURATION. Runs that
         differ only by seed share it; it names their W&B group and their group in `polyalign compare`."""
-        settings = self.model_dump(mode="json", exclude=set(NOT_CONFIGURATION))
-        return "cfg-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+        return "cfg-" + settings_hash(self.model_dump(mode="json", exclude=set(NOT_CONFIGURATION)))
 
     @model_validator(mode="after")
     def _sampling(self) -> Params:

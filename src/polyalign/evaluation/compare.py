@@ -10,7 +10,6 @@ percentile bootstrap of the mean over seeds. One seed gives a mean and no interv
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -31,7 +30,7 @@ from polyalign.errors import UserError
 from polyalign.evaluation.experiments import Run
 from polyalign.evaluation.report import RANKED, fmt_number, markdown_table
 from polyalign.io import atomic_path, write_json, write_text
-from polyalign.params import NOT_CONFIGURATION, Params
+from polyalign.params import NOT_CONFIGURATION, Params, flat_keys, settings_hash
 
 BOOTSTRAP_MIN_SEEDS = 5
 BOOTSTRAP_RESAMPLES = 9999
@@ -79,17 +78,8 @@ def configuration(params: dict) -> tuple[str, dict[str, Any]]:
         model = Params.model_validate(params)
     except ValidationError:
         raw = {k: v for k, v in params.items() if k not in NOT_CONFIGURATION}
-        return "raw-" + hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:10], _flat(raw)
-    return model.configuration_id(), _flat(model.model_dump(mode="json", exclude=set(NOT_CONFIGURATION)))
-
-
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): data}
+        return "raw-" + settings_hash(raw), flat_keys(raw)
+    return model.configuration_id(), flat_keys(model.model_dump(mode="json", exclude=set(NOT_CONFIGURATION)))
 
 
 def _labels(flats: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -131,9 +121,12 @@ def _check_rows(chosen: list[Run], split: str | None) -> tuple[list[Run], str, C
     return chosen, chosen[0].metrics["split"], left_out
 
 
-def compare(found: list[Run], split: str | None = None, confidence: float = 0.95) -> dict[str, Any]:
-    """Group the runs by configuration and summarise each over its seeds (see the module docstring)."""
+def compare(found: list[Run], split: str | None = None, confidence: float = 0.95,
+            skipped: Counter | None = None) -> dict[str, Any]:
+    """Group the runs by configuration and summarise each over its seeds (see the module docstring). `skipped`
+    counts what reading the experiments already left out, by reason."""
     chosen, split, left_out = _check_rows(found, split)
+    left_out.update(skipped or {})
     by_config: dict[str, dict[int, Run]] = {}
     flats: dict[str, dict[str, Any]] = {}
     for run in sorted(chosen, key=lambda r: r.timestamp, reverse=True):  # the newest run of a seed counts

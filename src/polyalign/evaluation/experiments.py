@@ -94,8 +94,12 @@ def select(found: list[Run], names: Sequence[str]) -> list[Run]:
     """The runs named (by experiment name, branch name or a prefix of their commit of at least 4 characters)."""
     if not names:
         return found
-    chosen = [r for r in found if any(n == r.name or (len(n) >= 4 and r.rev.startswith(n)) for n in names)]
-    missing = [n for n in names if not any(n == r.name or (len(n) >= 4 and r.rev.startswith(n)) for r in found)]
+
+    def named(run: Run, name: str) -> bool:
+        return name == run.name or (len(name) >= 4 and run.rev.startswith(name))
+
+    chosen = [r for r in found if any(named(r, n) for n in names)]
+    missing = [n for n in names if not any(named(r, n) for r in found)]
     if missing:
         known = ", ".join(sorted(r.name for r in found)) or "none"
         raise UserError(f"compare: no finished experiment named {', '.join(missing)} (finished: {known})")

@@ -6,6 +6,7 @@ slipped into the folder is refused before anything is read."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -155,6 +156,12 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folde
         raise UserError(f"the tokenizer saved in {shown(folder)} loads back as {type(loaded).__name__}, which "
                         f"tokenises differently from the {type(tokenizer).__name__} that was saved")
     write_manifest(folder)
+
+
+def model_context(folder: Path) -> int | None:
+    """The model's context length from its config.json (read without loading the weights)."""
+    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    return config.get("max_position_embeddings")
 
 
 def folder_digest(folder: Path) -> str:

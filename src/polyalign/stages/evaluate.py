@@ -47,7 +47,7 @@ from polyalign.evaluation.utility import score_utility
 from polyalign.generation import generate, prompt_budgets, read_train_answers
 from polyalign.io import atomic_path, json_safe, write_json
 from polyalign.log import console
-from polyalign.modeling.model import folder_digest, inference_device, load_model_dir
+from polyalign.modeling.model import folder_digest, inference_device, load_model_dir, model_context
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.tokenizer import decode_response
 from polyalign.params import Params
@@ -100,12 +100,6 @@ def tdm_encoder(params: Params, root: Path) -> NgramEncoder:
         keep = np.random.default_rng(params.seed).choice(len(texts), size=TDM_ENCODER_TEXTS, replace=False)
         texts = [texts[i] for i in np.sort(keep)]
     return NgramEncoder((1, 3), 20_000, 64, params.seed).fit(texts)
-
-
-def model_context(folder: Path) -> int | None:
-    """The model's context length from its config.json (read without loading the weights)."""
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    return config.get("max_position_embeddings")
 
 
 def generations(method: str, records: list[dict], train: dict[str, list[str]], params: Params, root: Path) -> dict:

@@ -26,7 +26,7 @@ from polyalign.evaluation.validation import macro_naturalness
 from polyalign.generation import generate, prompt_budgets, read_train_answers
 from polyalign.io import atomic_path, write_json, write_text
 from polyalign.log import console
-from polyalign.modeling.model import inference_device, load_model_dir
+from polyalign.modeling.model import inference_device, load_model_dir, model_context
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.tokenizer import decode_response
 from polyalign.params import Params
@@ -117,8 +117,8 @@ def naturalness_probe(params: Params, root: Path, start: Path, tokenizer, render
     prompts = [renderer.prompt_ids(r) for r in records]
     g = params.generation
     bucket_ids = [r["bucket_id"] for r in records]
-    context = json.loads((start / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
-    budgets = prompt_budgets(g, tokenizer, answers, answer_buckets, bucket_ids, [len(x) for x in prompts], context)
+    budgets = prompt_budgets(g, tokenizer, answers, answer_buckets, bucket_ids, [len(x) for x in prompts],
+                             model_context(start))
     human = [r["human_answer"] for r in records]
 
     def probe(model) -> dict[str, float]:

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from polyalign.errors import Terminated, UserError, sigterm_stops, terminated  # noqa: F401 - re-exported
 from polyalign.log import announce_wandb_run, progress_bar, wandb_settings
-from polyalign.params import Params
+from polyalign.params import Params, flat_keys
 
 RUN_KEY = "polyalign_run"  # in every checkpoint: the settings and inputs of the run that wrote it
 
@@ -207,12 +207,6 @@ def check_finite(label: str, history: dict[str, list], last_val: dict[str, Any],
 RUN_INDEPENDENT = {"variants", "checkpoint_every_n_steps", "val_every_n_steps"}  # cadence, or other variants
 
 
-def _flat(prefix: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {k: v for key, sub in value.items() for k, v in _flat(f"{prefix}.{key}", sub).items()}
-    return {prefix: value}
-
-
 def _content_sha256(path: Path) -> str:
     from polyalign.modeling.model import folder_digest
 
@@ -230,8 +224,8 @@ def run_identity(params: Params, section: str, variant: str, world_size: int, ro
     stage = {k: v for k, v in getattr(params, section).model_dump(mode="json").items() if k not in RUN_INDEPENDENT}
     stage["lora"].pop("merge", None)
     stage["variants"] = {variant: getattr(params, section).variants[variant].model_dump(mode="json")}
-    identity = {"seed": params.seed, **_flat("prompt", params.prompt.model_dump(mode="json")),
-                **_flat(section, stage), "trainer.precision": params.trainer.precision, "world_size": world_size}
+    identity = {"seed": params.seed, **flat_keys(params.prompt.model_dump(mode="json"), "prompt"),
+                **flat_keys(stage, section), "trainer.precision": params.trainer.precision, "world_size": world_size}
     for path in inputs:
         name = path.relative_to(root) if path.is_relative_to(root) else path
         identity[f"input {name.as_posix()}"] = _content_sha256(path)
