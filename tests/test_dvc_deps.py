@@ -88,3 +88,15 @@ def test_each_hdpo_stage_depends_on_the_sft_model_its_variant_starts_from():
     listed = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["hdpo"]["foreach"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     assert listed == {name: v["init"].removeprefix("sft@") for name, v in params["hdpo"]["variants"].items()}
+
+
+def test_each_sft_stage_depends_on_its_start_and_its_data():
+    """The same for sft: `init` names the start (base or another variant's model) and `data: best_of_k` adds
+    the pairs stage's output."""
+    listed = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["sft"]["foreach"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    expected = {name: {"start": "${paths.models}/" + ("base" if v["init"] == "base" else
+                                                      "sft/" + v["init"].removeprefix("sft@")),
+                       "data": "${paths.data_pairs}" if v["data"] == "best_of_k" else "${paths.buckets}/train.parquet"}
+                for name, v in params["sft"]["variants"].items()}
+    assert listed == expected

@@ -233,7 +233,7 @@ def test_short_preference_run_learns_the_pairs_and_exports_plain_transformers(pa
 
 def test_select_val_bng_exports_the_validation_with_the_most_human_like_samples(paired_project, tmp_path):
     from polyalign.params import load_params
-    from polyalign.stages.hdpo import naturalness_probe
+    from polyalign.evaluation.validation import naturalness_probe
 
     project = copy_project(paired_project, tmp_path / "p")
     cli(["hdpo", "--variant", "dpo", "--set", "hdpo.select=val_bng"], project)  # 2 epochs: 2 validations
@@ -247,7 +247,8 @@ def test_select_val_bng_exports_the_validation_with_the_most_human_like_samples(
     tokenizer, _ = renderer_for(project / "models/hdpo/dpo")
     renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
                               params.prompt.max_tokens)
-    probe = naturalness_probe(params, project, project / "models/sft/bucket", tokenizer, renderer)
+    probe = naturalness_probe(params, project, params.hdpo.val_prompts, project / "models/sft/bucket", tokenizer,
+                              renderer, "hdpo.val_prompts")
     exported = AutoModelForCausalLM.from_pretrained(project / "models/hdpo/dpo").eval()
     assert probe(exported)["bng_macro"] == pytest.approx(report["selected_score"], rel=1e-9)
 
@@ -339,3 +340,61 @@ def test_lora_reference_trains_and_merges(paired_project, tmp_path):
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all("proj" in k for k in changed)
     assert json.loads((project / "reports/hdpo/hdpo.json").read_text())["reference"] == "lora"
+
+
+def test_best_of_k_keeps_exactly_the_sample_nearest_to_human_support(paired_project):
+    """`sampled_pairs` returns, per prompt, the one of its k samples with the smallest critic distance: checked
+    against the same seeded samples drawn and scored again independently."""
+    from collections import Counter
+
+    from polyalign.critic.model import Critic
+    from polyalign.modeling.tokenizer import decode_response
+    from polyalign.params import load_params
+    from polyalign.stages.pairs import sampled_pairs
+
+    params = load_params(paired_project / "params.yaml")
+    params = params.model_copy(update={"pairs": params.pairs.model_copy(update={"k": 4})})
+    path = paired_project / "models/sft/bucket"
+    model = talkative_model(path)
+    tokenizer, renderer = renderer_for(path)
+    critic = Critic.load(paired_project / "models/critic")
+    records = pq.read_table(paired_project / "data/buckets/train.parquet").to_pylist()[:10]
+    budgets = [12] * len(records)
+    _, best = sampled_pairs(records, model, tokenizer, renderer, critic, params, budgets, 7, Counter(), {})
+
+    again = generate(model, tokenizer, [renderer.prompt_ids(r) for r in records], stop_ids=renderer.eot_ids,
+                     max_new_tokens=budgets, temperature=1.0, top_p=0.95, num_samples=4, batch_size=32, seed=7,
+                     progress=False)
+    expected = {}
+    for record, samples in zip(records, again):
+        texts = [decode_response(tokenizer, s.ids, s.truncated) for s in samples]
+        d = critic.score_responses(texts, [record] * len(texts))
+        usable = [i for i, t in enumerate(texts) if t and t != record["human_answer"].strip()]
+        if usable:
+            nearest = min(usable, key=lambda i: d[i])
+            expected[record["id"]] = (list(samples[nearest].ids), float(d[nearest]), float(min(d[usable])))
+    assert len(expected) >= 8 and {b["id"] for b in best} == set(expected)
+    for row in best:
+        ids, d, lowest = expected[row["id"]]
+        assert list(row["sample_ids"]) == ids and row["d_sample"] == pytest.approx(lowest, abs=1e-6)
+        assert row["d_sample"] == pytest.approx(d, abs=1e-6)
+
+
+def test_rejection_sampling_sft_starts_from_sft_bucket_and_trains_on_human_answers_plus_nearest_samples(
+        paired_project, tmp_path):
+    project = copy_project(paired_project, tmp_path / "p")
+    best = pq.read_table(project / "data/pairs/best_of_k.parquet")
+    assert best.num_rows > 0 and set(best.column_names) >= {"sample", "sample_ids", "d_sample", "human_answer"}
+    train = pq.read_table(project / "data/buckets/train.parquet").num_rows
+    cli(["sft", "--variant", "rs", "--set", "sft.variants.rs.lr=1e-9"], project)  # (almost) no step at all
+    report = json.loads((project / "reports/sft/rs.json").read_text())
+    assert (report["init"], report["data"]) == ("sft@bucket", "best_of_k")
+    assert report["train_examples"] == train + best.num_rows and report["train_sampled_examples"] == best.num_rows
+    start = AutoModelForCausalLM.from_pretrained(project / "models/sft/bucket").state_dict()
+    rs = AutoModelForCausalLM.from_pretrained(project / "models/sft/rs").state_dict()
+    base = AutoModelForCausalLM.from_pretrained(project / "models/base").state_dict()
+    assert all(torch.allclose(start[k], rs[k], atol=1e-5) for k in start)  # it started from sft@bucket
+    assert any(not torch.allclose(base[k], rs[k], atol=1e-3) for k in base)
+    (project / "data/pairs/best_of_k.parquet").unlink()
+    result = cli(["sft", "--variant", "rs"], project, check=False)
+    assert result.returncode == 2 and "best_of_k.parquet not found" in result.stderr

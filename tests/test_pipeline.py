@@ -109,13 +109,14 @@ def test_exp_run_of_one_variant_reruns_only_that_variant_and_what_starts_from_it
     run = sh(["dvc", "exp", "run", "-S", "sft.variants.global.balance=loss_weight", "-n", "global_lw"], repo)
     for stage in ("sft@global", "hdpo@dpo_global", "evaluate"):  # dpo_global starts from sft@global
         assert f"Running stage '{stage}'" in run.stdout, stage
-    for stage in ("prepare", "bucketize", "init", "sft@bucket", "fit-critic", "pairs", "hdpo@dpo", "hdpo@hdpo"):
+    for stage in ("prepare", "bucketize", "init", "sft@bucket", "sft@rs", "fit-critic", "pairs", "hdpo@dpo",
+                  "hdpo@hdpo"):
         assert f"Running stage '{stage}'" not in run.stdout, stage
     assert "global_lw" in sh(["dvc", "exp", "show", "--csv"], repo).stdout
 
 
 def test_evaluation_scores_every_method_into_metrics_report_plots_and_wandb(repo):
-    methods = {"sft@global", "sft@bucket", "hdpo@dpo", "hdpo@hdpo", "hdpo@dpo_global"}
+    methods = {"sft@global", "sft@bucket", "sft@rs", "hdpo@dpo", "hdpo@hdpo", "hdpo@dpo_global"}
     shown = json.loads(sh(["dvc", "metrics", "show", "--json"], repo).stdout)
     headline = next(v["data"]["reports/metrics.json"]["data"] for v in shown.values()
                     if "reports/metrics.json" in v.get("data", {}))
@@ -126,7 +127,7 @@ def test_evaluation_scores_every_method_into_metrics_report_plots_and_wandb(repo
     for slice_name in ("en/single", "en/multi", "zh/single", "zh/multi"):
         assert f"Slice {slice_name}" in report
     for a, b in (("sft@bucket", "sft@global"), ("hdpo@hdpo", "hdpo@dpo"), ("hdpo@hdpo", "sft@bucket"),
-                 ("hdpo@dpo_global", "sft@global"), ("hdpo@hdpo", "hdpo@dpo_global")):
+                 ("hdpo@dpo_global", "sft@global"), ("hdpo@hdpo", "hdpo@dpo_global"), ("hdpo@hdpo", "sft@rs")):
         assert f"{a} − {b}" in report
     ids = {json.dumps(json.loads((repo / f"reports/eval/{m}.json").read_text())["test_ids"]) for m in methods}
     assert len(ids) == 1

@@ -365,3 +365,27 @@ def test_scratch_tokenizer_keeps_chinese_per_character(base_project):
     assert all(len(tokenizer.decode([i]).strip()) <= 1 for i in ids if i != tokenizer.unk_token_id)
     train = pq.read_table(base_project / "data/buckets/train.parquet")
     assert set(train["language"].to_pylist()) == {"en", "zh"}
+
+
+def test_select_val_bng_exports_the_validation_with_the_most_human_like_samples(project):
+    from polyalign.evaluation.validation import naturalness_probe
+    from polyalign.modeling.prompts import PromptRenderer
+
+    cli(["sft", "--variant", "bucket", "--set", "sft.epochs=3", "--set", "sft.val_prompts=24",
+         "--set", "sft.select=val_bng"], project)
+    report = json.loads((project / "reports/sft/bucket.json").read_text())
+    history = report["val_history"]
+    assert len(history) == 3 and all(math.isfinite(h["bng_macro"]) and h["response_length"] >= 0 for h in history)
+    best = min(history, key=lambda h: h["bng_macro"])
+    assert (report["select"], report["selected_step"], report["selected_score"]) == ("val_bng", best["step"],
+                                                                                     best["bng_macro"])
+    assert report["val_loss"] == pytest.approx(best["loss"])  # the report describes the exported weights
+    params = load_params(project / "params.yaml")
+    tokenizer = AutoTokenizer.from_pretrained(project / "models/sft/bucket")
+    renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
+                              params.prompt.max_tokens)
+    probe = naturalness_probe(params, project, 24, project / "models/base", tokenizer, renderer, "sft.val_prompts")
+    exported = AutoModelForCausalLM.from_pretrained(project / "models/sft/bucket").eval()
+    assert probe(exported)["bng_macro"] == pytest.approx(best["bng_macro"], rel=1e-9)
+    result = cli(["sft", "--set", "sft.select=val_bng"], project, check=False)
+    assert result.returncode == 2 and "set sft.val_prompts > 0" in result.stderr

@@ -264,23 +264,40 @@ def test_warmup_then_cosine_decay():
 
 def test_select_keeps_the_weights_of_the_validation_with_the_lowest_val_bng():
     """A planted sequence of validations: the weights kept are those of the best one, not the last."""
-    from types import SimpleNamespace
-
-    from polyalign.training.preference import PreferenceModule
+    from polyalign.training.selection import Selection
 
     model = torch.nn.Linear(2, 1)
-    fake = SimpleNamespace(hdpo=SimpleNamespace(select="val_bng"), best=None, model=model)
+    selection = Selection("val_bng")
     for step, bng in [(10, 0.9), (20, 0.5), (30, math.nan), (40, 0.7)]:
         with torch.no_grad():
             model.weight.fill_(step)  # weights that name their step
-        fake.global_step, fake.last_val = step, {"loss": 1.0 / step, "bng_macro": bng}
-        PreferenceModule._keep_if_best(fake)
-    assert fake.best["step"] == 20 and fake.best["score"] == 0.5
-    selected = PreferenceModule.use_selected(fake)
-    assert selected == {"select": "val_bng", "selected_step": 20, "selected_score": 0.5}
+        selection.consider(step, {"loss": 1.0 / step, "bng_macro": bng}, model)
+    assert selection.best["step"] == 20 and selection.best["score"] == 0.5
+    assert selection.apply(model, last_step=40) == {"select": "val_bng", "selected_step": 20, "selected_score": 0.5}
     assert torch.all(model.weight == 20)  # the exported weights are the selected validation's
-    fake.hdpo.select, fake.best = "val_loss", None
+    selection = Selection("val_loss")
     for step in (10, 20, 30):
-        fake.global_step, fake.last_val = step, {"loss": 1.0 / step, "bng_macro": 0.1}
-        PreferenceModule._keep_if_best(fake)
-    assert fake.best["step"] == 30  # the lowest val loss
+        selection.consider(step, {"loss": 1.0 / step, "bng_macro": 0.1}, model)
+    assert selection.best["step"] == 30  # the lowest val loss
+    last = Selection("last")
+    last.consider(10, {"loss": 0.1, "bng_macro": 0.1}, model)
+    assert last.best is None and last.apply(model, last_step=50) == {"select": "last", "selected_step": 50}
+
+
+def test_the_probe_leaves_the_training_runs_random_stream_as_it_was():
+    from polyalign.training.selection import probe_naturalness
+
+    model = torch.nn.Linear(2, 1).train()
+
+    def probe(m):
+        assert not m.training
+        torch.manual_seed(123)  # what sampling does
+        return {"bng_macro": float(torch.rand(()))}
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    probed = probe_naturalness(model, probe)
+    assert torch.equal(torch.rand(3), expected) and model.training
+    assert math.isnan(probed["length_w1_macro"]) and 0 <= probed["bng_macro"] < 1
+    assert all(math.isnan(v) for v in probe_naturalness(model, None).values())

@@ -282,13 +282,22 @@ class SftVariant(Section):
     balance: Literal["none", "sampler", "loss_weight"] = Field(
         "none", description="none: global SFT; sampler: p_b ~ n_b^alpha; loss_weight: loss x w_b")
     alpha: float = Field(0.0, ge=0, le=1, description="sampler: p_b ~ n_b^alpha (0 = uniform over buckets)")
+    init: str = Field("base", pattern=r"^(base|sft@[A-Za-z0-9_.-]+)$", description=(
+        "the model the variant starts from: base (models/base) or another SFT variant's model"))
+    data: Literal["human", "best_of_k"] = Field(
+        "human", description="human: the human answers of the train split; best_of_k: those plus, per train "
+        "prompt, the pairs stage's sample nearest to human support (rejection-sampling SFT)")
+    epochs: int | None = Field(None, ge=1, description="this variant's epochs (null: sft.epochs)")
+    lr: float | None = Field(None, gt=0, description="this variant's learning rate (null: sft.lr)")
 
 
 class SftParams(Section):
     """`sft`: Bucket-Aware SFT and the global-SFT baseline (one entry per variant in `variants`)."""
 
     variants: dict[str, SftVariant] = Field(default_factory=lambda: {
-        "global": SftVariant(balance="none"), "bucket": SftVariant(balance="sampler", alpha=0.0)})
+        "global": SftVariant(balance="none"), "bucket": SftVariant(balance="sampler", alpha=0.0),
+        # rejection-sampling SFT (best-of-k distillation), the strong simple baseline of preference methods
+        "rs": SftVariant(balance="sampler", alpha=0.0, init="sft@bucket", data="best_of_k", epochs=1, lr=5e-4)})
     epochs: int = Field(4, ge=1)
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
     batch_size: int = Field(16, ge=1, description="per device")
@@ -300,8 +309,34 @@ class SftParams(Section):
     gradient_clip_val: float = Field(1.0, ge=0)
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
     val_every_n_steps: int = Field(0, ge=0, description="0: validate once per epoch")
+    val_prompts: int = Field(0, ge=0, description=(
+        "val prompts sampled at each validation for macro BNG, Len W1 and response length (0: none)"))
+    select: Literal["last", "val_loss", "val_bng"] = Field(
+        "last", description="the weights exported: the last step's, or those of the validation with the lowest "
+        "val loss or val macro BNG")
     checkpoint_every_n_steps: int = Field(25, ge=1)
     lora: LoraParams = Field(default_factory=LoraParams)
+
+    @model_validator(mode="after")
+    def _starts(self) -> SftParams:
+        """Every `init` names a variant, no chain of starts loops, and the model `pairs` samples from
+        (sft@bucket) does not itself depend on those samples."""
+        for name, v in self.variants.items():
+            if v.init != "base" and v.init.removeprefix("sft@") not in self.variants:
+                raise ValueError(f"sft.variants.{name}.init: {v.init!r} names no variant of sft.variants "
+                                 f"({', '.join(self.variants)})")
+        for name in self.variants:
+            chain, current = [name], self.variants[name].init
+            while current != "base":
+                current = current.removeprefix("sft@")
+                if current in chain:
+                    raise ValueError(f"sft.variants.{name}.init: the starts loop ({' -> '.join([*chain, current])})")
+                chain.append(current)
+                current = self.variants[current].init
+            if name == "bucket" and any(self.variants[c].data == "best_of_k" for c in chain):
+                raise ValueError("sft.variants: sft@bucket samples the pairs, so neither it nor the model it starts "
+                                 "from can train on them (data: best_of_k)")
+        return self
 
 
 class CriticParams(Section):
@@ -460,12 +495,12 @@ class EvaluateParams(Section):
     """`evaluate`: every method on the same test prompts with the same decoding, then the metrics (DESIGN §9)."""
 
     methods: list[Annotated[str, Field(pattern=METHOD_PATTERN)]] = Field(
-        default_factory=lambda: ["sft@global", "sft@bucket", "hdpo@dpo", "hdpo@hdpo", "hdpo@dpo_global"],
+        default_factory=lambda: ["sft@global", "sft@bucket", "sft@rs", "hdpo@dpo", "hdpo@hdpo", "hdpo@dpo_global"],
         min_length=1, description="base | sft@<variant> | hdpo@<variant>")
     compare: list[tuple[str, str]] = Field(
         default_factory=lambda: [("sft@bucket", "sft@global"), ("hdpo@hdpo", "hdpo@dpo"),
                                  ("hdpo@hdpo", "sft@bucket"), ("hdpo@dpo_global", "sft@global"),
-                                 ("hdpo@hdpo", "hdpo@dpo_global")],
+                                 ("hdpo@hdpo", "hdpo@dpo_global"), ("hdpo@hdpo", "sft@rs")],
         description="pairs (a, b): a - b, with a paired bootstrap interval in the report and over seeds in "
         "`polyalign compare`")
     split: Literal["test", "val"] = Field("test", description="the split the methods answer: tune on val, "
@@ -539,8 +574,10 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _sampling(self) -> Params:
-        if self.hdpo.select == "val_bng" and self.hdpo.val_prompts == 0:
-            raise ValueError("hdpo.select: val_bng needs sampled val responses: set hdpo.val_prompts > 0")
+        for section in ("sft", "hdpo"):
+            cfg = getattr(self, section)
+            if cfg.select == "val_bng" and cfg.val_prompts == 0:
+                raise ValueError(f"{section}.select: val_bng needs sampled val responses: set {section}.val_prompts > 0")
         if self.pairs.chosen != "human" and self.pairs.k < 2 and self.pairs.preference_file is None:
             raise ValueError(f"pairs.chosen: {self.pairs.chosen} takes both sides from the samples, so it needs "
                              f"pairs.k >= 2 (got {self.pairs.k})")

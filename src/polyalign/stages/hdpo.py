@@ -16,23 +16,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 from transformers import AutoTokenizer
 
-from polyalign.buckets.references import References
 from polyalign.errors import UserError, shown
-from polyalign.evaluation.validation import macro_naturalness
-from polyalign.generation import generate, prompt_budgets, read_train_answers
+from polyalign.evaluation.validation import naturalness_probe
 from polyalign.io import atomic_path, write_json, write_text
 from polyalign.log import console
-from polyalign.modeling.model import inference_device, load_model_dir, model_context
+from polyalign.modeling.model import inference_device, load_model_dir
 from polyalign.modeling.prompts import PromptRenderer
-from polyalign.modeling.tokenizer import decode_response
 from polyalign.params import Params
 from polyalign.training.preference import (
     FINGERPRINT,
-    PROBED,
     SAMPLER,
     PairCollator,
     PreferenceModule,
@@ -42,6 +37,7 @@ from polyalign.training.preference import (
     reference_fingerprint,
     reference_logps,
 )
+from polyalign.training.selection import PROBED
 from polyalign.training.trainer import (
     build_trainer,
     check_devices,
@@ -95,41 +91,6 @@ def check_reference(pairs_dir: Path, start: Path, sampler: Path, renderer: Promp
                         f"format than hdpo uses now ({'; '.join(changes)}); rerun `polyalign pairs`, or set "
                         "hdpo.reference: frozen")
     return True
-
-
-def naturalness_probe(params: Params, root: Path, start: Path, tokenizer, renderer: PromptRenderer):
-    """What each validation measures on sampled responses: `hdpo.val_prompts` val prompts (a seeded subset, the
-    same at every validation), decoded with the `generation` settings and budgets, scored against their human
-    answers with the evaluation's definitions. None with val_prompts: 0."""
-    n = params.hdpo.val_prompts
-    if n == 0:
-        return None
-    buckets = root / params.paths.buckets
-    for name in ("val.parquet", "train.parquet"):
-        if not (buckets / name).is_file():
-            raise UserError(f"hdpo: {buckets / name} not found: hdpo.val_prompts samples val responses with the "
-                            "training answers' budgets (run `polyalign bucketize`, or set hdpo.val_prompts: 0)")
-    records = pq.read_table(buckets / "val.parquet").to_pylist()
-    if len(records) > n:
-        records = [records[i] for i in np.sort(np.random.default_rng(params.seed).choice(len(records), n, False))]
-    refs = References.load(buckets / "references.json")
-    answers, answer_buckets = read_train_answers(buckets / "train.parquet")
-    prompts = [renderer.prompt_ids(r) for r in records]
-    g = params.generation
-    bucket_ids = [r["bucket_id"] for r in records]
-    budgets = prompt_budgets(g, tokenizer, answers, answer_buckets, bucket_ids, [len(x) for x in prompts],
-                             model_context(start))
-    human = [r["human_answer"] for r in records]
-
-    def probe(model) -> dict[str, float]:
-        samples = generate(model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=budgets,
-                           temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                           repetition_penalty=g.repetition_penalty, batch_size=g.batch_size, seed=params.seed,
-                           progress=False)
-        texts = [decode_response(tokenizer, s[0].ids, s[0].truncated) for s in samples]
-        return macro_naturalness(texts, human, bucket_ids, refs)
-
-    return probe
 
 
 def recompute_reference(rows: list[dict], start: Path, renderer: PromptRenderer, accelerator: str) -> None:
@@ -198,7 +159,8 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
     val_loader = pair_dataloader(val, collate, h.batch_size, train=False, seed=params.seed, trainer=trainer)
     total_steps = total_optimizer_steps(len(train_loader), h.epochs, h.accumulate_grad_batches, h.max_steps)
     module = PreferenceModule(str(start), h, v, buckets, total_steps,
-                              probe=naturalness_probe(params, root, start, tokenizer, renderer))
+                              probe=naturalness_probe(params, root, h.val_prompts, start, tokenizer, renderer,
+                                                    "hdpo.val_prompts"))
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
     trainer.save_checkpoint(ckpt, weights_only=False)  # the final state, as sft keeps it
     validate_at_end(trainer, module, dataloaders=val_loader)
@@ -206,7 +168,7 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
         return None
     check_finite(f"hdpo@{variant}", module.history, module.last_val, "hdpo.lr")
 
-    selected = module.use_selected()
+    selected = module.selection.apply(module.model, trainer.global_step)
     with atomic_path(root / params.paths.models / "hdpo" / variant, directory=True) as tmp:
         module.export(tmp, tokenizer)
     reports = root / params.paths.reports / "hdpo"
@@ -214,7 +176,7 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
     write_text(reports / variant / "train.csv", "step,loss,reward_accuracy\n" +
                "".join(f"{s},{loss:.6f},{acc:.4f}\n" for s, loss, acc in history))
     tail = history[-max(1, len(history) // 10):]
-    metrics = module.last_val
+    metrics = module.selection.scores(module.last_val)  # of the weights exported
     report = {
         "variant": variant, **v.model_dump(), "beta": h.beta, "reference": h.reference, "loss_type": h.loss_type,
         "steps": trainer.global_step, "train_pairs": len(train), "val_pairs": len(val),
@@ -228,7 +190,7 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
         "val_reward_margin": metrics["margin"],
         "val_history": [dict(zip(("step", "loss", "reward_accuracy", *PreferenceModule.SUMS, *PROBED), row))
                         for row in module.history["val"]],
-        # sampled val responses at the last validation (hdpo.val_prompts), and the weights exported
+        # sampled val responses (hdpo.val_prompts) at the validation of the weights exported, and which it was
         **{f"val_{k}": metrics[k] for k in PROBED}, **selected,
     }
     write_json(reports / f"{variant}.json", report)

@@ -12,7 +12,9 @@ Reads params: seed, paths, prompt, generation, pairs, trainer.accelerator. Write
 (prompt fields, human_answer, chosen, chosen_ids and chosen_truncated for a sampled chosen side, rejected,
 rejected_ids, rejected_truncated, bucket, critic distances d_chosen/d_rejected,
 bucket-balanced weight normalised over the file, and with `precompute_ref` the reference model's summed log-probs
-of both sides), `data/pairs/fingerprint.json` (what those log-probs were computed with) and `reports/pairs.json`.
+of both sides), `data/pairs/best_of_k.parquet` (per train prompt, its sample nearest to human support: the data of
+rejection-sampling SFT, `sft.variants.<name>.data: best_of_k`), `data/pairs/fingerprint.json` (what the
+log-probs were computed with) and `reports/pairs.json`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from polyalign.modeling.model import inference_device, load_model_dir
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.tokenizer import decode_response
 from polyalign.params import Family, Language, Params
+from polyalign.training.data import BEST_OF_K
 from polyalign.training.preference import FINGERPRINT, SAMPLER, reference_fingerprint, reference_logps
 
 PROMPT_FIELDS = ("id", "language", "track", "family", "length_bin", "question", "context", "dialogue_history",
@@ -87,9 +90,11 @@ def read_preference_file(path: str, root: Path) -> list[dict]:
 
 
 def sampled_pairs(records: list[dict], model, tokenizer, renderer: PromptRenderer, critic: Critic,
-                  params: Params, budgets: list[int], seed: int, dropped: Counter, report: dict) -> list[dict]:
+                  params: Params, budgets: list[int], seed: int, dropped: Counter,
+                  report: dict) -> tuple[list[dict], list[dict]]:
     """Sample `pairs.k` responses per prompt and pair them up (`pick_pair`: chosen = the human answer or the
-    nearest sample, rejected = another sample).
+    nearest sample, rejected = another sample). Also returns, per prompt with a usable sample, the sample
+    nearest to human support (`best_of_k`: what rejection-sampling SFT trains on).
 
     Samples keep the token ids the model generated and their `truncated` flag (cut by the budget, no end of
     turn); `pairs.truncated: drop` leaves truncated samples out. `report` gets the share of truncated samples
@@ -120,8 +125,14 @@ def sampled_pairs(records: list[dict], model, tokenizer, renderer: PromptRendere
         else:
             candidates[i].append((float(d), text, sample))
     rng = np.random.default_rng(seed)
-    pairs = []
+    pairs, best = [], []
     for record, options, d_human in zip(records, candidates, human_d):
+        if options:
+            d_best, text, sample = min(options, key=lambda o: o[0])
+            best.append({**{k: record[k] for k in PROMPT_FIELDS}, "human_answer": record["human_answer"],
+                         "balance_bucket": record["balance_bucket"], "bucket_weight": record["bucket_weight"],
+                         "sample": text, "sample_ids": sample.ids, "sample_truncated": sample.truncated,
+                         "d_sample": d_best, "d_human": float(d_human)})
         human = (float(d_human), record["human_answer"], None) if record["human_answer"].strip() else None
         picked = pick_pair(human, options, cfg.chosen, cfg.rejected, cfg.human_share, cfg.min_gap, rng)
         if isinstance(picked, str):
@@ -133,7 +144,7 @@ def sampled_pairs(records: list[dict], model, tokenizer, renderer: PromptRendere
                       "chosen_truncated": c_sample is not None and c_sample.truncated,
                       "rejected": rejected, "rejected_ids": r_sample.ids, "rejected_truncated": r_sample.truncated,
                       "balance_weight": record["bucket_weight"], "d_chosen": d_c, "d_rejected": d_r})
-    return pairs
+    return pairs, best
 
 
 Candidate = tuple[float, str, "Sample | None"]  # critic distance, text, the sample (None: the human answer)
@@ -244,8 +255,13 @@ def run(params: Params, root: Path = Path(".")) -> dict:
                                      [r["bucket_id"] for r in records],
                                      [len(renderer.prompt_ids(r)) for r in records], model_context(model))
             sample_report: dict = {}
-            pairs = sampled_pairs(records, model, tokenizer, renderer, critic, params, budgets,
-                                  params.seed + offset, dropped, sample_report)
+            pairs, best = sampled_pairs(records, model, tokenizer, renderer, critic, params, budgets,
+                                        params.seed + offset, dropped, sample_report)
+            if split == "train":
+                out[BEST_OF_K.removesuffix(".parquet")] = best
+                report["best_of_k_prompts"] = len(best)
+                report["best_of_k_d_sample"] = float(np.mean([b["d_sample"] for b in best])) if best else None
+                report["best_of_k_d_human"] = float(np.mean([b["d_human"] for b in best])) if best else None
             report.update({f"{split}_{k}": v for k, v in sample_report.items()})
             report[f"{split}_budget_mean"] = float(np.mean(budgets)) if budgets else 0.0
         if not pairs:

@@ -1,8 +1,13 @@
-"""Stage `sft@<variant>`: Bucket-Aware SFT (or the global-SFT baseline) from `models/base/`.
+"""Stage `sft@<variant>`: Bucket-Aware SFT (or the global-SFT baseline) from `models/base/`, or, with a
+variant's `init: sft@<other>` and `data: best_of_k`, rejection-sampling SFT: another SFT model fine-tuned on the
+human answers plus the pairs stage's sample nearest to human support per train prompt (`data/pairs/`).
 
-Reads params: seed, paths, prompt, trainer, sft (the shared keys and `sft.variants.<variant>`), logging.
-Writes `models/sft/<variant>/` (save_pretrained form), `reports/sft/<variant>.json` and the loss curves
-`reports/sft/<variant>/{train,val}_loss.csv`. Checkpoints go to `checkpoints/sft/<variant>/` for --resume.
+Reads params: seed, paths, prompt, trainer, generation (the decoding of `sft.val_prompts`), sft (the shared keys
+and `sft.variants.<variant>`), logging. Reads `data/buckets/{train,val}.parquet` (and `references.json` for the
+val probe), the start model, and with best_of_k `data/pairs/best_of_k.parquet`. Writes `models/sft/<variant>/`
+(save_pretrained form; with `sft.select`, the selected validation's weights), `reports/sft/<variant>.json` and the
+loss curves `reports/sft/<variant>/{train,val}_loss.csv`. Checkpoints go to `checkpoints/sft/<variant>/` for
+--resume.
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from polyalign.errors import UserError, shown
+from polyalign.evaluation.validation import naturalness_probe
 from polyalign.io import atomic_path, write_json, write_text
 from polyalign.log import console
 from polyalign.modeling.model import load_tokenizer
+from polyalign.modeling.prompts import PromptRenderer
 from polyalign.params import Params
-from polyalign.training.data import SFTDataModule
+from polyalign.training.data import BEST_OF_K, SFTDataModule
+from polyalign.training.selection import PROBED
 from polyalign.training.sft import SFTModule
 from polyalign.training.trainer import (
     build_trainer,
@@ -47,29 +55,51 @@ def run(params: Params, variant: str, resume: bool = False, root: Path = Path(".
         return _train(params, variant, resume or resume_anyway, root, resume_anyway)
 
 
+def start_model(params: Params, variant: str, root: Path) -> Path:
+    """The folder a variant starts from: models/base, or with `init: sft@<other>` that variant's model."""
+    init = variant_params(params, variant).init
+    if init == "base":
+        base = root / params.paths.models / "base"
+        if not (base / "config.json").is_file():
+            raise UserError(f"sft: base model not found in {base} (run `polyalign init` first)")
+        return base
+    other = init.removeprefix("sft@")
+    folder = root / params.paths.models / "sft" / other
+    if not (folder / "config.json").is_file():
+        raise UserError(f"sft@{variant} starts from {init}, which is missing in {folder} (run `polyalign sft "
+                        f"--variant {other}` first)")
+    return folder
+
+
 def _train(params: Params, variant: str, resume: bool, root: Path, resume_anyway: bool) -> dict | None:
     v = variant_params(params, variant)
-    base = root / params.paths.models / "base"
-    if not (base / "config.json").is_file():
-        raise UserError(f"sft: base model not found in {base} (run `polyalign init` first)")
+    start = start_model(params, variant, root)
+    best_of_k = root / params.paths.data_pairs / BEST_OF_K if v.data == "best_of_k" else None
     ckpt = last_checkpoint(root, params, "sft", variant, resume)
     check_devices(params.trainer)
 
     sft = params.sft
-    data = SFTDataModule(root / params.paths.buckets, base, params.prompt, sft, v, params.seed,
-                         params.trainer.num_workers)
+    epochs, lr = v.epochs or sft.epochs, v.lr or sft.lr
+    data = SFTDataModule(root / params.paths.buckets, start, params.prompt, sft, v, params.seed,
+                         params.trainer.num_workers, best_of_k=best_of_k)
     data.setup()
-    trainer = build_trainer(params, root, "sft", variant, max_epochs=sft.epochs, max_steps=sft.max_steps,
+    trainer = build_trainer(params, root, "sft", variant, max_epochs=epochs, max_steps=sft.max_steps,
                             accumulate=sft.accumulate_grad_batches, clip=sft.gradient_clip_val,
                             val_every_n_steps=sft.val_every_n_steps, checkpoint_every=sft.checkpoint_every_n_steps)
-    inputs = [root / params.paths.buckets / f"{split}.parquet" for split in ("train", "val")] + [base]
+    inputs = [root / params.paths.buckets / f"{split}.parquet" for split in ("train", "val")] + [start]
+    if best_of_k is not None:
+        inputs.append(best_of_k)
     identity = run_identity(params, "sft", variant, trainer.world_size, root, inputs)
     # only now, with every input checked, may a fresh run remove the previous run's checkpoints
     resume_from = prepare_checkpoints(trainer, ckpt, root / params.paths.logs / "sft" / variant, identity,
                                       resume=resume, resume_anyway=resume_anyway, command=f"sft --variant {variant}")
-    total_steps = total_optimizer_steps(len(data.train_sampler(world_size=trainer.world_size)), sft.epochs,
+    total_steps = total_optimizer_steps(len(data.train_sampler(world_size=trainer.world_size)), epochs,
                                         sft.accumulate_grad_batches, sft.max_steps)
-    module = SFTModule(str(base), sft, v.balance, data.bucket_names, total_steps)
+    tokenizer = load_tokenizer(start, "the starting model")
+    renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
+                              params.prompt.max_tokens)
+    probe = naturalness_probe(params, root, sft.val_prompts, start, tokenizer, renderer, "sft.val_prompts")
+    module = SFTModule(str(start), sft, v.balance, data.bucket_names, total_steps, lr=lr, probe=probe)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     trainer.save_checkpoint(ckpt, weights_only=False)  # last.ckpt = the final state (the step checkpoints fire every n steps only)
     validate_at_end(trainer, module, datamodule=data)
@@ -79,39 +109,47 @@ def _train(params: Params, variant: str, resume: bool, root: Path, resume_anyway
 
     out = root / params.paths.models / "sft" / variant
     reports = root / params.paths.reports / "sft"
-    tokenizer = load_tokenizer(base, "base model")
+    selected = module.selection.apply(module.model, trainer.global_step)
     with atomic_path(out, directory=True) as tmp:
         module.export(tmp, tokenizer, merge_lora=sft.lora.merge)
 
     curves = module.history  # carried through checkpoints, so a resumed run has the whole curve
     for kind in ("train", "val"):
         write_text(reports / variant / f"{kind}_loss.csv",
-                   "step,loss\n" + "".join(f"{s},{loss:.6f}\n" for s, loss in curves[kind]))
+                   "step,loss\n" + "".join(f"{row[0]},{row[1]:.6f}\n" for row in curves[kind]))
 
     seconds = getattr(module, "train_seconds", 0.0) or 1e-9
+    sampled, cut = np.array(data.train["sampled"], dtype=bool), np.array(data.train["truncated"], dtype=bool)
     world = trainer.world_size
     tokens = module.tokens
-    val = module.last_val
+    val = module.selection.scores(module.last_val)  # of the weights exported
     report = {
         "variant": variant,
         "balance": v.balance,
         "alpha": v.alpha,
+        "init": v.init,
+        "data": v.data,
+        "lr": lr,
         "conditioning": params.prompt.conditioning,
         "oracle": params.prompt.conditioning == "oracle_length",
         "lora": sft.lora.enabled,
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
         "train_examples": len(data.train),
+        "train_sampled_examples": int(sampled.sum()),  # data: best_of_k: the nearest samples among them
         "val_examples": len(data.val),
         # training answers cut by prompt.max_tokens (they lose their end and their end-of-turn token); counted here
         # because prepare runs before any tokenizer exists
-        "truncated_train_examples": int(sum(data.train["truncated"])),
-        "truncated_train_share": round(float(np.mean(data.train["truncated"])) if len(data.train) else 0.0, 4),
+        "truncated_train_examples": int(cut[~sampled].sum()),
+        "truncated_train_share": round(float(cut[~sampled].mean()) if (~sampled).any() else 0.0, 4),
         "train_loss": curves["train"][-1][1] if curves["train"] else None,
         "val_loss": val["loss"],
         "val_loss_macro": val["loss_macro"],
         "val_bits_per_char": val["bits_per_char"],
         "val_loss_per_bucket": val["per_bucket"],
+        "val_history": [dict(zip(("step", "loss", *PROBED), row)) for row in curves["val"]],
+        # sampled val responses (sft.val_prompts) at the validation of the weights exported, and which it was
+        **{f"val_{k}": val[k] for k in PROBED}, **selected,
         "train_seconds": round(seconds, 2),
         "tokens_per_s": round(tokens["all"] * world / seconds, 1),
         "response_tokens_per_s": round(tokens["response"] * world / seconds, 1),

@@ -17,6 +17,7 @@ from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
 from polyalign.training.samplers import EpochBatchSampler, ResumableDataLoader
 
 KEEP_COLUMNS = ("bucket_id", "balance_bucket", "bucket_weight")
+BEST_OF_K = "best_of_k.parquet"  # under paths.data_pairs: per train prompt, the sample nearest to human support
 
 
 def load_split(path: Path, renderer: PromptRenderer) -> datasets.Dataset:
@@ -25,7 +26,26 @@ def load_split(path: Path, renderer: PromptRenderer) -> datasets.Dataset:
         raise UserError(f"{path} not found (run `polyalign bucketize` first)")
     table = datasets.Dataset.from_parquet(str(path))
     drop = [c for c in table.column_names if c not in KEEP_COLUMNS]
-    return table.map(renderer.example, remove_columns=drop, desc=f"tokenising {path.name}")
+    return table.map(renderer.example, remove_columns=drop, desc=f"tokenising {path.name}").add_column(
+        "sampled", [False] * len(table))
+
+
+def load_best_of_k(path: Path, renderer: PromptRenderer) -> datasets.Dataset:
+    """Tokenised examples of the pairs stage's nearest samples, scored as the token ids the model generated (a
+    sample its budget cut ends without an end-of-turn token)."""
+    if not path.is_file():
+        raise UserError(f"{path} not found: data: best_of_k trains on the samples of the pairs stage (run "
+                        "`polyalign pairs` with sampled pairs, not pairs.preference_file)")
+    table = datasets.Dataset.from_parquet(str(path))
+    if len(table) == 0:
+        raise UserError(f"{path} holds no sample (every sample was empty or dropped; see reports/pairs.json)")
+
+    def example(row: dict[str, Any]) -> dict[str, Any]:
+        out = renderer.example_from_ids(row, row["sample_ids"], ended=not row["sample_truncated"])
+        return {**out, "n_chars": len(row["sample"]), "sampled": True}
+
+    drop = [c for c in table.column_names if c not in KEEP_COLUMNS]
+    return table.map(example, remove_columns=drop, desc=f"tokenising {path.name}")
 
 
 class Collator:
@@ -54,9 +74,13 @@ class Collator:
 
 
 class SFTDataModule(L.LightningDataModule):
-    def __init__(self, buckets_dir: Path, model_dir: Path, prompt, sft, variant, seed: int, num_workers: int = 0):
+    """The train split's human answers (and with `best_of_k`, a path, the nearest samples beside them) and the
+    val split's human answers, which validation scores."""
+
+    def __init__(self, buckets_dir: Path, model_dir: Path, prompt, sft, variant, seed: int, num_workers: int = 0,
+                 best_of_k: Path | None = None):
         super().__init__()
-        self.buckets_dir, self.model_dir = Path(buckets_dir), Path(model_dir)
+        self.buckets_dir, self.model_dir, self.best_of_k = Path(buckets_dir), Path(model_dir), best_of_k
         self.prompt, self.sft, self.variant = prompt, sft, variant
         self.seed, self.num_workers = seed, num_workers
         self.train: datasets.Dataset | None = None
@@ -69,6 +93,8 @@ class SFTDataModule(L.LightningDataModule):
                                   self.prompt.max_tokens)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.train = load_split(self.buckets_dir / "train.parquet", renderer)
+        if self.best_of_k is not None:
+            self.train = datasets.concatenate_datasets([self.train, load_best_of_k(self.best_of_k, renderer)])
         self.val = load_split(self.buckets_dir / "val.parquet", renderer)
         self.bucket_names = sorted(set(self.train["bucket_id"]) | set(self.val["bucket_id"]))
         self.collate = Collator(self.pad_id, {b: i for i, b in enumerate(self.bucket_names)})

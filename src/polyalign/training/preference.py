@@ -9,7 +9,6 @@ adapter disabled.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,9 @@ from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
 from polyalign.training.losses import sequence_logps
 from polyalign.training.preference_loss import hdpo_loss
 from polyalign.training.samplers import EpochBatchSampler, ResumableDataLoader
+from polyalign.training.selection import PROBED, Selection, probe_naturalness
 from polyalign.training.sft import lora_wrap, make_optimizer
 
-PROBED = ("bng_macro", "length_w1_macro", "response_length")  # what a validation's probe measures (NaN without one)
 FINGERPRINT = "fingerprint.json"  # beside the pairs: what their precomputed reference log-probs were computed with
 SAMPLER = Path("sft") / "bucket"  # under paths.models: the model `pairs` samples from and scores with (sft@bucket)
 
@@ -168,8 +167,8 @@ def pair_dataloader(rows: list[dict], collate: PairCollator, batch_size: int, *,
 
 class PreferenceModule(L.LightningModule):
     """`probe(model)`, when given, samples val responses at each validation and returns their naturalness
-    (`evaluation.validation.macro_naturalness`). With `hdpo.select` other than `last`, the weights of the best
-    validation so far are kept (in memory and in checkpoints) and `export` writes those."""
+    (`evaluation.validation.naturalness_probe`). With `hdpo.select` other than `last`, the weights of the best
+    validation so far are kept (`Selection`, in memory and in checkpoints); the stage loads them before export."""
 
     def __init__(self, model_dir: str, hdpo, variant, bucket_names: list[str], total_steps: int,
                  probe: Callable[[Any], dict[str, float]] | None = None):
@@ -179,7 +178,7 @@ class PreferenceModule(L.LightningModule):
         self.model = None
         self.reference = None
         self.history: dict[str, list] = {"train": [], "val": []}
-        self.best: dict[str, Any] | None = None  # {"step", "score", "state"} of the selected validation
+        self.selection = Selection(hdpo.select)
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -239,13 +238,13 @@ class PreferenceModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         # the curve so far, so that a resumed run reports all of it, and the selected weights so far
         checkpoint["polyalign_history"] = {k: [list(row) for row in v] for k, v in self.history.items()}
-        if self.best is not None:
-            checkpoint["polyalign_best"] = self.best
+        if self.selection.best is not None:
+            checkpoint["polyalign_best"] = self.selection.best
 
     def on_load_checkpoint(self, checkpoint):
         saved = checkpoint.get("polyalign_history", {})
         self.history = {k: [tuple(row) for row in saved.get(k, [])] for k in ("train", "val")}
-        self.best = checkpoint.get("polyalign_best")
+        self.selection.best = checkpoint.get("polyalign_best")
 
     # per validation, summed over pairs: the policy's and the reference's log-probs of both sides and the reward
     # margin. A chosen log-prob falling below its reference value is likelihood displacement as it happens.
@@ -288,34 +287,13 @@ class PreferenceModule(L.LightningModule):
                          "per_bucket": per_bucket, **means}
         if self.trainer.sanity_checking:
             return
-        probed = dict.fromkeys(PROBED, math.nan)
+        probed = probe_naturalness(self.model, self.probe)
         if self.probe is not None:
-            was_training = self.model.training
-            self.model.eval()
-            probed.update(self.probe(self.model))
-            self.model.train(was_training)
             self.log_dict({f"val/{k}": v for k, v in probed.items()})
         self.last_val.update(probed)
         self.history["val"].append((self.global_step, float(loss_sum / total), float(acc.sum() / total),
                                     *(means[k] for k in self.SUMS), *(probed[k] for k in PROBED)))
-        self._keep_if_best()
-
-    def _keep_if_best(self) -> None:
-        """With `hdpo.select` val_loss or val_bng, keep a copy of the weights when this validation is the best."""
-        select = self.hdpo.select
-        if select == "last":
-            return
-        score = self.last_val["loss"] if select == "val_loss" else self.last_val["bng_macro"]
-        if math.isfinite(score) and (self.best is None or score < self.best["score"]):
-            self.best = {"step": self.global_step, "score": score,
-                         "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
-
-    def use_selected(self) -> dict[str, Any]:
-        """Load the selected validation's weights (with select: last, keep the last ones) and say which they are."""
-        if self.hdpo.select == "last" or self.best is None:
-            return {"select": self.hdpo.select, "selected_step": self.global_step}
-        self.model.load_state_dict(self.best["state"])
-        return {"select": self.hdpo.select, "selected_step": self.best["step"], "selected_score": self.best["score"]}
+        self.selection.consider(self.global_step, self.last_val, self.model)
 
     def configure_optimizers(self):
         h = self.hdpo

@@ -18,6 +18,7 @@ import torch
 
 from polyalign.modeling.model import load_model_weights, save_model
 from polyalign.training.losses import per_example_loss, sft_loss
+from polyalign.training.selection import PROBED, Selection, probe_naturalness
 
 
 def lora_wrap(model, lora):
@@ -57,15 +58,22 @@ def make_optimizer(module: L.LightningModule, lr: float, weight_decay: float, wa
 
 
 class SFTModule(L.LightningModule):
-    def __init__(self, model_dir: str, sft, balance: str, bucket_names: list[str], total_steps: int):
+    """Starts from the weights in `model_dir` (the base model, or another variant's with `init`). `probe(model)`,
+    when given, samples val responses at each validation (`sft.val_prompts`); with `sft.select` other than
+    `last` the best validation's weights are kept (`Selection`) and the stage loads them before export."""
+
+    def __init__(self, model_dir: str, sft, balance: str, bucket_names: list[str], total_steps: int,
+                 lr: float | None = None, probe=None):
         super().__init__()
-        self.total_steps = total_steps
+        self.total_steps, self.lr, self.probe = total_steps, lr or sft.lr, probe  # lr: the variant's own
         self.model_dir = str(model_dir)
         self.sft = sft
         self.balance = balance
         self.bucket_names = bucket_names
         self.model = None
-        self.history: dict[str, list] = {"train": [], "val": []}  # (optimizer step, loss)
+        self.selection = Selection(sft.select)
+        # train rows: (optimizer step, loss); val rows: (step, loss, *PROBED)
+        self.history: dict[str, list] = {"train": [], "val": []}
         self._pending: list[float] = []  # losses of the micro-batches of the current optimizer step
         self.tokens = {"all": 0, "response": 0, "padded": 0}
         self._val_sum = torch.zeros(len(bucket_names), dtype=torch.float64)
@@ -112,10 +120,13 @@ class SFTModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["polyalign_history"] = {k: [list(row) for row in v] for k, v in self.history.items()}
+        if self.selection.best is not None:
+            checkpoint["polyalign_best"] = self.selection.best
 
     def on_load_checkpoint(self, checkpoint):
         saved = checkpoint.get("polyalign_history", {})
         self.history = {k: [tuple(row) for row in saved.get(k, [])] for k in ("train", "val")}
+        self.selection.best = checkpoint.get("polyalign_best")
 
     def on_train_start(self):
         self._train_started = time.perf_counter()
@@ -155,11 +166,17 @@ class SFTModule(L.LightningModule):
             self.log(f"val_bucket/{self.bucket_names[i]}", value)
         self.last_val = {"loss": float(overall), "loss_macro": float(macro), "bits_per_char": float(bits_per_char),
                          "per_bucket": per_bucket}
-        if not self.trainer.sanity_checking:
-            self.history["val"].append((self.trainer.global_step, float(overall)))
+        if self.trainer.sanity_checking:
+            return
+        probed = probe_naturalness(self.model, self.probe)
+        if self.probe is not None:
+            self.log_dict({f"val/{k}": v for k, v in probed.items()})
+        self.last_val.update(probed)
+        self.history["val"].append((self.trainer.global_step, float(overall), *(probed[k] for k in PROBED)))
+        self.selection.consider(self.trainer.global_step, self.last_val, self.model)
 
     def configure_optimizers(self):
-        return make_optimizer(self, self.sft.lr, self.sft.weight_decay, self.sft.warmup_ratio, self.sft.min_lr_ratio,
+        return make_optimizer(self, self.lr, self.sft.weight_decay, self.sft.warmup_ratio, self.sft.min_lr_ratio,
                               self.total_steps)
 
     def export(self, folder: Path, tokenizer, merge_lora: bool) -> None:

@@ -1,0 +1,59 @@
+"""Which weights a training stage exports (`sft.select`, `hdpo.select`): the last step's, or those of the
+validation with the lowest val loss or val macro BNG. The best weights so far are kept in memory and in
+checkpoints, so a resumed run selects among all of its validations. Also the naturalness probe's call, which
+must not disturb the training run's random state."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+PROBED = ("bng_macro", "length_w1_macro", "response_length")  # what a validation's probe measures (NaN without one)
+
+
+class Selection:
+    def __init__(self, select: str):
+        self.select = select
+        self.best: dict[str, Any] | None = None  # {"step", "score", "state"} of the best validation so far
+
+    def consider(self, step: int, scores: Mapping[str, float], model: torch.nn.Module) -> None:
+        """Keep a copy of `model`'s weights and of `scores` when this validation (`scores`: its loss, probed
+        values and whatever else the stage reports) is the best so far; a NaN score (no probe, or no finite
+        bucket) never wins."""
+        if self.select == "last":
+            return
+        score = scores["loss"] if self.select == "val_loss" else scores["bng_macro"]
+        if math.isfinite(score) and (self.best is None or score < self.best["score"]):
+            self.best = {"step": step, "score": float(score), "scores": dict(scores),
+                         "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+
+    def apply(self, model: torch.nn.Module, last_step: int) -> dict[str, Any]:
+        """Load the selected weights into `model` (select: last, or no finite score: keep the last ones) and
+        say which they are, for the stage's report."""
+        if self.select == "last" or self.best is None:
+            return {"select": self.select, "selected_step": last_step}
+        model.load_state_dict(self.best["state"])
+        return {"select": self.select, "selected_step": self.best["step"], "selected_score": self.best["score"]}
+
+    def scores(self, last: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The validation results of the weights exported: the selected validation's, else `last`."""
+        return last if self.select == "last" or self.best is None else self.best["scores"]
+
+
+def probe_naturalness(model: torch.nn.Module, probe: Callable[[Any], dict[str, float]] | None) -> dict[str, float]:
+    """Run the validation probe (sampled val responses, `evaluation.validation.naturalness_probe`) in eval mode.
+    Sampling seeds torch's generator; forking it keeps the training run's own random stream (data order,
+    dropout) the same with and without a probe. NaNs without a probe."""
+    probed = dict.fromkeys(PROBED, math.nan)
+    if probe is None:
+        return probed
+    was_training = model.training
+    model.eval()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        probed.update(probe(model))
+    model.train(was_training)
+    return probed
