@@ -232,8 +232,8 @@ def test_short_preference_run_learns_the_pairs_and_exports_plain_transformers(pa
 
 
 def test_select_val_bng_exports_the_validation_with_the_most_human_like_samples(paired_project, tmp_path):
-    from polyalign.params import load_params
     from polyalign.evaluation.validation import naturalness_probe
+    from polyalign.params import load_params
 
     project = copy_project(paired_project, tmp_path / "p")
     cli(["hdpo", "--variant", "dpo", "--set", "hdpo.select=val_bng"], project)  # 2 epochs: 2 validations
@@ -350,7 +350,7 @@ def test_best_of_k_keeps_exactly_the_sample_nearest_to_human_support(paired_proj
     from polyalign.critic.model import Critic
     from polyalign.modeling.tokenizer import decode_response
     from polyalign.params import load_params
-    from polyalign.stages.pairs import sampled_pairs
+    from polyalign.stages.pairs import draw_samples, sampled_pairs
 
     params = load_params(paired_project / "params.yaml")
     params = params.model_copy(update={"pairs": params.pairs.model_copy(update={"k": 4})})
@@ -360,7 +360,8 @@ def test_best_of_k_keeps_exactly_the_sample_nearest_to_human_support(paired_proj
     critic = Critic.load(paired_project / "models/critic")
     records = pq.read_table(paired_project / "data/buckets/train.parquet").to_pylist()[:10]
     budgets = [12] * len(records)
-    _, best = sampled_pairs(records, model, tokenizer, renderer, critic, params, budgets, 7, Counter(), {})
+    flat = draw_samples(records, model, tokenizer, renderer, params, budgets, 7)
+    _, best = sampled_pairs(records, flat, critic, params, 7, Counter(), {})
 
     again = generate(model, tokenizer, [renderer.prompt_ids(r) for r in records], stop_ids=renderer.eot_ids,
                      max_new_tokens=budgets, temperature=1.0, top_p=0.95, num_samples=4, batch_size=32, seed=7,

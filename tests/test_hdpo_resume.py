@@ -74,3 +74,75 @@ def test_a_run_shorter_than_an_epoch_validates_its_final_weights(paired_project,
     assert report["steps"] == 2 and report["val_reward_accuracy_per_bucket"]
     assert 0 <= report["val_reward_accuracy"] <= 1 and 0 < report["val_loss"] < 5
     assert "nan" not in result.stderr.split("hdpo@dpo:")[1]
+
+
+ROUNDS = ["hdpo", "--variant", "dpo", "--set", "hdpo.rounds=2", "--set", "hdpo.prompts_per_round=48",
+          "--set", "hdpo.checkpoint_every_n_steps=3", "--set", "hdpo.val_prompts=0"]
+
+
+def test_round_two_trains_on_fresh_samples_of_the_round_one_policy(paired_project, tmp_path):
+    from transformers import AutoTokenizer
+
+    from polyalign.generation import generate, prompt_budgets, read_train_answers
+    from polyalign.modeling.prompts import PromptRenderer
+    from polyalign.params import load_params
+    from polyalign.training.preference import pair_examples, score_examples
+
+    project = copy_project(paired_project, tmp_path / "p")
+    cli(ROUNDS, project)
+    report = json.loads((project / "reports/hdpo/dpo.json").read_text())
+    assert report["rounds"] == 2 and [r["round"] for r in report["per_round"]] == [1, 2]
+    assert report["steps"] == sum(r["steps"] for r in report["per_round"]) and report["selected_round"] == 2
+    steps = [row[0] for row in read_curve(project / "reports/hdpo/dpo/train.csv")]
+    assert steps == list(range(1, report["steps"] + 1))  # one step axis across the rounds
+
+    ckpts = project / "checkpoints/hdpo/dpo"
+    rows = pq.read_table(ckpts / "round2-pairs.parquet").to_pylist()
+    params = load_params(project / "params.yaml")
+    tokenizer = AutoTokenizer.from_pretrained(ckpts / "round1-model")
+    renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
+                              params.prompt.max_tokens)
+    train = pq.read_table(project / "data/buckets/train.parquet").to_pylist()
+    chosen = np.sort(np.random.default_rng(params.seed + 2).choice(len(train), 48, replace=False))
+    records = [train[i] for i in chosen]
+    answers, buckets = read_train_answers(project / "data/buckets/train.parquet")
+    budgets = prompt_budgets(params.generation, tokenizer, answers, buckets, [r["bucket_id"] for r in records],
+                             [len(renderer.prompt_ids(r)) for r in records], 128)
+
+    def samples_of(folder):
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        g = params.generation
+        drawn = generate(model, tokenizer, [renderer.prompt_ids(r) for r in records], stop_ids=renderer.eot_ids,
+                         max_new_tokens=budgets, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                         repetition_penalty=g.repetition_penalty, num_samples=params.pairs.k,
+                         batch_size=g.batch_size, seed=params.seed + 2000, progress=False)
+        return {r["id"]: [list(s.ids) for s in outs] for r, outs in zip(records, drawn)}, model
+
+    policy, round1 = samples_of(ckpts / "round1-model")
+    sft, _ = samples_of(project / "models/sft/bucket")
+    assert rows and all(list(r["rejected_ids"]) in policy[r["id"]] for r in rows)  # the round-1 policy's samples
+    assert any(list(r["rejected_ids"]) not in sft[r["id"]] for r in rows)  # not the SFT model's
+    # and the round's reference is that policy
+    expected = score_examples(round1, [pair_examples(renderer, r)[1] for r in rows], tokenizer.pad_token_id)
+    np.testing.assert_allclose([r["ref_rejected_logp"] for r in rows], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_resume_mid_round_after_a_kill_reproduces_the_uninterrupted_rounds(paired_project, tmp_path):
+    straight = copy_project(paired_project, tmp_path / "straight")
+    cli(ROUNDS, straight)
+    expected = read_curve(straight / "reports/hdpo/dpo/train.csv")
+    round1 = json.loads((straight / "reports/hdpo/dpo.json").read_text())["per_round"][0]["steps"]
+
+    killed = copy_project(paired_project, tmp_path / "killed")
+    step, _ = signal_at_step(ROUNDS, killed, killed / "checkpoints/hdpo/dpo/round2/last.ckpt", 3, signal.SIGKILL)
+    assert 3 <= step < len(expected) - round1, "the run should be killed in the middle of round 2"
+    assert not (killed / "models/hdpo/dpo").exists()
+    cli([*ROUNDS, "--resume"], killed)
+    resumed = read_curve(killed / "reports/hdpo/dpo/train.csv")
+    assert [row[0] for row in resumed] == [row[0] for row in expected]
+    np.testing.assert_allclose(np.array(resumed)[:, 1:], np.array(expected)[:, 1:], rtol=1e-5, atol=1e-6)
+    a = AutoModelForCausalLM.from_pretrained(straight / "models/hdpo/dpo").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(killed / "models/hdpo/dpo").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    result = cli([*ROUNDS, "--resume", "--beta", "0.3"], killed, check=False)
+    assert result.returncode == 2 and "hdpo.beta: 0.1 -> 0.3" in result.stderr

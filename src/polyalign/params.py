@@ -471,6 +471,12 @@ class HdpoParams(Section):
     select: Literal["last", "val_loss", "val_bng"] = Field(
         "last", description="the weights exported: the last step's, or those of the validation with the lowest "
         "val loss or val macro BNG")
+    rounds: int = Field(1, ge=1, description="round 1 trains on data/pairs; each later round on fresh pairs "
+                        "sampled from the previous round's policy, which is also its reference")
+    prompts_per_round: int = Field(0, ge=0, description="train prompts sampled in a round after the first, a seeded "
+                                   "subset per round (0: all)")
+    refit_critic: bool = Field(False, description="refit the critic each round after the first with the policy's "
+                               "samples as 'human < model sample' negatives")
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)

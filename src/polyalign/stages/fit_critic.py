@@ -118,6 +118,27 @@ def validation_report(pairs: Pairs, scores: np.ndarray, heldout_d: np.ndarray) -
 
 
 def run(params: Params, root: Path = Path(".")) -> dict:
+    fitted = fit(params, root)
+    if fitted is None:  # a DDP child process
+        return {}
+    critic, report = fitted
+    with atomic_path(root / params.paths.models / "critic", directory=True) as tmp:
+        critic.save(tmp)
+    write_json(root / params.paths.reports / "critic.json", report)
+    figures = {"AUROC human-vs-corrupted": "auroc_human_vs_corrupted", "own-vs-mismatched": "auroc_own_vs_mismatched",
+               "own-vs-other prompt": "auroc_own_vs_other_prompt",
+               "Spearman with the held-out features' distance": "spearman_heldout_distance"}
+    shown_figures = ", ".join(f"{label} {_figure(report[key])}" for label, key in figures.items() if key in report)
+    critic_dir = root / params.paths.models / "critic"
+    console.print(f"fit-critic: {shown_figures} → {shown(critic_dir)}", highlight=False)
+    return report
+
+
+def fit(params: Params, root: Path, extra_samples: list[dict] | None = None,
+        label: str = "default") -> tuple[Critic, dict] | None:
+    """Train the critic on the train split (validated on val); `extra_samples` ({response, bucket_id,
+    question}) are model samples added to `critic.model_samples` as "human < model sample" pairs (HDPO's
+    `refit_critic` passes its policy's samples). `label` names the run's logs. None in a DDP child process."""
     cfg = params.critic
     buckets_dir = root / params.paths.buckets
     refs_path = buckets_dir / "references.json"
@@ -129,7 +150,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         raise UserError(f"fit-critic: the training split {buckets_dir / 'train.parquet'} is empty")
     if not val:
         raise UserError(f"fit-critic: the validation split {buckets_dir / 'val.parquet'} is empty")
-    samples = read_model_samples(cfg.model_samples, root) if cfg.model_samples else None
+    samples = (read_model_samples(cfg.model_samples, root) if cfg.model_samples else []) + (extra_samples or [])
+    samples = samples or None
 
     rng = np.random.default_rng(params.seed)
     pools: dict[str, list[str]] = {}
@@ -165,31 +187,22 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     torch.manual_seed(params.seed)
     net = CriticNet(config["in_dim"], len(config["buckets"]), cfg.bucket_dim, cfg.hidden_size)
     module = CriticModule(net, cfg)
-    trainer = build_trainer(params, root, "critic", "default", max_epochs=cfg.epochs, max_steps=-1, accumulate=1,
+    trainer = build_trainer(params, root, "critic", label, max_epochs=cfg.epochs, max_steps=-1, accumulate=1,
                             clip=1.0, val_every_n_steps=0, checkpoint_every=10**9)
     trainer.fit(module, pair_loader(*arrays["train"], data["train"], cfg.batch_size, True, params.seed),
                 pair_loader(*arrays["val"], data["val"], cfg.batch_size, False, params.seed))
     if not trainer.is_global_zero:
-        return {}
+        return None
 
     critic = Critic(net, encoder, refs, config)
     x_val, b_val, _ = arrays["val"]
     scores = critic.score_inputs(x_val, b_val)
     report = {"encoder": cfg.encoder, "seed": params.seed, "train_pairs": len(data["train"].lo),
               "val_pairs": len(data["val"].lo), "heldout_features": list(cfg.heldout_features),
-              **validation_report(data["val"], scores, heldout_d["val"])}
+              "model_samples": len(samples or []), **validation_report(data["val"], scores, heldout_d["val"])}
     finish_loggers(trainer)
     if report["score_std_human"] < cfg.min_score_std:
         raise UserError(f"fit-critic: the critic collapsed: the standard deviation of its validation scores on "
                         f"human responses is {report['score_std_human']:.2e} < critic.min_score_std="
                         f"{cfg.min_score_std}; nothing was saved (check the training data for variety)")
-    with atomic_path(root / params.paths.models / "critic", directory=True) as tmp:
-        critic.save(tmp)
-    write_json(root / params.paths.reports / "critic.json", report)
-    figures = {"AUROC human-vs-corrupted": "auroc_human_vs_corrupted", "own-vs-mismatched": "auroc_own_vs_mismatched",
-               "own-vs-other prompt": "auroc_own_vs_other_prompt",
-               "Spearman with the held-out features' distance": "spearman_heldout_distance"}
-    shown_figures = ", ".join(f"{label} {_figure(report[key])}" for label, key in figures.items() if key in report)
-    critic_dir = root / params.paths.models / "critic"
-    console.print(f"fit-critic: {shown_figures} → {shown(critic_dir)}", highlight=False)
-    return report
+    return critic, report

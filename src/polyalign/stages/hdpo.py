@@ -1,6 +1,13 @@
 """Stage `hdpo@<variant>`: preference optimisation from the variant's `init` SFT model (`models/sft/<name>`,
 default sft@bucket) on `data/pairs/`, whose rejected responses were sampled from sft@bucket.
 
+With `hdpo.rounds: R` > 1 the stage runs R rounds: round 1 trains on `data/pairs/`; round r >= 2 samples fresh
+pairs from the round r-1 policy on a seeded subset of `hdpo.prompts_per_round` train prompts (the `pairs`
+settings pick the two sides), takes that policy as its reference, and trains on them. With `hdpo.refit_critic`
+the critic is refit first with the policy's samples as "human < model sample" negatives, and scores that round's
+pairs. Each round keeps its pairs, model and summary beside its checkpoints, so `--resume` continues mid-round.
+The exported model is the last round's, or with `hdpo.select` the round whose selected validation scored best.
+
 `dpo` (gamma = lam = alpha = 0, uniform weights) is standard sigmoid DPO; `hdpo` adds the critic offset, the
 distribution regulariser and the NLL anchor (DESIGN §8). Reads params: seed, paths, prompt, trainer, generation,
 hdpo (shared keys and `hdpo.variants.<variant>`), the names of sft.variants, logging. Reads `data/pairs/`, the
@@ -14,18 +21,29 @@ from. Checkpoints go to `checkpoints/hdpo/<variant>/` for --resume.
 from __future__ import annotations
 
 import json
+import math
+import os
+import shutil
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers import AutoTokenizer
 
+from polyalign.critic.model import Critic
 from polyalign.errors import UserError, shown
 from polyalign.evaluation.validation import naturalness_probe
+from polyalign.generation import prompt_budgets, read_train_answers
 from polyalign.io import atomic_path, write_json, write_text
 from polyalign.log import console
-from polyalign.modeling.model import inference_device, load_model_dir
+from polyalign.modeling.model import inference_device, load_model_dir, model_context
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.params import Params
+from polyalign.stages.fit_critic import fit as fit_critic
+from polyalign.stages.pairs import draw_samples, sampled_pairs
+from polyalign.stages.pairs import finish as finish_pairs
 from polyalign.training.preference import (
     FINGERPRINT,
     SAMPLER,
@@ -44,6 +62,8 @@ from polyalign.training.trainer import (
     check_finite,
     figure,
     finish_loggers,
+    identity_changes,
+    identity_sha256,
     last_checkpoint,
     prepare_checkpoints,
     run_identity,
@@ -124,7 +144,11 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
     if not (start / "config.json").is_file():
         raise UserError(f"hdpo: the SFT model {start} is missing (run `polyalign sft --variant {sft_variant}` "
                         "first)")
-    ckpt = last_checkpoint(root, params, "hdpo", variant, resume)
+    ckpts = root / params.paths.checkpoints / "hdpo" / variant
+    if h.rounds == 1:
+        last_checkpoint(root, params, "hdpo", variant, resume)
+    elif resume and not any(ckpts.glob("round*")):
+        raise UserError(f"hdpo --resume: no checkpoint of any round in {ckpts} to resume from")
     pairs_dir = root / params.paths.data_pairs
     need_ref = h.reference == "precomputed"
     train, val = read_pairs(pairs_dir / "train.parquet", need_ref), read_pairs(pairs_dir / "val.parquet", need_ref)
@@ -137,48 +161,115 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
         recompute_reference(train + val, start, renderer, params.trainer.accelerator)
         console.print(f"hdpo@{variant}: reference log-probs recomputed with {v.init} (the pairs were sampled "
                       f"from sft@bucket)", highlight=False)
-    for rows in (train, val):
-        for r in rows:
-            r.update(encode_pair(renderer, r))
-    buckets = sorted({r["bucket_id"] for r in train + val})
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else renderer.eot_ids[0]
+    probe = naturalness_probe(params, root, h.val_prompts, start, tokenizer, renderer, "hdpo.val_prompts")
+    inputs = [pairs_dir / "train.parquet", pairs_dir / "val.parquet", start]
+    if h.rounds == 1:
+        fitted = fit_round(params, variant, variant, root, start, train, val, tokenizer, renderer, probe, inputs,
+                           resume, resume_anyway)
+        if fitted is None:
+            return None
+        module, summary = fitted
+        with atomic_path(root / params.paths.models / "hdpo" / variant, directory=True) as tmp:
+            module.export(tmp, tokenizer)
+        curve = [(s, loss, acc) for s, loss, acc in module.history["train"]]
+        report = {"variant": variant, **v.model_dump(), "beta": h.beta, "reference": h.reference,
+                  "loss_type": h.loss_type, "rounds": 1, **summary}
+        return write_report(params, root, variant, report, curve)
+
+    # several rounds: what the stage as a whole was run with, recorded in every finished round
+    stage_identity = run_identity(params, "hdpo", variant, params.trainer.devices, root, inputs)
+    stage_record = {"sha256": identity_sha256(stage_identity), "values": stage_identity}
+    if not resume and "LOCAL_RANK" not in os.environ:  # DDP child processes keep what rank 0 set up
+        shutil.rmtree(ckpts, ignore_errors=True)
+        shutil.rmtree(root / params.paths.logs / "hdpo" / variant, ignore_errors=True)
+    summaries, curve, current, critic = [], [], start, None
+    for r in range(1, h.rounds + 1):
+        done = ckpts / f"round{r}.json"
+        if resume and done.is_file():
+            summary = json.loads(done.read_text(encoding="utf-8"))
+            changes = identity_changes(summary.pop("stage"), stage_identity)
+            if changes and not resume_anyway:
+                raise UserError(f"hdpo --resume: round {r} in {ckpts} was run with other settings or inputs: "
+                                f"{'; '.join(changes)}. Run without --resume to start over, or add --resume-anyway")
+        else:
+            if r == 1:
+                rows, round_val, round_inputs = train, val, inputs
+            else:
+                if critic is None:
+                    critic = Critic.load(root / params.paths.models / "critic")
+                rows = round_pairs(params, root, variant, r, current, tokenizer, renderer, critic, resume)
+                round_val = [dict(x) for x in val]
+                if need_ref:  # the round's reference is the policy it starts from
+                    recompute_reference(round_val, current, renderer, params.trainer.accelerator)
+                round_inputs = [ckpts / f"round{r}-pairs.parquet", pairs_dir / "val.parquet", current]
+            label = f"{variant}/round{r}"
+            fitted = fit_round(params, variant, label, root, current, rows, round_val, tokenizer, renderer, probe,
+                               round_inputs, resume and (ckpts / f"round{r}" / "last.ckpt").is_file(),
+                               resume_anyway)
+            if fitted is None:
+                return None
+            module, summary = fitted
+            with atomic_path(ckpts / f"round{r}-model", directory=True) as tmp:
+                module.export(tmp, tokenizer)
+            summary["train_curve"] = [list(row) for row in module.history["train"]]
+            write_json(done, {**summary, "round": r, "stage": stage_record})
+        summaries.append({**summary, "round": r})
+        offset = curve[-1][0] if curve else 0  # one step axis across rounds
+        curve += [(offset + s, loss, acc) for s, loss, acc in summary["train_curve"]]
+        current = ckpts / f"round{r}-model"
+
+    chosen = summaries[-1]
+    if h.select != "last":
+        finite = [s for s in summaries if math.isfinite(s.get("selected_score", math.nan))]
+        chosen = min(finite, key=lambda s: s["selected_score"]) if finite else chosen
+    with atomic_path(root / params.paths.models / "hdpo" / variant, directory=True) as tmp:
+        shutil.copytree(ckpts / f"round{chosen['round']}-model", tmp, dirs_exist_ok=True)
+    report = {"variant": variant, **v.model_dump(), "beta": h.beta, "reference": h.reference,
+              "loss_type": h.loss_type, "rounds": h.rounds, "selected_round": chosen["round"],
+              **{k: val_ for k, val_ in chosen.items() if k not in ("train_curve", "round")},
+              "steps": sum(s["steps"] for s in summaries),
+              "per_round": [{k: val_ for k, val_ in s.items() if k != "train_curve"} for s in summaries]}
+    return write_report(params, root, variant, report, curve)
+
+
+def fit_round(params: Params, variant: str, label: str, root: Path, start: Path, train: list[dict],
+              val: list[dict], tokenizer, renderer: PromptRenderer, probe, inputs: list[Path], resume: bool,
+              resume_anyway: bool):
+    """Train one round from `start` on `train` pairs (validated on `val`); returns the module with the selected
+    weights loaded and the round's summary, or None in a DDP child process. `label` is the variant,
+    or `<variant>/round<r>`: it names the round's checkpoints, logs and W&B run."""
+    h, v = params.hdpo, params.hdpo.variants[variant]
     # sampled chosen sides (pairs.chosen: nearest_sample | mixed): the NLL anchor scores the human answers apart
     anchor = v.alpha > 0 and any(r.get("chosen_ids") is not None for r in train + val)
+    train, val = [{**r, **encode_pair(renderer, r)} for r in train], [{**r, **encode_pair(renderer, r)} for r in val]
+    buckets = sorted({r["bucket_id"] for r in train + val})
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else renderer.eot_ids[0]
     collate = PairCollator(pad_id, {b: i for i, b in enumerate(buckets)}, uniform=v.weighting == "uniform",
                            anchor=anchor)
-
-    trainer = build_trainer(params, root, "hdpo", variant, max_epochs=h.epochs, max_steps=h.max_steps,
+    ckpt = root / params.paths.checkpoints / "hdpo" / label / "last.ckpt"
+    trainer = build_trainer(params, root, "hdpo", label, max_epochs=h.epochs, max_steps=h.max_steps,
                             accumulate=h.accumulate_grad_batches, clip=h.gradient_clip_val, val_every_n_steps=0,
                             checkpoint_every=h.checkpoint_every_n_steps)
-    inputs = [pairs_dir / "train.parquet", pairs_dir / "val.parquet", start]
     identity = run_identity(params, "hdpo", variant, trainer.world_size, root, inputs)
     # only now, with every input checked, may a fresh run remove the previous run's checkpoints
-    resume_from = prepare_checkpoints(trainer, ckpt, root / params.paths.logs / "hdpo" / variant, identity,
+    resume_from = prepare_checkpoints(trainer, ckpt, root / params.paths.logs / "hdpo" / label, identity,
                                       resume=resume, resume_anyway=resume_anyway, command=f"hdpo --variant {variant}")
     train_loader = pair_dataloader(train, collate, h.batch_size, train=True, seed=params.seed, trainer=trainer)
     val_loader = pair_dataloader(val, collate, h.batch_size, train=False, seed=params.seed, trainer=trainer)
     total_steps = total_optimizer_steps(len(train_loader), h.epochs, h.accumulate_grad_batches, h.max_steps)
-    module = PreferenceModule(str(start), h, v, buckets, total_steps,
-                              probe=naturalness_probe(params, root, h.val_prompts, start, tokenizer, renderer,
-                                                    "hdpo.val_prompts"))
+    module = PreferenceModule(str(start), h, v, buckets, total_steps, probe=probe)
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
     trainer.save_checkpoint(ckpt, weights_only=False)  # the final state, as sft keeps it
     validate_at_end(trainer, module, dataloaders=val_loader)
     if not trainer.is_global_zero:
         return None
     check_finite(f"hdpo@{variant}", module.history, module.last_val, "hdpo.lr")
-
     selected = module.selection.apply(module.model, trainer.global_step)
-    with atomic_path(root / params.paths.models / "hdpo" / variant, directory=True) as tmp:
-        module.export(tmp, tokenizer)
-    reports = root / params.paths.reports / "hdpo"
+    finish_loggers(trainer)
     history = module.history["train"]
-    write_text(reports / variant / "train.csv", "step,loss,reward_accuracy\n" +
-               "".join(f"{s},{loss:.6f},{acc:.4f}\n" for s, loss, acc in history))
     tail = history[-max(1, len(history) // 10):]
     metrics = module.selection.scores(module.last_val)  # of the weights exported
-    report = {
-        "variant": variant, **v.model_dump(), "beta": h.beta, "reference": h.reference, "loss_type": h.loss_type,
+    summary = {
         "steps": trainer.global_step, "train_pairs": len(train), "val_pairs": len(val),
         "train_loss_last_10pct": sum(x[1] for x in tail) / len(tail),
         "train_reward_accuracy_last_10pct": sum(x[2] for x in tail) / len(tail),
@@ -193,9 +284,58 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
         # sampled val responses (hdpo.val_prompts) at the validation of the weights exported, and which it was
         **{f"val_{k}": metrics[k] for k in PROBED}, **selected,
     }
+    return module, summary
+
+
+def round_pairs(params: Params, root: Path, variant: str, r: int, policy: Path, tokenizer,
+                renderer: PromptRenderer, critic: Critic, resume: bool) -> list[dict]:
+    """Round r's training pairs: `pairs.k` samples of the round r-1 `policy` per prompt of a seeded subset of
+    `hdpo.prompts_per_round` train prompts, paired by the `pairs` settings and scored by the critic (refit on
+    these samples first with `hdpo.refit_critic`), with the policy's reference log-probs. Kept beside the
+    round's checkpoints, so a resumed round trains on the same pairs."""
+    path = root / params.paths.checkpoints / "hdpo" / variant / f"round{r}-pairs.parquet"
+    if resume and path.is_file():
+        return pq.read_table(path).to_pylist()
+    h = params.hdpo
+    records = pq.read_table(root / params.paths.buckets / "train.parquet").to_pylist()
+    n = h.prompts_per_round or len(records)
+    if n < len(records):
+        pick = np.random.default_rng(params.seed + r).choice(len(records), n, replace=False)
+        records = [records[i] for i in np.sort(pick)]
+    model, _ = load_model_dir(policy, f"the round {r - 1} policy")
+    model.to(inference_device(params.trainer.accelerator))
+    answers, answer_buckets = read_train_answers(root / params.paths.buckets / "train.parquet")
+    budgets = prompt_budgets(params.generation, tokenizer, answers, answer_buckets,
+                             [x["bucket_id"] for x in records], [len(renderer.prompt_ids(x)) for x in records],
+                             model_context(policy))
+    seed = params.seed + 1000 * r
+    flat = draw_samples(records, model, tokenizer, renderer, params, budgets, seed)
+    if h.refit_critic:
+        fitted = fit_critic(params, root, label=f"hdpo-{variant}-round{r}", extra_samples=[
+            {"response": text, "bucket_id": records[i]["bucket_id"], "question": records[i]["question"]}
+            for i, _, text in flat if text])
+        if fitted is None:
+            raise UserError("hdpo.refit_critic runs on one process only (set trainer.devices: 1)")
+        critic = fitted[0]
+    dropped: Counter = Counter()
+    rows, _ = sampled_pairs(records, flat, critic, params, seed, dropped, {})
+    if not rows:
+        raise UserError(f"hdpo@{variant}: round {r} has no usable pair ({dict(dropped)})")
+    finish_pairs(rows, critic, model, renderer, params.hdpo.reference == "precomputed")
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+    console.print(f"hdpo@{variant}: round {r}: {len(rows)} pairs sampled from the round {r - 1} policy "
+                  f"({dict(dropped) or 'none dropped'})", highlight=False)
+    return rows
+
+
+def write_report(params: Params, root: Path, variant: str, report: dict, curve: list[tuple]) -> dict:
+    reports = root / params.paths.reports / "hdpo"
+    write_text(reports / variant / "train.csv", "step,loss,reward_accuracy\n" +
+               "".join(f"{s},{loss:.6f},{acc:.4f}\n" for s, loss, acc in curve))
     write_json(reports / f"{variant}.json", report)
-    finish_loggers(trainer)
-    console.print(f"hdpo@{variant}: {report['steps']} steps, val loss {figure(report['val_loss'])}, "
+    rounds = f" in {report['rounds']} rounds (round {report['selected_round']} exported)" if report["rounds"] > 1 else ""
+    console.print(f"hdpo@{variant}: {report['steps']} steps{rounds}, val loss {figure(report['val_loss'])}, "
                   f"val reward accuracy {figure(report['val_reward_accuracy'])} "
                   f"→ {shown(root / params.paths.models / 'hdpo' / variant)}", highlight=False)
     return report

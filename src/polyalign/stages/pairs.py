@@ -89,25 +89,30 @@ def read_preference_file(path: str, root: Path) -> list[dict]:
     return rows
 
 
-def sampled_pairs(records: list[dict], model, tokenizer, renderer: PromptRenderer, critic: Critic,
-                  params: Params, budgets: list[int], seed: int, dropped: Counter,
-                  report: dict) -> tuple[list[dict], list[dict]]:
-    """Sample `pairs.k` responses per prompt and pair them up (`pick_pair`: chosen = the human answer or the
-    nearest sample, rejected = another sample). Also returns, per prompt with a usable sample, the sample
-    nearest to human support (`best_of_k`: what rejection-sampling SFT trains on).
-
+def draw_samples(records: list[dict], model, tokenizer, renderer: PromptRenderer, params: Params,
+                 budgets: list[int], seed: int) -> list[tuple[int, Sample, str]]:
+    """`pairs.k` samples per prompt with the `generation` settings, as (record index, sample, decoded text).
     Samples keep the token ids the model generated and their `truncated` flag (cut by the budget, no end of
-    turn); `pairs.truncated: drop` leaves truncated samples out. `report` gets the share of truncated samples
-    and the critic's AUROC of human answers vs the samples, overall and per language: how well the critic
-    separates exactly the responses HDPO will be asked to move away from."""
-    g, cfg = params.generation, params.pairs
+    turn)."""
+    g = params.generation
     prompts = [renderer.prompt_ids(r) for r in records]
     samples = generate(model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=budgets,
                        temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                       repetition_penalty=g.repetition_penalty, num_samples=cfg.k, batch_size=g.batch_size,
-                       seed=seed, progress=params.logging.progress, description="sampling rejected responses")
-    flat = [(i, s, decode_response(tokenizer, s.ids, s.truncated))
-            for i, outs in enumerate(samples) for s in outs]
+                       repetition_penalty=g.repetition_penalty, num_samples=params.pairs.k, batch_size=g.batch_size,
+                       seed=seed, progress=params.logging.progress, description="sampling responses")
+    return [(i, s, decode_response(tokenizer, s.ids, s.truncated)) for i, outs in enumerate(samples) for s in outs]
+
+
+def sampled_pairs(records: list[dict], flat: list[tuple[int, Sample, str]], critic: Critic, params: Params,
+                  seed: int, dropped: Counter, report: dict) -> tuple[list[dict], list[dict]]:
+    """Pair up the samples of `draw_samples` (`pick_pair`: chosen = the human answer or the nearest sample,
+    rejected = another sample). Also returns, per prompt with a usable sample, the sample nearest to human
+    support (`best_of_k`: what rejection-sampling SFT trains on).
+
+    `pairs.truncated: drop` leaves truncated samples out. `report` gets the share of truncated samples and the
+    critic's AUROC of human answers vs the samples, overall and per language: how well the critic separates
+    exactly the responses HDPO will be asked to move away from."""
+    cfg = params.pairs
     report["samples"] = len(flat)
     report["samples_truncated"] = sum(s.truncated for _, s, _ in flat)
     sample_d = critic.score_responses([t for _, _, t in flat], [records[i] for i, _, _ in flat])
@@ -255,8 +260,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
                                      [r["bucket_id"] for r in records],
                                      [len(renderer.prompt_ids(r)) for r in records], model_context(model))
             sample_report: dict = {}
-            pairs, best = sampled_pairs(records, model, tokenizer, renderer, critic, params, budgets,
-                                        params.seed + offset, dropped, sample_report)
+            flat = draw_samples(records, model, tokenizer, renderer, params, budgets, params.seed + offset)
+            pairs, best = sampled_pairs(records, flat, critic, params, params.seed + offset, dropped, sample_report)
             if split == "train":
                 out[BEST_OF_K.removesuffix(".parquet")] = best
                 report["best_of_k_prompts"] = len(best)
