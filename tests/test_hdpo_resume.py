@@ -80,7 +80,8 @@ ROUNDS = ["hdpo", "--variant", "dpo", "--set", "hdpo.rounds=2", "--set", "hdpo.p
           "--set", "hdpo.checkpoint_every_n_steps=3", "--set", "hdpo.val_prompts=0"]
 
 
-def test_round_two_trains_on_fresh_samples_of_the_round_one_policy(paired_project, tmp_path):
+def test_round_two_trains_on_fresh_samples_of_the_round_one_policy_scored_by_a_refit_critic(paired_project,
+                                                                                            tmp_path):
     from transformers import AutoTokenizer
 
     from polyalign.generation import generate, prompt_budgets, read_train_answers
@@ -88,10 +89,15 @@ def test_round_two_trains_on_fresh_samples_of_the_round_one_policy(paired_projec
     from polyalign.params import load_params
     from polyalign.training.preference import pair_examples, score_examples
 
+    from polyalign.critic.model import Critic
+
     project = copy_project(paired_project, tmp_path / "p")
-    cli(ROUNDS, project)
+    cli([*ROUNDS, "--set", "hdpo.refit_critic=true"], project)
     report = json.loads((project / "reports/hdpo/dpo.json").read_text())
     assert report["rounds"] == 2 and [r["round"] for r in report["per_round"]] == [1, 2]
+    sampling = report["per_round"][1]["sampling"]
+    assert sampling["prompts"] == 48 and sampling["pairs"] > 0
+    assert 0 < sampling["critic_refit"]["model_samples"] <= 48 * 2  # the policy's non-empty samples
     assert report["steps"] == sum(r["steps"] for r in report["per_round"]) and report["selected_round"] == 2
     steps = [row[0] for row in read_curve(project / "reports/hdpo/dpo/train.csv")]
     assert steps == list(range(1, report["steps"] + 1))  # one step axis across the rounds
@@ -122,6 +128,9 @@ def test_round_two_trains_on_fresh_samples_of_the_round_one_policy(paired_projec
     sft, _ = samples_of(project / "models/sft/bucket")
     assert rows and all(list(r["rejected_ids"]) in policy[r["id"]] for r in rows)  # the round-1 policy's samples
     assert any(list(r["rejected_ids"]) not in sft[r["id"]] for r in rows)  # not the SFT model's
+    # scored by the refit critic, not the one in models/critic
+    original = Critic.load(project / "models/critic").score_responses([r["rejected"] for r in rows], rows)
+    assert not np.allclose(original, [r["d_rejected"] for r in rows], atol=1e-4)
     # and the round's reference is that policy
     expected = score_examples(round1, [pair_examples(renderer, r)[1] for r in rows], tokenizer.pad_token_id)
     np.testing.assert_allclose([r["ref_rejected_logp"] for r in rows], expected, rtol=1e-4, atol=1e-4)

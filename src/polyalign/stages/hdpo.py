@@ -197,7 +197,7 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
             else:
                 if critic is None:
                     critic = Critic.load(root / params.paths.models / "critic")
-                rows = round_pairs(params, root, variant, r, current, tokenizer, renderer, critic, resume)
+                rows, sampling = round_pairs(params, root, variant, r, current, tokenizer, renderer, critic, resume)
                 round_val = [dict(x) for x in val]
                 if need_ref:  # the round's reference is the policy it starts from
                     recompute_reference(round_val, current, renderer, params.trainer.accelerator)
@@ -212,6 +212,8 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
             with atomic_path(ckpts / f"round{r}-model", directory=True) as tmp:
                 module.export(tmp, tokenizer)
             summary["train_curve"] = [list(row) for row in module.history["train"]]
+            if r > 1:
+                summary["sampling"] = sampling
             write_json(done, {**summary, "round": r, "stage": stage_record})
         summaries.append({**summary, "round": r})
         offset = curve[-1][0] if curve else 0  # one step axis across rounds
@@ -288,14 +290,16 @@ def fit_round(params: Params, variant: str, label: str, root: Path, start: Path,
 
 
 def round_pairs(params: Params, root: Path, variant: str, r: int, policy: Path, tokenizer,
-                renderer: PromptRenderer, critic: Critic, resume: bool) -> list[dict]:
+                renderer: PromptRenderer, critic: Critic, resume: bool) -> tuple[list[dict], dict]:
     """Round r's training pairs: `pairs.k` samples of the round r-1 `policy` per prompt of a seeded subset of
     `hdpo.prompts_per_round` train prompts, paired by the `pairs` settings and scored by the critic (refit on
-    these samples first with `hdpo.refit_critic`), with the policy's reference log-probs. Kept beside the
-    round's checkpoints, so a resumed round trains on the same pairs."""
+    these samples first with `hdpo.refit_critic`), with the policy's reference log-probs, and what the
+    sampling gave (counts, the critic's separation, the refit critic's validation). Kept beside the round's
+    checkpoints, so a resumed round trains on the same pairs."""
     path = root / params.paths.checkpoints / "hdpo" / variant / f"round{r}-pairs.parquet"
-    if resume and path.is_file():
-        return pq.read_table(path).to_pylist()
+    info_path = path.with_suffix(".json")
+    if resume and path.is_file() and info_path.is_file():
+        return pq.read_table(path).to_pylist(), json.loads(info_path.read_text(encoding="utf-8"))
     h = params.hdpo
     records = pq.read_table(root / params.paths.buckets / "train.parquet").to_pylist()
     n = h.prompts_per_round or len(records)
@@ -318,15 +322,20 @@ def round_pairs(params: Params, root: Path, variant: str, r: int, policy: Path, 
             raise UserError("hdpo.refit_critic runs on one process only (set trainer.devices: 1)")
         critic = fitted[0]
     dropped: Counter = Counter()
-    rows, _ = sampled_pairs(records, flat, critic, params, seed, dropped, {})
+    info: dict = {"prompts": len(records)}
+    rows, _ = sampled_pairs(records, flat, critic, params, seed, dropped, info)
     if not rows:
         raise UserError(f"hdpo@{variant}: round {r} has no usable pair ({dict(dropped)})")
     finish_pairs(rows, critic, model, renderer, params.hdpo.reference == "precomputed")
+    info.update(pairs=len(rows), dropped=dict(dropped),
+                rejected_farther=float(np.mean([p["d_rejected"] > p["d_chosen"] for p in rows])),
+                critic_refit=fitted[1] if h.refit_critic else None)
     with atomic_path(path) as tmp:
         pq.write_table(pa.Table.from_pylist(rows), tmp)
+    write_json(info_path, info)
     console.print(f"hdpo@{variant}: round {r}: {len(rows)} pairs sampled from the round {r - 1} policy "
                   f"({dict(dropped) or 'none dropped'})", highlight=False)
-    return rows
+    return rows, info
 
 
 def write_report(params: Params, root: Path, variant: str, report: dict, curve: list[tuple]) -> dict:
