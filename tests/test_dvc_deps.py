@@ -95,8 +95,9 @@ def test_each_sft_stage_depends_on_its_start_and_its_data():
     the pairs stage's output."""
     listed = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["sft"]["foreach"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    best_of_k, human = "${paths.data_pairs}/best_of_k.parquet", "${paths.buckets}/train.parquet"
     expected = {name: {"start": "${paths.models}/" + ("base" if v["init"] == "base" else
                                                       "sft/" + v["init"].removeprefix("sft@")),
-                       "data": "${paths.data_pairs}" if v["data"] == "best_of_k" else "${paths.buckets}/train.parquet"}
+                       "data": best_of_k if v["data"] == "best_of_k" else human}
                 for name, v in params["sft"]["variants"].items()}
     assert listed == expected

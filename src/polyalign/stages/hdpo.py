@@ -10,9 +10,9 @@ The exported model is the last round's, or with `hdpo.select` the round whose se
 
 `dpo` (gamma = lam = alpha = 0, uniform weights) is standard sigmoid DPO; `hdpo` adds the critic offset, the
 distribution regulariser and the NLL anchor (DESIGN §8). Reads params: seed, paths, prompt, trainer, generation,
-hdpo (shared keys and `hdpo.variants.<variant>`), the names of sft.variants, logging. Reads `data/pairs/`, the
-start model, and for the val probe (`hdpo.val_prompts`) `data/buckets/{val,train}.parquet` and
-`references.json`. Writes `models/hdpo/<variant>/` (save_pretrained form; with `hdpo.select`, the selected
+hdpo (shared keys and `hdpo.variants.<variant>`), the names of sft.variants, logging, and for rounds > 1 pairs,
+critic and data.length_bins. Reads `data/pairs/`, the start model, and for the val probe (`hdpo.val_prompts`)
+and the rounds `data/buckets/{val,train}.parquet`, `references.json` (and `models/critic/` for the rounds). Writes `models/hdpo/<variant>/` (save_pretrained form; with `hdpo.select`, the selected
 validation's weights) and `reports/hdpo/<variant>.json`. A variant that starts from another model than the
 sampler gets its reference log-probs recomputed with its own start: the reference of DPO is the model it starts
 from. Checkpoints go to `checkpoints/hdpo/<variant>/` for --resume.
