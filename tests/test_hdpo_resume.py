@@ -77,22 +77,27 @@ def test_a_run_shorter_than_an_epoch_validates_its_final_weights(paired_project,
 
 
 ROUNDS = ["hdpo", "--variant", "dpo", "--set", "hdpo.rounds=2", "--set", "hdpo.prompts_per_round=48",
-          "--set", "hdpo.checkpoint_every_n_steps=3", "--set", "hdpo.val_prompts=0"]
+          "--set", "hdpo.refit_critic=true", "--set", "hdpo.checkpoint_every_n_steps=3", "--set", "hdpo.val_prompts=0"]
 
 
-def test_round_two_trains_on_fresh_samples_of_the_round_one_policy_scored_by_a_refit_critic(paired_project,
-                                                                                            tmp_path):
+@pytest.fixture(scope="module")
+def two_rounds(paired_project, tmp_path_factory):
+    """An uninterrupted 2-round run (read only: a test that writes copies it)."""
+    project = copy_project(paired_project, tmp_path_factory.mktemp("rounds") / "p")
+    cli(ROUNDS, project)
+    return project
+
+
+def test_round_two_trains_on_fresh_samples_of_the_round_one_policy_scored_by_a_refit_critic(two_rounds):
     from transformers import AutoTokenizer
 
+    from polyalign.critic.model import Critic
     from polyalign.generation import generate, prompt_budgets, read_train_answers
     from polyalign.modeling.prompts import PromptRenderer
     from polyalign.params import load_params
     from polyalign.training.preference import pair_examples, score_examples
 
-    from polyalign.critic.model import Critic
-
-    project = copy_project(paired_project, tmp_path / "p")
-    cli([*ROUNDS, "--set", "hdpo.refit_critic=true"], project)
+    project = two_rounds
     report = json.loads((project / "reports/hdpo/dpo.json").read_text())
     assert report["rounds"] == 2 and [r["round"] for r in report["per_round"]] == [1, 2]
     sampling = report["per_round"][1]["sampling"]
@@ -136,9 +141,8 @@ def test_round_two_trains_on_fresh_samples_of_the_round_one_policy_scored_by_a_r
     np.testing.assert_allclose([r["ref_rejected_logp"] for r in rows], expected, rtol=1e-4, atol=1e-4)
 
 
-def test_resume_mid_round_after_a_kill_reproduces_the_uninterrupted_rounds(paired_project, tmp_path):
-    straight = copy_project(paired_project, tmp_path / "straight")
-    cli(ROUNDS, straight)
+def test_resume_mid_round_after_a_kill_reproduces_the_uninterrupted_rounds(paired_project, two_rounds, tmp_path):
+    straight = two_rounds
     expected = read_curve(straight / "reports/hdpo/dpo/train.csv")
     round1 = json.loads((straight / "reports/hdpo/dpo.json").read_text())["per_round"][0]["steps"]
 
