@@ -159,3 +159,16 @@ def test_a_label_with_commas_and_quotes_survives_the_csv():
     result["groups"][0]["label"] = 'data.preset="paper-en", hdpo.beta=0.3'
     rows = list(csv.reader(io.StringIO(compare.table_csv(result))))
     assert rows[1][0] == 'data.preset="paper-en", hdpo.beta=0.3 · sft@global' and len(rows[1]) == len(rows[0])
+
+
+def test_each_configuration_is_labelled_by_what_sets_it_apart_from_the_others():
+    flats = {"ref": {"pairs.chosen": "nearest", "alpha": 0.05, "rounds": 1, "per_round": 0, "beta": 0.1},
+             "human": {"pairs.chosen": "human", "alpha": 0.05, "rounds": 1, "per_round": 0, "beta": 0.1},
+             "alpha": {"pairs.chosen": "nearest", "alpha": 1.0, "rounds": 1, "per_round": 0, "beta": 0.1},
+             "rounds": {"pairs.chosen": "nearest", "alpha": 0.05, "rounds": 3, "per_round": 512, "beta": 0.1}}
+    labels = compare._labels(flats)
+    assert labels == {"ref": "the shared settings", "human": 'pairs.chosen="human"', "alpha": "alpha=1.0",
+                      "rounds": "per_round=512, rounds=3"}
+    two = compare._labels({"a": {"beta": 0.1, "seed_free": 1}, "b": {"beta": 0.3, "seed_free": 1}})
+    assert two == {"a": "beta=0.1", "b": "beta=0.3"}  # no value shared by a majority: both named
+    assert compare._labels({"a": {"beta": 0.1}}) == {"a": "all runs"}

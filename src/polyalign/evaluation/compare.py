@@ -83,14 +83,24 @@ def configuration(params: dict) -> tuple[str, dict[str, Any]]:
 
 
 def _labels(flats: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Each configuration named by the params whose values differ between the configurations."""
+    """Each configuration named by what sets it apart: among the params whose values differ between the
+    configurations, those where it departs from the value most configurations share (all of them where no value
+    is shared by a strict majority of the others). The one configuration at every shared value is named so."""
     keys = sorted({k for f in flats.values() for k in f})
-    differing = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats.values()}) > 1]
+    values = {k: [json.dumps(f.get(k), sort_keys=True) for f in flats.values()] for k in keys}
+    differing = [k for k in keys if len(set(values[k])) > 1]
+    common = {}
+    for k in differing:
+        (top, n), *rest = Counter(values[k]).most_common()
+        if not rest or n > rest[0][1]:
+            common[k] = top
     labels = {}
     for cid, f in flats.items():
-        named = [f"{k}={json.dumps(f.get(k), ensure_ascii=False)}" for k in differing]
-        labels[cid] = (", ".join(named[:LABEL_KEYS]) + (f" (+{len(named) - LABEL_KEYS} more)"
-                                                         if len(named) > LABEL_KEYS else "")) or "all runs"
+        named = [f"{k}={json.dumps(f.get(k), ensure_ascii=False)}" for k in differing
+                 if json.dumps(f.get(k), sort_keys=True) != common.get(k)]
+        label = ", ".join(named[:LABEL_KEYS]) + (f" (+{len(named) - LABEL_KEYS} more)" if len(named) > LABEL_KEYS
+                                                 else "")
+        labels[cid] = label or ("the shared settings" if differing else "all runs")
     return labels
 
 
