@@ -84,8 +84,11 @@ def bucket_aware_project(root: Path, **extra):
     return params
 
 
+# the human answer as the chosen side and the last weights: what most hdpo tests assert about (the on-policy default
+# and selection by val BNG have their own tests)
 PAIRED = {"critic": {"epochs": 3}, "generation": {"max_new_tokens": 16, "batch_size": 16},
-          "pairs": {"max_prompts": 64}, "hdpo": {"epochs": 2, "batch_size": 8, "lr": 0.002}}
+          "pairs": {"max_prompts": 64, "chosen": "human"},
+          "hdpo": {"epochs": 2, "batch_size": 8, "lr": 0.002, "select": "last"}}
 
 
 def paired_project(root: Path) -> Path:

@@ -72,7 +72,8 @@ def test_greedy_decoding_with_several_samples_per_prompt_is_refused_before_any_w
     out = bad(["pairs", "--set", "generation.temperature=0"])
     assert "generation.temperature = 0" in out and "pairs.k = 2" in out
     assert not (in_tmp / "data").exists()
-    assert runner.invoke(app, ["params", "--set", "generation.temperature=0", "--set", "pairs.k=1"]).exit_code == 0
+    assert runner.invoke(app, ["params", "--set", "generation.temperature=0", "--set", "pairs.k=1",
+                          "--set", "pairs.chosen=human"]).exit_code == 0
     assert "budget 'fixed' needs max_new_tokens >= 1" in bad(["params", "--set", "evaluate.generation.budget=fixed"])
 
 

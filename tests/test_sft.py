@@ -190,6 +190,8 @@ def test_a_signal_during_any_training_stage_is_never_a_success(tmp_path, signum,
                             val_every_n_steps=0, checkpoint_every=10**9)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 2)), batch_size=2)
     previous = signal.getsignal(signal.SIGINT)
+    # as in a CLI process: Python's own Ctrl-C handler (an earlier test in this worker may have left another)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(expected) as caught:
             trainer.fit(_SignalsItself(signum), loader)

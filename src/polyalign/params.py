@@ -421,7 +421,7 @@ class PairsParams(Section):
 
     k: int = Field(2, ge=1, description="samples per prompt")
     chosen: Literal["human", "nearest_sample", "mixed"] = Field(
-        "human", description="human answer | the sample nearest to human support (on-policy) | mixed: the human "
+        "nearest_sample", description="human answer | the sample nearest to human support (on-policy) | mixed: the human "
         "answer with probability human_share")
     human_share: float = Field(0.5, ge=0, le=1, description="mixed: probability that the chosen side is human")
     rejected: Literal["first", "farthest", "random"] = Field(
@@ -449,7 +449,7 @@ class HdpoParams(Section):
     """`hdpo@<variant>`: DPO (gamma = lam = alpha = 0, uniform weights) and HDPO, each from its `init` SFT model."""
 
     variants: dict[str, HdpoVariant] = Field(default_factory=lambda: {
-        "dpo": HdpoVariant(), "hdpo": HdpoVariant(gamma=1.0, lam=0.5, alpha=0.05, weighting="bucket"),
+        "dpo": HdpoVariant(), "hdpo": HdpoVariant(gamma=1.0, lam=0.5, alpha=1.0, weighting="bucket"),
         "dpo_global": HdpoVariant(init="sft@global")})
     beta: float = Field(0.1, gt=0)
     m_max: float = Field(2.0, ge=0, description="the critic offset is clipped to [0, m_max]")
@@ -469,8 +469,8 @@ class HdpoParams(Section):
     val_prompts: int = Field(128, ge=0, description=(
         "val prompts sampled at each validation for macro BNG, Len W1 and response length (0: none)"))
     select: Literal["last", "val_loss", "val_bng"] = Field(
-        "last", description="the weights exported: the last step's, or those of the validation with the lowest "
-        "val loss or val macro BNG")
+        "val_bng", description="the weights exported: the last step's, or those of the validation with the "
+        "lowest val loss or val macro BNG")
     rounds: int = Field(1, ge=1, description="round 1 trains on data/pairs; each later round on fresh pairs "
                         "sampled from the previous round's policy, which is also its reference")
     prompts_per_round: int = Field(0, ge=0, description="train prompts sampled in a round after the first, a seeded "
