@@ -35,7 +35,7 @@ from transformers import AutoTokenizer
 from polyalign.critic.model import Critic
 from polyalign.errors import UserError, shown
 from polyalign.evaluation.validation import naturalness_probe
-from polyalign.generation import prompt_budgets, read_train_answers
+from polyalign.generation import prompt_budgets
 from polyalign.io import atomic_path, write_json, write_text
 from polyalign.log import console
 from polyalign.modeling.model import inference_device, load_model_dir, model_context
@@ -302,13 +302,13 @@ def round_pairs(params: Params, root: Path, variant: str, r: int, policy: Path, 
         return pq.read_table(path).to_pylist(), json.loads(info_path.read_text(encoding="utf-8"))
     h = params.hdpo
     records = pq.read_table(root / params.paths.buckets / "train.parquet").to_pylist()
+    answers, answer_buckets = [x["human_answer"] for x in records], [x["bucket_id"] for x in records]  # budgets
     n = h.prompts_per_round or len(records)
     if n < len(records):
         pick = np.random.default_rng(params.seed + r).choice(len(records), n, replace=False)
         records = [records[i] for i in np.sort(pick)]
     model, _ = load_model_dir(policy, f"the round {r - 1} policy")
     model.to(inference_device(params.trainer.accelerator))
-    answers, answer_buckets = read_train_answers(root / params.paths.buckets / "train.parquet")
     budgets = prompt_budgets(params.generation, tokenizer, answers, answer_buckets,
                              [x["bucket_id"] for x in records], [len(renderer.prompt_ids(x)) for x in records],
                              model_context(policy))

@@ -23,7 +23,7 @@ from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
 from polyalign.training.losses import sequence_logps
 from polyalign.training.preference_loss import hdpo_loss
 from polyalign.training.samplers import EpochBatchSampler, ResumableDataLoader
-from polyalign.training.selection import PROBED, Selection, probe_naturalness
+from polyalign.training.selection import PROBED, Selection, probe_and_select
 from polyalign.training.sft import lora_wrap, make_optimizer
 
 FINGERPRINT = "fingerprint.json"  # beside the pairs: what their precomputed reference log-probs were computed with
@@ -287,13 +287,9 @@ class PreferenceModule(L.LightningModule):
                          "per_bucket": per_bucket, **means}
         if self.trainer.sanity_checking:
             return
-        probed = probe_naturalness(self.model, self.probe)
-        if self.probe is not None:
-            self.log_dict({f"val/{k}": v for k, v in probed.items()})
-        self.last_val.update(probed)
+        probed = probe_and_select(self, self.global_step)
         self.history["val"].append((self.global_step, float(loss_sum / total), float(acc.sum() / total),
                                     *(means[k] for k in self.SUMS), *(probed[k] for k in PROBED)))
-        self.selection.consider(self.global_step, self.last_val, self.model)
 
     def configure_optimizers(self):
         h = self.hdpo

@@ -57,3 +57,14 @@ def probe_naturalness(model: torch.nn.Module, probe: Callable[[Any], dict[str, f
         probed.update(probe(model))
     model.train(was_training)
     return probed
+
+
+def probe_and_select(module, step: int) -> dict[str, float]:
+    """What SFT and HDPO do after each validation: run `module.probe`, log its numbers and add them to
+    `module.last_val`, then let `module.selection` consider that validation. Returns the probed numbers."""
+    probed = probe_naturalness(module.model, module.probe)
+    if module.probe is not None:
+        module.log_dict({f"val/{k}": v for k, v in probed.items()})
+    module.last_val.update(probed)
+    module.selection.consider(step, module.last_val, module.model)
+    return probed

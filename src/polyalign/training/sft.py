@@ -18,7 +18,7 @@ import torch
 
 from polyalign.modeling.model import load_model_weights, save_model
 from polyalign.training.losses import per_example_loss, sft_loss
-from polyalign.training.selection import PROBED, Selection, probe_naturalness
+from polyalign.training.selection import PROBED, Selection, probe_and_select
 
 
 def lora_wrap(model, lora):
@@ -168,12 +168,8 @@ class SFTModule(L.LightningModule):
                          "per_bucket": per_bucket}
         if self.trainer.sanity_checking:
             return
-        probed = probe_naturalness(self.model, self.probe)
-        if self.probe is not None:
-            self.log_dict({f"val/{k}": v for k, v in probed.items()})
-        self.last_val.update(probed)
+        probed = probe_and_select(self, self.trainer.global_step)
         self.history["val"].append((self.trainer.global_step, float(overall), *(probed[k] for k in PROBED)))
-        self.selection.consider(self.trainer.global_step, self.last_val, self.model)
 
     def configure_optimizers(self):
         return make_optimizer(self, self.lr, self.sft.weight_decay, self.sft.warmup_ratio, self.sft.min_lr_ratio,
