@@ -8,13 +8,13 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from polyalign.modeling.model import create_scratch_model
+from polyalign.modeling.model import create_scratch_model, response_logits
 from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
 from polyalign.modeling.tokenizer import IM_END, train_tokenizer
 from polyalign.params import ModelParams, SftParams
 from polyalign.stages.evaluate import prompt_record
 from polyalign.training.data import Collator
-from polyalign.training.losses import per_example_loss, sft_loss
+from polyalign.training.losses import per_example_loss, sequence_logps, sft_loss
 from polyalign.training.samplers import EpochBatchSampler, bucket_probabilities
 from polyalign.training.sft import SFTModule, warmup_cosine
 
@@ -184,6 +184,23 @@ def test_per_example_loss_is_the_mean_token_cross_entropy_of_the_response():
     p1 = np.exp(2) / (np.exp(2) + 2)
     assert n.tolist() == [2]
     assert losses.item() == pytest.approx((-np.log(p1) - np.log(1 / 3)) / 2, rel=1e-6)
+
+
+def test_response_logits_score_only_from_the_first_response_position_and_equal_the_full_forward(tokenizer):
+    renderer = PromptRenderer(tokenizer, "observable", max_prompt_tokens=100, max_tokens=128)
+    rows = [renderer.example(r) for r in EVAL_RECORDS]
+    batch = Collator(tokenizer.pad_token_id, {"b": 0})([{**r, "bucket_id": "b", "bucket_weight": 1.0} for r in rows])
+    shape = ModelParams(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1)
+    model = create_scratch_model(tokenizer, shape, seed=0).eval()
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    with torch.no_grad():
+        logits, cut = response_logits(model, ids, mask, labels)
+        full = model(input_ids=ids, attention_mask=mask).logits
+    shortest_prompt = min(r["labels"].index(next(t for t in r["labels"] if t != IGNORE_INDEX)) for r in rows)
+    assert logits.shape[1] == cut.shape[1] == ids.shape[1] - shortest_prompt + 1 < ids.shape[1]
+    torch.testing.assert_close(sequence_logps(logits, cut), sequence_logps(full, labels))
+    torch.testing.assert_close(sequence_logps(logits, cut)[0], torch.tensor([-hand_response_nll(model, r) * sum(
+        t != IGNORE_INDEX for t in r["labels"]) for r in rows]), rtol=1e-5, atol=1e-4)
 
 
 def test_weighted_sft_loss_needs_a_constant_normaliser():

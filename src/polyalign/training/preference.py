@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from polyalign.modeling.model import folder_digest, load_model_weights, save_model
+from polyalign.modeling.model import folder_digest, load_model_weights, response_logits, save_model
 from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
 from polyalign.training.losses import sequence_logps
 from polyalign.training.preference_loss import hdpo_loss
@@ -103,7 +103,7 @@ def response_logps(model, examples: list[dict[str, Any]], pad_id: int,
         ids = pad([e["input_ids"] for e in chunk], pad_id).to(device)
         labels = pad([e["labels"] for e in chunk], IGNORE_INDEX).to(device)
         mask = pad([[1] * len(e["input_ids"]) for e in chunk], 0).to(device)
-        logps, n = sequence_logps(model(input_ids=ids, attention_mask=mask).logits, labels)
+        logps, n = sequence_logps(*response_logits(model, ids, mask, labels))
         sums.append(logps.double().cpu().numpy())
         counts.append(n.cpu().numpy())
     if not sums:
@@ -194,8 +194,8 @@ class PreferenceModule(L.LightningModule):
 
     def _forward(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed log-probs and scored lengths of every sequence of the batch (chosen, rejected[, anchor])."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logps, lengths = sequence_logps(logits, batch["labels"])
+        logps, lengths = sequence_logps(*response_logits(model, batch["input_ids"], batch["attention_mask"],
+                                                         batch["labels"]))
         return logps, lengths.float()
 
     def _logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

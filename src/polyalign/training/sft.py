@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from polyalign.modeling.model import load_model_weights, save_model
+from polyalign.modeling.model import load_model_weights, response_logits, save_model
 from polyalign.training.losses import per_example_loss, sft_loss
 from polyalign.training.selection import PROBED, Selection, probe_and_select
 
@@ -88,10 +88,11 @@ class SFTModule(L.LightningModule):
         self.model = lora_wrap(model, self.sft.lora) if self.sft.lora.enabled else model
 
     def forward(self, batch):
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        """Logits of the positions that predict response tokens, and the labels cut to match."""
+        return response_logits(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
     def training_step(self, batch, batch_idx):
-        losses, n_response = per_example_loss(self(batch), batch["labels"])
+        losses, n_response = per_example_loss(*self(batch))
         if self.balance == "loss_weight":
             loss = sft_loss(losses, batch["weight"], normaliser=self.sft.batch_size)
         elif self.trainer.world_size > 1:
@@ -141,7 +142,7 @@ class SFTModule(L.LightningModule):
         self._val_chars = torch.zeros((), dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch, batch_idx):
-        losses, n_tokens = per_example_loss(self(batch), batch["labels"])
+        losses, n_tokens = per_example_loss(*self(batch))
         self._val_sum.index_add_(0, batch["bucket"], losses.double())
         self._val_n.index_add_(0, batch["bucket"], torch.ones_like(losses, dtype=torch.float64))
         self._val_nats += (losses.double() * n_tokens).sum()
