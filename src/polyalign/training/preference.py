@@ -128,29 +128,34 @@ def reference_logps(model, renderer: PromptRenderer, pairs: list[dict[str, Any]]
 
 class PairCollator:
     """Chosen then rejected sequences in one padded batch (one forward pass scores both), and with `anchor` the
-    human answers after them, for the NLL anchor when the chosen sides are samples."""
+    human answers, for the NLL anchor when the chosen sides are samples, in a batch of their own: a long human
+    answer would otherwise pad every short sample to its length."""
 
     def __init__(self, pad_id: int, bucket_index: dict[str, int], uniform: bool, anchor: bool = False):
         self.pad_id, self.bucket_index, self.uniform, self.anchor = pad_id, bucket_index, uniform, anchor
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        sides = ("chosen", "rejected", "anchor") if self.anchor else ("chosen", "rejected")
-        seqs = [r[f"{side}_ids"] for side in sides for r in rows]
-        labels = [r[f"{side}_labels"] for side in sides for r in rows]
-        ids, lab = pad(seqs, self.pad_id), pad(labels, IGNORE_INDEX)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            mask[i, : len(s)] = 1
-        batch = {"input_ids": ids, "labels": lab, "attention_mask": mask,
+        batch = {**self.padded(rows, ("chosen", "rejected")),
                  "d_chosen": torch.tensor([r["d_chosen"] for r in rows], dtype=torch.float32),
                  "d_rejected": torch.tensor([r["d_rejected"] for r in rows], dtype=torch.float32),
                  "weight": torch.ones(len(rows)) if self.uniform else
                  torch.tensor([r["weight"] for r in rows], dtype=torch.float32),
                  "bucket": torch.tensor([self.bucket_index[r["bucket_id"]] for r in rows])}
+        if self.anchor:
+            batch.update({f"anchor_{k}": v for k, v in self.padded(rows, ("anchor",)).items()})
         if "ref_chosen_logp" in rows[0]:
             batch["ref_chosen"] = torch.tensor([r["ref_chosen_logp"] for r in rows], dtype=torch.float32)
             batch["ref_rejected"] = torch.tensor([r["ref_rejected_logp"] for r in rows], dtype=torch.float32)
         return batch
+
+    def padded(self, rows: list[dict[str, Any]], sides: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        seqs = [r[f"{side}_ids"] for side in sides for r in rows]
+        ids = pad(seqs, self.pad_id)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):
+            mask[i, : len(s)] = 1
+        return {"input_ids": ids, "labels": pad([r[f"{side}_labels"] for side in sides for r in rows], IGNORE_INDEX),
+                "attention_mask": mask}
 
 
 def pair_dataloader(rows: list[dict], collate: PairCollator, batch_size: int, *, train: bool, seed: int,
@@ -192,14 +197,18 @@ class PreferenceModule(L.LightningModule):
             reference.requires_grad_(False)
             object.__setattr__(self, "reference", reference)  # not a submodule: not trained, not checkpointed
 
-    def _forward(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, model, batch, anchor: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed log-probs and scored lengths of every sequence of the batch (chosen, rejected[, anchor])."""
         logps, lengths = sequence_logps(*response_logits(model, batch["input_ids"], batch["attention_mask"],
                                                          batch["labels"]))
+        if anchor and "anchor_input_ids" in batch:
+            anchor_logps, anchor_lengths = sequence_logps(*response_logits(
+                model, batch["anchor_input_ids"], batch["anchor_attention_mask"], batch["anchor_labels"]))
+            logps, lengths = torch.cat([logps, anchor_logps]), torch.cat([lengths, anchor_lengths])
         return logps, lengths.float()
 
     def _logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        logps, lengths = self._forward(model, batch)
+        logps, lengths = self._forward(model, batch, anchor=False)
         n = len(batch["weight"])
         return logps[:n], logps[n: 2 * n], lengths[:n], lengths[n: 2 * n]
 
