@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import yaml
@@ -38,14 +39,45 @@ def write_tiny_params(folder: Path, **extra) -> Path:
     return path
 
 
-def cli(args: list[str], cwd: Path, check: bool = True, **env) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "WANDB_MODE": "disabled", **env}
-    full_env = {k: v for k, v in full_env.items() if v is not None}  # None removes a variable
-    result = subprocess.run([sys.executable, "-m", "polyalign", *args], cwd=cwd, env=full_env, capture_output=True,
-                            text=True, timeout=900, check=False)
+def cli(args: list[str], cwd: Path, check: bool = True, *, subprocess_only: bool = False,
+        **env) -> subprocess.CompletedProcess:
+    """`polyalign ARGS` run in `cwd` with `env` over the environment (None removes a variable), W&B off unless
+    `env` says otherwise. It runs in this process, through Typer's test runner: a new Python process spends about
+    6 s importing torch, transformers and Lightning, which most of these tests would pay many times. A separate
+    process is kept where only one does the real thing: `subprocess_only`, several devices (DDP starts its
+    processes from the command line), and W&B runs that are not disabled (its service outlives the command)."""
+    env = {"WANDB_MODE": "disabled", **env}
+    separate = (subprocess_only or any("strategy=ddp" in a or "devices=2" in a for a in args)
+                or env["WANDB_MODE"] != "disabled" or any("wandb.mode=" in a and "disabled" not in a for a in args))
+    if separate:
+        full_env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+        result = subprocess.run([sys.executable, "-m", "polyalign", *args], cwd=cwd, env=full_env,
+                                capture_output=True, text=True, timeout=900, check=False)
+    else:
+        result = _in_process(args, cwd, env)
     if check and result.returncode != 0:
         raise AssertionError(f"polyalign {args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def _in_process(args: list[str], cwd: Path, env: dict[str, str | None]) -> subprocess.CompletedProcess:
+    """The CLI in this process, leaving the working directory and torch's threads as they were."""
+    import torch
+    from typer.testing import CliRunner
+
+    from polyalign.cli import app
+
+    before, threads = Path.cwd(), torch.get_num_threads()
+    os.chdir(cwd)
+    try:
+        outcome = CliRunner().invoke(app, args, env=env)
+    finally:
+        os.chdir(before)
+        torch.set_num_threads(threads)
+    stderr = outcome.stderr
+    if outcome.exception is not None and not isinstance(outcome.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(outcome.exception))
+    return subprocess.CompletedProcess(["polyalign", *args], outcome.exit_code, outcome.stdout, stderr)
 
 
 def copy_project(src: Path, dst: Path) -> Path:

@@ -13,7 +13,7 @@ LIBRARY_NOISE = ("Tip:", "litlogger", "DeprecationWarning", "FutureWarning", "de
 
 def test_a_training_stage_prints_its_bar_one_wandb_line_and_its_summary_only(paired_tiny, tmp_path):
     root = copy_project(paired_tiny, tmp_path / "p")
-    result = cli(ARGS, root, WANDB_MODE=None)  # W&B as params.yaml says: offline, the default
+    result = cli(ARGS, root, subprocess_only=True, WANDB_MODE=None)  # W&B as params.yaml says: offline, the default
     output = result.stdout + result.stderr
     assert not [word for word in LIBRARY_NOISE if word in output], output
     assert re.search(r"sft@global: 6 steps, val loss \d+\.\d+ .* bits/char, .*→ models/sft/global", output), output
@@ -25,6 +25,6 @@ def test_a_training_stage_prints_its_bar_one_wandb_line_and_its_summary_only(pai
 
 def test_verbose_brings_the_libraries_output_back(paired_tiny, tmp_path):
     root = copy_project(paired_tiny, tmp_path / "p")
-    result = cli(["--verbose", *ARGS], root, WANDB_MODE=None)
+    result = cli(["--verbose", *ARGS], root, subprocess_only=True, WANDB_MODE=None)
     output = result.stdout + result.stderr
     assert "GPU available" in output and "wandb:" in output, output
