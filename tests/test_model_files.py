@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from polyalign.cli import app
 from polyalign.critic.model import Critic
 from polyalign.errors import UserError
-from polyalign.modeling.model import load_model_dir, load_tokenizer
+from polyalign.modeling.model import create_scratch_model, load_model_dir, load_tokenizer, save_model
 from polyalign.params import load_params
 from polyalign.stages import evaluate
 from polyalign.training.preference import PreferenceModule
@@ -173,3 +173,27 @@ def test_a_corrupt_evaluation_cache_entry_is_a_miss_and_is_rewritten(project):
     again = evaluate.generations("base", records, train, params, project)
     assert again["cache"] == "miss" and json.loads(entry.read_text())["key"]
     assert evaluate.generations("base", records, train, params, project)["cache"] == "hit"
+
+
+def test_attention_dropout_is_on_in_sft_and_off_in_preference_training(project):
+    """`model.attention_dropout` reaches the scratch model's config, so SFT trains with it; the preference module
+    turns it off, since its log-probs are compared with a reference computed without dropout."""
+    params = load_params(project / "params.yaml", ["model.attention_dropout=0.5"])
+    tokenizer = load_tokenizer(project / "models/base")
+    folder = project / "models/dropout"
+    save_model(create_scratch_model(tokenizer, params.model, seed=0), tokenizer, folder)
+    assert json.loads((folder / "config.json").read_text())["attention_dropout"] == 0.5
+    ids = torch.tensor([tokenizer("hello there, how are you today?")["input_ids"]])
+
+    def two_passes(model):
+        return [model(input_ids=ids).logits for _ in range(2)]
+
+    sft = SFTModule(str(folder), params.sft, "none", ["b"], total_steps=1)
+    sft.configure_model()
+    first, second = two_passes(sft.model)
+    assert not torch.equal(first, second)  # dropout on: two passes differ
+    dpo = PreferenceModule(str(folder), params.hdpo, params.hdpo.variants["dpo"], ["b"], total_steps=1)
+    dpo.configure_model()
+    assert dpo.model.training
+    first, second = two_passes(dpo.model)
+    assert torch.equal(first, second)

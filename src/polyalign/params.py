@@ -225,6 +225,8 @@ class ModelParams(Section):
     num_heads: int = Field(4, ge=1)
     num_kv_heads: int = Field(2, ge=1)
     max_position_embeddings: int = Field(512, ge=16)
+    attention_dropout: float = Field(0.0, ge=0, lt=1, description="scratch: dropout on the attention weights in "
+                                     "pretraining and SFT (preference training turns dropout off)")
     pretrain_epochs: int = Field(30, ge=0, description="scratch: language-model epochs over the train split's "
                                  "texts before SFT (0: none)")
     pretrain_lr: float = Field(0.002, gt=0)

@@ -39,7 +39,7 @@ def create_scratch_model(tokenizer: PreTrainedTokenizerBase, cfg, seed: int) -> 
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
         head_dim=cfg.hidden_size // cfg.num_heads, max_position_embeddings=cfg.max_position_embeddings,
         tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id, attention_dropout=cfg.attention_dropout,
     )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config)
@@ -211,3 +211,14 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     keep = labels.shape[1] - first
     logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
     return logits, labels[:, first:]
+
+
+def disable_dropout(model) -> None:
+    """Turn every dropout of `model` off, attention dropout included. Preference training compares the policy's
+    log-probs with the reference's, which are computed without dropout: with it on, the two would differ from
+    the first step by noise alone."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0

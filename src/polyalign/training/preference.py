@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from polyalign.modeling.model import folder_digest, load_model_weights, response_logits, save_model
+from polyalign.modeling.model import (
+    disable_dropout,
+    folder_digest,
+    load_model_weights,
+    response_logits,
+    save_model,
+)
 from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
 from polyalign.training.losses import sequence_logps
 from polyalign.training.preference_loss import hdpo_loss
@@ -190,6 +196,7 @@ class PreferenceModule(L.LightningModule):
             return
         model = load_model_weights(self.model_dir, "the starting model")  # checked against its manifest
         model.train()
+        disable_dropout(model)  # before LoRA: an adapter's own dropout (hdpo.lora.dropout) stays as set
         self.model = lora_wrap(model, self.hdpo.lora) if self.hdpo.lora.enabled else model
         if self.hdpo.reference == "frozen":
             reference = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32,
