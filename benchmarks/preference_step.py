@@ -39,7 +39,8 @@ from polyalign.buckets.features import compute_features
 from polyalign.buckets.references import References
 from polyalign.modeling.model import load_model_dir
 from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
-from polyalign.training.preference import PairCollator, PreferenceModule, encode_pair, response_logps
+from polyalign.modeling.scoring import response_logps
+from polyalign.training.preference import PairCollator, PreferenceModule, encode_pair
 from polyalign.training.samplers import EpochBatchSampler
 
 WARMUP = 5  # steps left out of every median

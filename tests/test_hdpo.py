@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from polyalign.generation import generate
 from polyalign.manifest import write_manifest
 from polyalign.modeling.prompts import PromptRenderer
-from polyalign.training.preference import pair_examples, score_examples
+from polyalign.modeling.scoring import score_examples
+from polyalign.training.preference import pair_examples
 from sft_project import cli, copy_project
 
 

@@ -94,8 +94,9 @@ def test_round_two_trains_on_fresh_samples_of_the_round_one_policy_scored_by_a_r
     from polyalign.critic.model import Critic
     from polyalign.generation import generate, prompt_budgets, read_train_answers
     from polyalign.modeling.prompts import PromptRenderer
+    from polyalign.modeling.scoring import score_examples
     from polyalign.params import load_params
-    from polyalign.training.preference import pair_examples, score_examples
+    from polyalign.training.preference import pair_examples
 
     project = two_rounds
     report = json.loads((project / "reports/hdpo/dpo.json").read_text())

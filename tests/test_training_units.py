@@ -8,13 +8,14 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from polyalign.modeling.model import create_scratch_model, response_logits
+from polyalign.modeling.model import create_scratch_model
 from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
+from polyalign.modeling.scoring import response_logits, sequence_logps
 from polyalign.modeling.tokenizer import IM_END, train_tokenizer
 from polyalign.params import ModelParams, SftParams
 from polyalign.stages.evaluate import prompt_record
 from polyalign.training.data import Collator
-from polyalign.training.losses import per_example_loss, sequence_logps, sft_loss
+from polyalign.training.losses import per_example_loss, sft_loss
 from polyalign.training.samplers import EpochBatchSampler, bucket_probabilities
 from polyalign.training.sft import SFTModule, warmup_cosine
 

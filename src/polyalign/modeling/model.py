@@ -6,7 +6,6 @@ slipped into the folder is refused before anything is read."""
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 from pathlib import Path
@@ -24,7 +23,6 @@ from transformers import (
 
 from polyalign.errors import UserError, producer, rerun_hint, shown
 from polyalign.manifest import PICKLE_SUFFIXES, verify_manifest, write_manifest
-from polyalign.modeling.prompts import IGNORE_INDEX
 from polyalign.modeling.tokenizer import CHATML_TEMPLATE
 
 
@@ -192,25 +190,6 @@ def inference_device(accelerator: str) -> torch.device:
             return torch.device("mps")
         raise UserError("trainer.accelerator='mps', but MPS is not available on this machine")
     raise UserError(f"trainer.accelerator={accelerator!r}: sampling and scoring run on cpu, gpu (cuda), mps or auto")
-
-
-def _takes_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper passes it on
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's logits from the first position that predicts a response token on, and the labels cut to match
-    (the pair `response_token_nll` expects). Prompt positions carry no loss, and on a small model the output layer
-    and the softmax over the vocabulary are most of the cost of a long prompt's positions."""
-    predicted = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()
-    first = int(predicted[0]) if len(predicted) else labels.shape[1] - 1
-    if first == 0 or not _takes_logits_to_keep(model):
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits, labels
-    keep = labels.shape[1] - first
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
-    return logits, labels[:, first:]
 
 
 def disable_dropout(model) -> None:

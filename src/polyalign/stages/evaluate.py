@@ -49,9 +49,9 @@ from polyalign.io import atomic_path, json_safe, write_json
 from polyalign.log import console
 from polyalign.modeling.model import folder_digest, inference_device, load_model_dir, model_context
 from polyalign.modeling.prompts import PromptRenderer
+from polyalign.modeling.scoring import response_logps
 from polyalign.modeling.tokenizer import decode_response
 from polyalign.params import Params
-from polyalign.training.preference import response_logps
 
 PROMPT_FIELDS = ("id", "language", "track", "family", "question", "context", "dialogue_history")
 TDM_ENCODER_TEXTS = 20_000  # train texts the latent space of the turn-coupling metric is fit on

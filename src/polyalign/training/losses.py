@@ -3,19 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from polyalign.modeling.prompts import IGNORE_INDEX
-
-
-def response_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token negative log-likelihood of the next token, zero where labels are IGNORE_INDEX, and the mask.
-
-    logits [B, T, V], labels [B, T] -> (nll [B, T-1], mask [B, T-1])."""
-    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
-    mask = shift_labels != IGNORE_INDEX
-    nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels.clamp(min=0), reduction="none")
-    return nll * mask, mask
+from polyalign.modeling.scoring import response_token_nll
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,9 +26,3 @@ def sft_loss(losses: torch.Tensor, weights: torch.Tensor | None = None, normalis
     if normaliser is None:
         raise ValueError("weighted SFT loss needs a constant normaliser")
     return (losses * weights).sum() / normaliser
-
-
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probability of each example's response tokens, and how many there are ([B], [B])."""
-    nll, mask = response_token_nll(logits, labels)
-    return -nll.sum(dim=1), mask.sum(dim=1)

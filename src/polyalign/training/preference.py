@@ -18,15 +18,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from polyalign.modeling.model import (
-    disable_dropout,
-    folder_digest,
-    load_model_weights,
-    response_logits,
-    save_model,
-)
+from polyalign.modeling.model import disable_dropout, folder_digest, load_model_weights, save_model
 from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
-from polyalign.training.losses import sequence_logps
+from polyalign.modeling.scoring import pad, response_logits, score_examples, sequence_logps
 from polyalign.training.preference_loss import hdpo_loss
 from polyalign.training.samplers import EpochBatchSampler, ResumableDataLoader
 from polyalign.training.selection import PROBED, Selection, probe_and_select
@@ -34,14 +28,6 @@ from polyalign.training.sft import lora_wrap, make_optimizer
 
 FINGERPRINT = "fingerprint.json"  # beside the pairs: what their precomputed reference log-probs were computed with
 SAMPLER = Path("sft") / "bucket"  # under paths.models: the model `pairs` samples from and scores with (sft@bucket)
-
-
-def pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r)
-    return out
 
 
 def pair_examples(renderer: PromptRenderer, row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -94,32 +80,6 @@ def fingerprint_changes(stored: dict[str, Any], current: dict[str, Any]) -> list
             else:
                 changes.append(f"{key}: {was!r} -> {now!r}")
     return changes
-
-
-@torch.no_grad()
-def response_logps(model, examples: list[dict[str, Any]], pad_id: int,
-                   batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Summed response log-probs of examples (input_ids + labels) under `model` and their response token counts,
-    batched."""
-    model.eval()
-    device = next(model.parameters()).device
-    sums, counts = [], []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start: start + batch_size]
-        ids = pad([e["input_ids"] for e in chunk], pad_id).to(device)
-        labels = pad([e["labels"] for e in chunk], IGNORE_INDEX).to(device)
-        mask = pad([[1] * len(e["input_ids"]) for e in chunk], 0).to(device)
-        logps, n = sequence_logps(*response_logits(model, ids, mask, labels))
-        sums.append(logps.double().cpu().numpy())
-        counts.append(n.cpu().numpy())
-    if not sums:
-        return np.zeros(0), np.zeros(0, dtype=np.int64)
-    return np.concatenate(sums), np.concatenate(counts)
-
-
-def score_examples(model, examples: list[dict[str, Any]], pad_id: int, batch_size: int = 16) -> np.ndarray:
-    """Summed response log-probs of examples (input_ids + labels) under `model`, batched."""
-    return response_logps(model, examples, pad_id, batch_size)[0]
 
 
 def reference_logps(model, renderer: PromptRenderer, pairs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:

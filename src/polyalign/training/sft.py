@@ -16,7 +16,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from polyalign.modeling.model import load_model_weights, response_logits, save_model
+from polyalign.modeling.model import load_model_weights, save_model
+from polyalign.modeling.scoring import response_logits
 from polyalign.training.losses import per_example_loss, sft_loss
 from polyalign.training.selection import PROBED, Selection, probe_and_select
 

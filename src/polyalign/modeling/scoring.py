@@ -1,0 +1,83 @@
+"""Scoring responses with a causal LM: padded batches, the logits of the positions that predict a response, and
+summed response log-probs. Shared by training (SFT, preference pairs) and by the stages that only score
+(`pairs`' reference log-probs, `evaluate`'s NLL of the human answers), so that those need no training code."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from polyalign.modeling.prompts import IGNORE_INDEX
+
+
+def response_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token negative log-likelihood of the next token, zero where labels are IGNORE_INDEX, and the mask.
+
+    logits [B, T, V], labels [B, T] -> (nll [B, T-1], mask [B, T-1])."""
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = shift_labels != IGNORE_INDEX
+    nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels.clamp(min=0), reduction="none")
+    return nll * mask, mask
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each example's response tokens, and how many there are ([B], [B])."""
+    nll, mask = response_token_nll(logits, labels)
+    return -nll.sum(dim=1), mask.sum(dim=1)
+
+
+def pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out
+
+
+def _takes_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper passes it on
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits from the first position that predicts a response token on, and the labels cut to match
+    (the pair `response_token_nll` expects). Prompt positions carry no loss, and on a small model the output layer
+    and the softmax over the vocabulary are most of the cost of a long prompt's positions."""
+    predicted = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()
+    first = int(predicted[0]) if len(predicted) else labels.shape[1] - 1
+    if first == 0 or not _takes_logits_to_keep(model):
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits, labels
+    keep = labels.shape[1] - first
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+    return logits, labels[:, first:]
+
+
+@torch.no_grad()
+def response_logps(model, examples: list[dict[str, Any]], pad_id: int,
+                   batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Summed response log-probs of examples (input_ids + labels) under `model` and their response token counts,
+    batched."""
+    model.eval()
+    device = next(model.parameters()).device
+    sums, counts = [], []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start: start + batch_size]
+        ids = pad([e["input_ids"] for e in chunk], pad_id).to(device)
+        labels = pad([e["labels"] for e in chunk], IGNORE_INDEX).to(device)
+        mask = pad([[1] * len(e["input_ids"]) for e in chunk], 0).to(device)
+        logps, n = sequence_logps(*response_logits(model, ids, mask, labels))
+        sums.append(logps.double().cpu().numpy())
+        counts.append(n.cpu().numpy())
+    if not sums:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    return np.concatenate(sums), np.concatenate(counts)
+
+
+def score_examples(model, examples: list[dict[str, Any]], pad_id: int, batch_size: int = 16) -> np.ndarray:
+    """Summed response log-probs of examples (input_ids + labels) under `model`, batched."""
+    return response_logps(model, examples, pad_id, batch_size)[0]
