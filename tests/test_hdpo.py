@@ -246,8 +246,7 @@ def test_select_val_bng_exports_the_validation_with_the_most_human_like_samples(
     # the exported weights are that validation's: the same probe on them gives the same number
     params = load_params(project / "params.yaml")
     tokenizer, _ = renderer_for(project / "models/hdpo/dpo")
-    renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
-                              params.prompt.max_tokens)
+    renderer = PromptRenderer.from_params(tokenizer, params.prompt)
     probe = naturalness_probe(params, project, params.hdpo.val_prompts, project / "models/sft/bucket", tokenizer,
                               renderer, "hdpo.val_prompts")
     exported = AutoModelForCausalLM.from_pretrained(project / "models/hdpo/dpo").eval()

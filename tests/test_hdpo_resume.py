@@ -112,8 +112,7 @@ def test_round_two_trains_on_fresh_samples_of_the_round_one_policy_scored_by_a_r
     rows = pq.read_table(ckpts / "round2-pairs.parquet").to_pylist()
     params = load_params(project / "params.yaml")
     tokenizer = AutoTokenizer.from_pretrained(ckpts / "round1-model")
-    renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
-                              params.prompt.max_tokens)
+    renderer = PromptRenderer.from_params(tokenizer, params.prompt)
     train = pq.read_table(project / "data/buckets/train.parquet").to_pylist()
     chosen = np.sort(np.random.default_rng(params.seed + 2).choice(len(train), 48, replace=False))
     records = [train[i] for i in chosen]

@@ -78,6 +78,16 @@ class PromptRenderer:
         self.max_tokens = max_tokens
         self.eot_ids = end_of_turn_ids(tokenizer)
 
+    @classmethod
+    def from_params(cls, tokenizer: PreTrainedTokenizerBase, prompt) -> PromptRenderer:
+        """The renderer of the `prompt` params section: every stage renders with the same settings."""
+        return cls(tokenizer, prompt.conditioning, prompt.max_prompt_tokens, prompt.max_tokens)
+
+    @property
+    def pad_id(self) -> int:
+        """The id padded batches use: the tokenizer's pad token, else its end-of-turn token (padding is masked)."""
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_ids[0]
+
     def prompt_text(self, record: Mapping[str, Any], drop_history: int = 0) -> str:
         return self.tokenizer.apply_chat_template(chat_messages(record, self.conditioning, drop_history),
                                                   add_generation_prompt=True, tokenize=False)

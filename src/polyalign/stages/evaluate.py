@@ -108,7 +108,7 @@ def generations(method: str, records: list[dict], train: dict[str, list[str]], p
     folder = model_dir(method, params, root)
     tokenizer = AutoTokenizer.from_pretrained(folder)  # enough for the cache key; the weights only on a miss
     p, g = params.prompt, params.evaluate.generation
-    renderer = PromptRenderer(tokenizer, p.conditioning, p.max_prompt_tokens, p.max_tokens)
+    renderer = PromptRenderer.from_params(tokenizer, p)
     visible = [prompt_record(r, p.conditioning) for r in records]
     prompts = [renderer.prompt_ids(r) for r in visible]
     budgets = prompt_budgets(g, tokenizer, train["answers"], train["buckets"], [r["bucket_id"] for r in records],
@@ -136,9 +136,8 @@ def generations(method: str, records: list[dict], train: dict[str, list[str]], p
     generated_s = time.perf_counter() - start
     responses = [decode_response(tokenizer, s[0].ids, s[0].truncated) for s in samples]
     start = time.perf_counter()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else renderer.eot_ids[0]
     examples = [renderer.example({**r, "human_answer": a}) for r, a in zip(visible, answers)]
-    logps, counts = response_logps(model, examples, pad_id, batch_size=g.batch_size)
+    logps, counts = response_logps(model, examples, renderer.pad_id, batch_size=g.batch_size)
     nll_s = time.perf_counter() - start
     result = {"key": key, "responses": responses, "generated_tokens": sum(len(s[0].ids) for s in samples),
               "truncated": [s[0].truncated for s in samples], "budgets": budgets,

@@ -155,8 +155,7 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
     check_devices(params.trainer)
 
     tokenizer = AutoTokenizer.from_pretrained(start)
-    renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
-                              params.prompt.max_tokens)
+    renderer = PromptRenderer.from_params(tokenizer, params.prompt)
     if need_ref and not check_reference(pairs_dir, start, root / params.paths.models / SAMPLER, renderer):
         recompute_reference(train + val, start, renderer, params.trainer.accelerator)
         console.print(f"hdpo@{variant}: reference log-probs recomputed with {v.init} (the pairs were sampled "
@@ -245,8 +244,7 @@ def fit_round(params: Params, variant: str, label: str, root: Path, start: Path,
     anchor = v.alpha > 0 and any(r.get("chosen_ids") is not None for r in train + val)
     train, val = [{**r, **encode_pair(renderer, r)} for r in train], [{**r, **encode_pair(renderer, r)} for r in val]
     buckets = sorted({r["bucket_id"] for r in train + val})
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else renderer.eot_ids[0]
-    collate = PairCollator(pad_id, {b: i for i, b in enumerate(buckets)}, uniform=v.weighting == "uniform",
+    collate = PairCollator(renderer.pad_id, {b: i for i, b in enumerate(buckets)}, uniform=v.weighting == "uniform",
                            anchor=anchor)
     ckpt = root / params.paths.checkpoints / "hdpo" / label / "last.ckpt"
     trainer = build_trainer(params, root, "hdpo", label, max_epochs=h.epochs, max_steps=h.max_steps,

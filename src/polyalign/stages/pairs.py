@@ -235,8 +235,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     model, tokenizer = load_model_dir(start, "the bucket-aware SFT model (sft@bucket)")
     model.to(inference_device(params.trainer.accelerator))
     critic = Critic.load(models / "critic")
-    renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
-                              params.prompt.max_tokens)
+    renderer = PromptRenderer.from_params(tokenizer, params.prompt)
     report: dict = {"source": "file" if cfg.preference_file else "samples", "k": cfg.k, "chosen": cfg.chosen,
                     "rejected": cfg.rejected, "min_gap": cfg.min_gap, "truncated": cfg.truncated,
                     "budget": params.generation.budget}

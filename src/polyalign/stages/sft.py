@@ -96,8 +96,7 @@ def _train(params: Params, variant: str, resume: bool, root: Path, resume_anyway
     total_steps = total_optimizer_steps(len(data.train_sampler(world_size=trainer.world_size)), epochs,
                                         sft.accumulate_grad_batches, sft.max_steps)
     tokenizer = load_tokenizer(start, "the starting model")
-    renderer = PromptRenderer(tokenizer, params.prompt.conditioning, params.prompt.max_prompt_tokens,
-                              params.prompt.max_tokens)
+    renderer = PromptRenderer.from_params(tokenizer, params.prompt)
     probe = naturalness_probe(params, root, sft.val_prompts, start, tokenizer, renderer, "sft.val_prompts")
     module = SFTModule(str(start), sft, v.balance, data.bucket_names, total_steps, lr=lr, probe=probe)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)

@@ -89,9 +89,8 @@ class SFTDataModule(L.LightningDataModule):
         if self.train is not None:
             return
         tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        renderer = PromptRenderer(tokenizer, self.prompt.conditioning, self.prompt.max_prompt_tokens,
-                                  self.prompt.max_tokens)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        renderer = PromptRenderer.from_params(tokenizer, self.prompt)
+        self.pad_id = renderer.pad_id
         self.train = load_split(self.buckets_dir / "train.parquet", renderer)
         if self.best_of_k is not None:
             self.train = datasets.concatenate_datasets([self.train, load_best_of_k(self.best_of_k, renderer)])

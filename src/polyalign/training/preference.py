@@ -85,11 +85,9 @@ def fingerprint_changes(stored: dict[str, Any], current: dict[str, Any]) -> list
 def reference_logps(model, renderer: PromptRenderer, pairs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """The reference log-probs of both sides of every pair under `model` (what `hdpo.reference: precomputed`
     trains against)."""
-    tokenizer = renderer.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else renderer.eot_ids[0]
     examples = [pair_examples(renderer, p) for p in pairs]
-    return score_examples(model, [c for c, _ in examples], pad_id), score_examples(model, [r for _, r in examples],
-                                                                                   pad_id)
+    return (score_examples(model, [c for c, _ in examples], renderer.pad_id),
+            score_examples(model, [r for _, r in examples], renderer.pad_id))
 
 
 class PairCollator:
