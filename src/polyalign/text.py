@@ -22,10 +22,6 @@ LETTER_RE = re.compile(r"[^\W\d_]")
 _INNER_SPACE_RE = re.compile(r"[^\S\n]+")
 _BLANK_RUN_RE = re.compile(r"\n{3,}")
 
-LANGUAGES = ("en", "zh")
-TRACKS = ("single", "multi")
-FAMILIES = ("assistant", "qa", "dialogue")
-
 
 def normalise(text: str) -> str:
     """CRLF -> LF, strip every line, collapse inner whitespace and runs of blank lines."""

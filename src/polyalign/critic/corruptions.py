@@ -13,7 +13,6 @@ import numpy as np
 from polyalign.text import count_tokens, tokenize
 
 _SENTENCE_RE = re.compile(r"(?<=[.!?。！？])\s*")
-CORRUPTIONS = ("truncate", "repeat", "shuffle", "pad_length", "swap_language")
 
 
 def _join(tokens: list[str], language: str) -> str:

@@ -99,7 +99,6 @@ class SFTDataModule(L.LightningDataModule):
         self.collate = Collator(self.pad_id, {b: i for i, b in enumerate(self.bucket_names)})
         balance = sorted(set(self.train["balance_bucket"]))
         self.train_balance = np.array([balance.index(b) for b in self.train["balance_bucket"]])
-        self.balance_names = balance
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
