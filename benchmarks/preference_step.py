@@ -70,7 +70,7 @@ def make_pairs(root: Path, n: int, seed: int) -> list[dict]:
 
 def fixed_batches(pairs: list[dict], batch: int, steps: int, seed: int) -> list[list[int]]:
     """The first `steps` full batches of our training order (shuffled, grouped by length): both sides get these."""
-    lengths = [max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in pairs]
+    lengths = [max(len(p["chosen_input_ids"]), len(p["rejected_input_ids"])) for p in pairs]
     batches = [b.tolist() for b in EpochBatchSampler(lengths, batch, seed=seed).global_batches(0) if len(b) == batch]
     if len(batches) < steps:
         raise SystemExit(f"--pairs gives {len(batches)} full batches, fewer than --steps {steps}")
@@ -80,9 +80,9 @@ def fixed_batches(pairs: list[dict], batch: int, steps: int, seed: int) -> list[
 def trl_row(pair: dict) -> dict:
     """Our token ids of a pair in TRL's tokenised form (prompt, chosen and rejected completion ids)."""
     n_prompt = sum(1 for label in pair["chosen_labels"] if label == IGNORE_INDEX)
-    assert pair["rejected_ids"][:n_prompt] == pair["chosen_ids"][:n_prompt]
-    return {"prompt_ids": pair["chosen_ids"][:n_prompt], "chosen_ids": pair["chosen_ids"][n_prompt:],
-            "rejected_ids": pair["rejected_ids"][n_prompt:]}
+    assert pair["rejected_input_ids"][:n_prompt] == pair["chosen_input_ids"][:n_prompt]
+    return {"prompt_ids": pair["chosen_input_ids"][:n_prompt], "chosen_ids": pair["chosen_input_ids"][n_prompt:],
+            "rejected_ids": pair["rejected_input_ids"][n_prompt:]}
 
 
 class Steps:
@@ -226,8 +226,8 @@ def precompute_profile(model_dir: Path, pairs: list[dict], batches: list[list[in
     light.eval()
     examples = []
     for b in batches:
-        examples += [{"input_ids": pairs[i]["chosen_ids"], "labels": pairs[i]["chosen_labels"]} for i in b]
-        examples += [{"input_ids": pairs[i]["rejected_ids"], "labels": pairs[i]["rejected_labels"]} for i in b]
+        examples += [{"input_ids": pairs[i]["chosen_input_ids"], "labels": pairs[i]["chosen_labels"]} for i in b]
+        examples += [{"input_ids": pairs[i]["rejected_input_ids"], "labels": pairs[i]["rejected_labels"]} for i in b]
 
     def reference(m):
         return lambda batch: trainer.compute_ref_log_probs(m, batch)
@@ -352,7 +352,7 @@ def main() -> None:
             p.update(encode_pair(renderer, p))
         batches = fixed_batches(pairs, BATCH, args.steps, params.seed)
         for side in ("chosen", "rejected"):
-            logps, _ = response_logps(model, [{"input_ids": p[f"{side}_ids"], "labels": p[f"{side}_labels"]}
+            logps, _ = response_logps(model, [{"input_ids": p[f"{side}_input_ids"], "labels": p[f"{side}_labels"]}
                                               for p in pairs], tokenizer.pad_token_id)
             for p, lp in zip(pairs, logps):
                 p[f"ref_{side}_logp"] = float(lp)

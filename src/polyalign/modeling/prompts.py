@@ -110,11 +110,12 @@ class PromptRenderer:
     def response_ids(self, answer: str) -> list[int]:
         return self._encode(answer) + self.eot_ids
 
-    def example(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """input_ids and labels (IGNORE_INDEX on the prompt) for one training record; a response longer than
+    def example(self, record: Mapping[str, Any], response: str | None = None) -> dict[str, Any]:
+        """input_ids and labels (IGNORE_INDEX on the prompt) for one record and a response text: the record's
+        human answer unless `response` is given (a pair's other side, a model sample). A response longer than
         the room left after the prompt is cut (and then has no end-of-turn token): `truncated` says so.
-        `n_chars` is the number of characters of the answer that the labels cover."""
-        answer = record["human_answer"]
+        `n_chars` is the number of characters of the response that the labels cover."""
+        answer = record["human_answer"] if response is None else response
         example = self.example_from_ids(record, self._encode(answer), ended=True)
         # characters the response's loss covers: bits per character compare models across tokenizers
         kept = example["labels"][example["n_prompt"]:]

@@ -136,7 +136,7 @@ def generations(method: str, records: list[dict], train: dict[str, list[str]], p
     generated_s = time.perf_counter() - start
     responses = [decode_response(tokenizer, s[0].ids, s[0].truncated) for s in samples]
     start = time.perf_counter()
-    examples = [renderer.example({**r, "human_answer": a}) for r, a in zip(visible, answers)]
+    examples = [renderer.example(r, response=a) for r, a in zip(visible, answers)]
     logps, counts = response_logps(model, examples, renderer.pad_id, batch_size=g.batch_size)
     nll_s = time.perf_counter() - start
     result = {"key": key, "responses": responses, "generated_tokens": sum(len(s[0].ids) for s in samples),

@@ -37,26 +37,27 @@ def pair_examples(renderer: PromptRenderer, row: dict[str, Any]) -> tuple[dict[s
     sampled chosen side (`chosen_ids`, `pairs.chosen: nearest_sample`) is scored as generated too."""
     chosen_ids = row.get("chosen_ids")
     if chosen_ids is None:
-        chosen = renderer.example({**row, "human_answer": row["chosen"]})
+        chosen = renderer.example(row, response=row["chosen"])
     else:
         chosen = renderer.example_from_ids(row, list(chosen_ids), ended=not row.get("chosen_truncated", False))
     ids = row.get("rejected_ids")
     if ids is None:
-        rejected = renderer.example({**row, "human_answer": row["rejected"]})
+        rejected = renderer.example(row, response=row["rejected"])
     else:
         rejected = renderer.example_from_ids(row, list(ids), ended=not row.get("rejected_truncated", False))
     return chosen, rejected
 
 
 def encode_pair(renderer: PromptRenderer, row: dict[str, Any]) -> dict[str, Any]:
-    """Both sides as token ids and labels, and the human answer's (the NLL anchor's): the chosen side's own when
-    it is the human answer."""
+    """Both sides' training examples, and the human answer's (the NLL anchor's: the chosen side's own when it is
+    the human answer), as `<side>_input_ids` and `<side>_labels`. A row's `chosen_ids` and `rejected_ids` (a
+    sample's response tokens) stay as they are."""
     chosen, rejected = pair_examples(renderer, row)
     anchor = chosen if row.get("chosen_ids") is None else renderer.example(
-        {**row, "human_answer": row.get("human_answer") or row["chosen"]})
-    return {"chosen_ids": chosen["input_ids"], "chosen_labels": chosen["labels"],
-            "rejected_ids": rejected["input_ids"], "rejected_labels": rejected["labels"],
-            "anchor_ids": anchor["input_ids"], "anchor_labels": anchor["labels"]}
+        row, response=row.get("human_answer") or row["chosen"])
+    return {f"{side}_{key}": example[key] for side, example in (("chosen", chosen), ("rejected", rejected),
+                                                               ("anchor", anchor))
+            for key in ("input_ids", "labels")}
 
 
 def reference_fingerprint(model_dir: Path, renderer: PromptRenderer) -> dict[str, Any]:
@@ -113,7 +114,7 @@ class PairCollator:
         return batch
 
     def padded(self, rows: list[dict[str, Any]], sides: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        seqs = [r[f"{side}_ids"] for side in sides for r in rows]
+        seqs = [r[f"{side}_input_ids"] for side in sides for r in rows]
         ids = pad(seqs, self.pad_id)
         mask = torch.zeros_like(ids)
         for i, s in enumerate(seqs):
@@ -125,7 +126,7 @@ class PairCollator:
 def pair_dataloader(rows: list[dict], collate: PairCollator, batch_size: int, *, train: bool, seed: int,
                     trainer=None, num_workers: int = 0):
     world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-    lengths = [max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in rows]
+    lengths = [max(len(r["chosen_input_ids"]), len(r["rejected_input_ids"])) for r in rows]
     sampler = EpochBatchSampler(lengths, batch_size, mode="shuffle" if train else "sequential", seed=seed,
                                 world_size=world, rank=rank)
     if not train:
