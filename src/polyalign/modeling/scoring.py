@@ -38,6 +38,12 @@ def pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return out
 
 
+def padded_batch(input_ids: list[list[int]], labels: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids`, `labels` (IGNORE_INDEX on the padding) and `attention_mask` of examples."""
+    return {"input_ids": pad(input_ids, pad_id), "labels": pad(labels, IGNORE_INDEX),
+            "attention_mask": pad([[1] * len(ids) for ids in input_ids], 0)}
+
+
 def _takes_logits_to_keep(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper passes it on
     return "logits_to_keep" in inspect.signature(base.forward).parameters
@@ -67,10 +73,10 @@ def response_logps(model, examples: list[dict[str, Any]], pad_id: int,
     sums, counts = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start: start + batch_size]
-        ids = pad([e["input_ids"] for e in chunk], pad_id).to(device)
-        labels = pad([e["labels"] for e in chunk], IGNORE_INDEX).to(device)
-        mask = pad([[1] * len(e["input_ids"]) for e in chunk], 0).to(device)
-        logps, n = sequence_logps(*response_logits(model, ids, mask, labels))
+        batch = {k: v.to(device) for k, v in padded_batch([e["input_ids"] for e in chunk],
+                                                           [e["labels"] for e in chunk], pad_id).items()}
+        logps, n = sequence_logps(*response_logits(model, batch["input_ids"], batch["attention_mask"],
+                                                   batch["labels"]))
         sums.append(logps.double().cpu().numpy())
         counts.append(n.cpu().numpy())
     if not sums:

@@ -13,7 +13,8 @@ import torch
 from transformers import AutoTokenizer
 
 from polyalign.errors import UserError
-from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
+from polyalign.modeling.prompts import PromptRenderer
+from polyalign.modeling.scoring import padded_batch
 from polyalign.training.samplers import EpochBatchSampler, ResumableDataLoader
 
 KEEP_COLUMNS = ("bucket_id", "balance_bucket", "bucket_weight")
@@ -56,17 +57,8 @@ class Collator:
         self.bucket_index = bucket_index
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.tensor(r["input_ids"])
-            labels[i, :n] = torch.tensor(r["labels"])
-            mask[i, :n] = 1
         return {
-            "input_ids": ids, "labels": labels, "attention_mask": mask,
+            **padded_batch([r["input_ids"] for r in rows], [r["labels"] for r in rows], self.pad_id),
             "weight": torch.tensor([r["bucket_weight"] for r in rows], dtype=torch.float32),
             "bucket": torch.tensor([self.bucket_index[r["bucket_id"]] for r in rows], dtype=torch.long),
             "n_chars": torch.tensor([r.get("n_chars", 0) for r in rows], dtype=torch.float64),

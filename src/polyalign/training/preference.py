@@ -19,8 +19,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from polyalign.modeling.model import disable_dropout, folder_digest, load_model_weights, save_model
-from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
-from polyalign.modeling.scoring import pad, response_logits, score_examples, sequence_logps
+from polyalign.modeling.prompts import PromptRenderer
+from polyalign.modeling.scoring import padded_batch, response_logits, score_examples, sequence_logps
 from polyalign.training.preference_loss import hdpo_loss
 from polyalign.training.samplers import EpochBatchSampler, ResumableDataLoader
 from polyalign.training.selection import PROBED, Selection, probe_and_select
@@ -114,13 +114,8 @@ class PairCollator:
         return batch
 
     def padded(self, rows: list[dict[str, Any]], sides: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        seqs = [r[f"{side}_input_ids"] for side in sides for r in rows]
-        ids = pad(seqs, self.pad_id)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            mask[i, : len(s)] = 1
-        return {"input_ids": ids, "labels": pad([r[f"{side}_labels"] for side in sides for r in rows], IGNORE_INDEX),
-                "attention_mask": mask}
+        return padded_batch([r[f"{side}_input_ids"] for side in sides for r in rows],
+                            [r[f"{side}_labels"] for side in sides for r in rows], self.pad_id)
 
 
 def pair_dataloader(rows: list[dict], collate: PairCollator, batch_size: int, *, train: bool, seed: int,
