@@ -135,9 +135,8 @@ class CheckpointedPreferenceModule(PreferenceModule):
 
 def ours(params, model_dir: Path, pairs: list[dict], batches: list[list[int]], variant: str, reference: str,
          checkpointing: bool) -> dict:
-    h = params.hdpo.model_copy(update={"reference": reference, "batch_size": len(batches[0]),
-                                       "max_steps": len(batches)})
-    v = params.hdpo.variants[variant]
+    h = params.hdpo.model_copy(update={"batch_size": len(batches[0]), "max_steps": len(batches)})
+    v = params.hdpo.variants[variant].model_copy(update={"reference": reference})
     _, tokenizer = load_model_dir(model_dir)
     collate = PairCollator(tokenizer.pad_token_id, {b: i for i, b in enumerate(sorted({p["bucket_id"] for p in pairs}))},
                            uniform=v.weighting == "uniform")

@@ -166,7 +166,7 @@ def test_hdpo_refuses_reference_logps_computed_with_another_prompt_format_or_mod
     write_manifest(weights.parent)  # a legitimately retrained SFT model: its checksums are in order
     result = cli(["hdpo", "--set", "hdpo.max_steps=1"], project, check=False)
     assert result.returncode == 2 and "model_files changed" in result.stderr and "Traceback" not in result.stderr
-    cli(["hdpo", "--set", "hdpo.max_steps=1", "--set", "hdpo.reference=frozen"], project)  # no stored log-probs used
+    cli(["hdpo", "--set", "hdpo.max_steps=1", "--set", "hdpo.variants.hdpo.reference=frozen"], project)  # no stored log-probs used
 
 
 def test_a_critic_trained_with_prompts_works_in_pairs_and_scores_with_them(paired_project, tmp_path):
@@ -257,11 +257,53 @@ def test_frozen_reference_trains_like_precomputed(paired_project, tmp_path):
     a = copy_project(paired_project, tmp_path / "a")
     b = copy_project(paired_project, tmp_path / "b")
     cli(["hdpo", "--variant", "dpo", "--set", "hdpo.max_steps=4"], a)
-    cli(["hdpo", "--variant", "dpo", "--set", "hdpo.max_steps=4", "--set", "hdpo.reference=frozen"], b)
+    cli(["hdpo", "--variant", "dpo", "--set", "hdpo.max_steps=4", "--set", "hdpo.variants.dpo.reference=frozen"], b)
     ca = (a / "reports/hdpo/dpo/train.csv").read_text().splitlines()[1:]
     cb = (b / "reports/hdpo/dpo/train.csv").read_text().splitlines()[1:]
     np.testing.assert_allclose([float(x.split(",")[1]) for x in ca], [float(x.split(",")[1]) for x in cb],
                                rtol=1e-4)
+
+
+def test_kto_trains_alike_with_a_precomputed_or_a_frozen_reference_point(paired_project, tmp_path):
+    a = copy_project(paired_project, tmp_path / "a")
+    b = copy_project(paired_project, tmp_path / "b")
+    kto = ["hdpo", "--variant", "dpo", "--set", "hdpo.variants.dpo.loss=kto", "--set", "hdpo.max_steps=4"]
+    cli(kto, a)  # the mismatched pairs' reference log-probs scored by the start model before training
+    cli([*kto, "--set", "hdpo.variants.dpo.reference=frozen"], b)  # ... or by a frozen copy at every step
+    losses = [[float(row.split(",")[1]) for row in (p / "reports/hdpo/dpo/train.csv").read_text().splitlines()[1:]]
+              for p in (a, b)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+    # at the first step the policy is its reference: every log-ratio and the reference point are 0, and each side
+    # loses 1 - sigma(0) = 1/2
+    assert losses[0][0] == pytest.approx(0.5, abs=1e-5)
+    assert json.loads((a / "reports/hdpo/dpo.json").read_text())["loss"] == "kto"
+
+
+def test_a_reference_free_variant_needs_no_reference_model_or_log_probs(paired_project, tmp_path):
+    from polyalign.params import load_params
+    from polyalign.stages.hdpo import resolved_variant
+    from polyalign.training.preference import PreferenceModule
+
+    project = copy_project(paired_project, tmp_path / "p")
+    for split in ("train", "val"):
+        path = project / f"data/pairs/{split}.parquet"
+        pq.write_table(pq.read_table(path).drop_columns(["ref_chosen_logp", "ref_rejected_logp"]), path)
+    (project / "data/pairs/fingerprint.json").unlink()
+    result = cli(["hdpo", "--variant", "dpo", "--set", "hdpo.max_steps=1"], project, check=False)
+    assert result.returncode == 2 and "lacks columns ['ref_chosen_logp', 'ref_rejected_logp']" in result.stderr
+    cli(["hdpo", "--variant", "hdpo_simpo", "--set", "hdpo.max_steps=4"], project)
+    report = json.loads((project / "reports/hdpo/hdpo_simpo.json").read_text())
+    assert (report["loss"], report["reference"], report["simpo_gamma"]) == ("simpo", "none", 1.0)
+    assert report["val_ref_logps_chosen"] is None and report["val_logps_chosen"] < 0
+    assert 0 <= report["val_reward_accuracy"] <= 1 and report["val_reward_accuracy_per_bucket"]
+    before = AutoModelForCausalLM.from_pretrained(project / "models/sft/bucket").state_dict()
+    after = AutoModelForCausalLM.from_pretrained(project / "models/hdpo/hdpo_simpo").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    params = load_params(project / "params.yaml")
+    module = PreferenceModule(str(project / "models/sft/bucket"), params.hdpo, resolved_variant(params, "hdpo_simpo"),
+                              ["b"], total_steps=1)
+    module.configure_model()
+    assert module.reference is None and module.reference_logps({}) == {}
 
 
 def test_a_variant_from_global_sft_starts_there_and_uses_it_as_its_reference(paired_project, tmp_path):
@@ -277,7 +319,7 @@ def test_a_variant_from_global_sft_starts_there_and_uses_it_as_its_reference(pai
     steps = ["--variant", "dpo_global", "--set", "hdpo.max_steps=4"]
     run = cli(["hdpo", *steps], a)
     assert "reference log-probs recomputed with sft@global" in run.stderr
-    cli(["hdpo", *steps, "--set", "hdpo.reference=frozen"], b)  # a copy of sft@global in memory
+    cli(["hdpo", *steps, "--set", "hdpo.variants.dpo_global.reference=frozen"], b)  # a copy of sft@global in memory
     losses = [[float(row.split(",")[1]) for row in (p / "reports/hdpo/dpo_global/train.csv").read_text().splitlines()[1:]]
               for p in (a, b)]
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
@@ -286,10 +328,10 @@ def test_a_variant_from_global_sft_starts_there_and_uses_it_as_its_reference(pai
 
 @pytest.mark.parametrize(("setup", "args", "message"), [
     ("drop_column", ["hdpo"], "lacks columns ['d_rejected']"),
-    (None, ["hdpo", "--beta", "0"], "hdpo.beta = 0"),
+    (None, ["hdpo", "--beta", "0"], "hdpo.variants.hdpo.beta = 0"),
     ("no_sft", ["hdpo"], "the SFT model"),
     ("no_sft", ["pairs"], "not found in"),
-    (None, ["hdpo", "--variant", "nope", "--gamma", "1"], "no variant 'nope'"),
+    (None, ["hdpo", "--variant", "nope", "--hdpo-gamma", "1"], "no variant 'nope'"),
     (None, ["hdpo", "--variant", "dpo", "--set", "hdpo.variants.dpo.init=sft@nope"], "names no variant of sft"),
     ("no_sft", ["hdpo", "--variant", "dpo_global"], "sft --variant global"),
     ("no_val", ["hdpo", "--set", "hdpo.max_steps=1"], "or set hdpo.val_prompts: 0"),
@@ -331,7 +373,8 @@ def test_users_own_preference_file_replaces_sampling(paired_project, tmp_path):
 
 def test_lora_reference_trains_and_merges(paired_project, tmp_path):
     project = copy_project(paired_project, tmp_path / "p")
-    cli(["hdpo", "--variant", "hdpo", "--set", "hdpo.reference=lora", "--set", "hdpo.lora.enabled=true",
+    cli(["hdpo", "--variant", "hdpo", "--set", "hdpo.variants.hdpo.reference=lora", "--set",
+         "hdpo.lora.enabled=true",
          "--set", "hdpo.max_steps=6", "--set", "hdpo.lr=0.01"], project)
     out = project / "models/hdpo/hdpo"
     assert not (out / "adapter_config.json").exists()

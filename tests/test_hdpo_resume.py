@@ -48,7 +48,7 @@ def test_resume_refuses_other_settings_or_pairs_and_sigterm_exits_143(paired_pro
     cli([*ARGS, "--set", "hdpo.max_steps=3"], project)
     before = snapshot(project)
     result = cli([*ARGS, "--set", "hdpo.max_steps=3", "--resume", "--beta", "0.2"], project, check=False)
-    assert result.returncode == 2 and "hdpo.beta: 0.1 -> 0.2" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "hdpo.variants.dpo.beta: 0.1 -> 0.2" in result.stderr and "Traceback" not in result.stderr
     train = project / "data/pairs/train.parquet"
     pq.write_table(pq.read_table(train).slice(1), train)  # one pair fewer
     result = cli([*ARGS, "--set", "hdpo.max_steps=3", "--resume"], project, check=False)
@@ -158,4 +158,4 @@ def test_resume_mid_round_after_a_kill_reproduces_the_uninterrupted_rounds(paire
     b = AutoModelForCausalLM.from_pretrained(killed / "models/hdpo/dpo").state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     result = cli([*ROUNDS, "--resume", "--beta", "0.3"], killed, check=False)
-    assert result.returncode == 2 and "hdpo.beta: 0.1 -> 0.3" in result.stderr
+    assert result.returncode == 2 and "hdpo.variants.dpo.beta: 0.1 -> 0.3" in result.stderr

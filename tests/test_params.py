@@ -3,13 +3,17 @@ from typer.testing import CliRunner
 
 from conftest import ROOT
 from polyalign.cli import app
-from polyalign.params import Params, load_params
+from polyalign.params import HdpoVariant, Params, load_params
 
 runner = CliRunner()
 
 
 def test_params_yaml_matches_the_models_defaults_key_for_key():
     on_disk = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    # an hdpo variant lists its own loss's settings; the other losses' knobs (simpo_gamma, ...) keep defaults
+    variants = on_disk["hdpo"]["variants"]
+    assert not any(key.startswith(("cdpo_", "robust_", "kto_")) for v in variants.values() for key in v)
+    on_disk["hdpo"]["variants"] = {name: HdpoVariant(**v).model_dump(mode="json") for name, v in variants.items()}
     assert on_disk == Params().model_dump(mode="json")
 
 
@@ -77,16 +81,21 @@ def test_greedy_decoding_with_several_samples_per_prompt_is_refused_before_any_w
     assert "budget 'fixed' needs max_new_tokens >= 1" in bad(["params", "--set", "evaluate.generation.budget=fixed"])
 
 
-def test_label_smoothing_with_ipo_is_refused_rather_than_ignored(in_tmp):
-    out = bad(["params", "--set", "hdpo.loss_type=ipo", "--set", "hdpo.label_smoothing=0.1"])
-    assert "label_smoothing" in out and "sigmoid" in out
+def test_another_losss_knob_is_refused_rather_than_ignored(in_tmp):
+    out = bad(["params", "--set", "hdpo.variants.dpo.loss=ipo", "--set", "hdpo.variants.dpo.cdpo_eps=0.2"])
+    assert "hdpo.variants.dpo" in out and "cdpo_eps applies to loss cdpo only" in out and "loss is ipo" in out
+
+
+def test_an_unregistered_loss_names_the_registered_ones(in_tmp):
+    out = bad(["params", "--set", "hdpo.variants.dpo.loss=hinge"])
+    assert "loss 'hinge' is not a registered preference loss" in out and "simpo" in out
 
 
 def test_non_finite_numbers_are_refused_in_every_section(in_tmp):
-    assert "hdpo.beta = inf: Input should be a finite number" in bad(["params", "--set", "hdpo.beta=.inf"])
+    assert "hdpo.lr = inf: Input should be a finite number" in bad(["params", "--set", "hdpo.lr=.inf"])
     assert "critic.margin = nan" in bad(["params", "--set", "critic.margin=.nan"])
-    (in_tmp / "params.yaml").write_text("hdpo:\n  variants:\n    hdpo: {gamma: -.inf}\n")
-    assert "hdpo.variants.hdpo.gamma = -inf: Input should be a finite number" in bad(["prepare"])
+    (in_tmp / "params.yaml").write_text("hdpo:\n  variants:\n    hdpo: {hdpo_gamma: -.inf}\n")
+    assert "hdpo.variants.hdpo.hdpo_gamma = -inf: Input should be a finite number" in bad(["prepare"])
     assert not (in_tmp / "data").exists()
 
 

@@ -1,11 +1,13 @@
-"""hdpo_loss against hand-computed values, its DPO special case, live regulariser gradients, global weights."""
+"""HDPO's extras (objectives/compose.py) on the sigmoid, cDPO and IPO base losses against hand-computed values,
+the DPO special case, live regulariser gradients, global weights. Every base loss alone: test_objectives.py."""
 
 import math
 
 import pytest
 import torch
 
-from polyalign.training.preference_loss import hdpo_loss
+from polyalign.training.objectives.batch import PairBatch
+from polyalign.training.objectives.compose import preference_loss
 
 PC, PR = torch.tensor([-10.0, -20.0]), torch.tensor([-12.0, -18.0])   # policy summed log-probs
 RC, RR = torch.tensor([-11.0, -19.0]), torch.tensor([-11.0, -19.0])   # reference
@@ -15,6 +17,19 @@ DC, DR = torch.tensor([0.1, 0.5]), torch.tensor([1.5, 0.2])           # critic d
 
 def sig(x):
     return 1 / (1 + math.exp(-x))
+
+
+def hdpo_loss(pc, pr, rc, rr, lc, lr, dc, dr, weights=None, *, beta, gamma=0.0, lam=0.0, alpha=0.0, m_max=2.0,
+              label_smoothing=0.0, loss_type="sigmoid", anchor=None):
+    """DESIGN §8's loss with its extras named as there: label_smoothing > 0 is the cdpo base loss."""
+    batch = PairBatch(policy_chosen=pc, policy_rejected=pr, len_chosen=lc, len_rejected=lr, d_chosen=dc,
+                      d_rejected=dr, weight=torch.ones_like(pc) if weights is None else weights, ref_chosen=rc,
+                      ref_rejected=rr, anchor_logps=anchor[0] if anchor else None,
+                      anchor_lengths=anchor[1] if anchor else None)
+    loss, knobs = ("cdpo", {"eps": label_smoothing}) if label_smoothing else (loss_type, {})
+    total, parts, _ = preference_loss(batch, loss, beta, knobs, hdpo_gamma=gamma, hdpo_m_max=m_max, hdpo_lam=lam,
+                                      alpha=alpha)
+    return total, parts
 
 
 def test_every_term_matches_hand_computed_values():
@@ -102,7 +117,7 @@ def test_weights_are_global_so_batch_size_does_not_change_the_epoch_loss(batch_s
 def test_bad_beta_and_unknown_loss_type_are_refused():
     with pytest.raises(ValueError, match="beta"):
         hdpo_loss(PC, PR, RC, RR, LC, LR, DC, DR, beta=0.0)
-    with pytest.raises(ValueError, match="loss_type"):
+    with pytest.raises(ValueError, match="unknown preference loss 'hinge'"):
         hdpo_loss(PC, PR, RC, RR, LC, LR, DC, DR, beta=0.1, loss_type="hinge")
 
 
@@ -136,9 +151,6 @@ def test_ipo_is_trls_length_averaged_ipo_by_hand():
     # pair 2: ratios -1 over 10 tokens, +1 over 8 -> delta = -0.1 - 0.125 = -0.225; (-1.225)^2 = 1.500625
     ipo, _ = hdpo_loss(PC, PR, RC, RR, LC, LR, DC, DR, beta=0.5, loss_type="ipo")
     assert ipo.item() == pytest.approx((0.3025 + 1.500625) / 2, rel=1e-6)
-    # label smoothing does not apply to IPO (TRL's IPO ignores it too)
-    smoothed, _ = hdpo_loss(PC, PR, RC, RR, LC, LR, DC, DR, beta=0.5, loss_type="ipo", label_smoothing=0.2)
-    assert smoothed.item() == pytest.approx(ipo.item())
 
 
 def test_ipo_critic_offset_by_hand():
@@ -197,8 +209,7 @@ def reference_loss(pc, pr, rc, rr, lc, lr, dc, dr, w, beta, gamma, lam, alpha, m
     return (total_pref + lam * total_reg + alpha * total_nll) / n
 
 
-@pytest.mark.parametrize("kind", ["sigmoid", "ipo"])
-@pytest.mark.parametrize("eps", [0.0, 0.15])
+@pytest.mark.parametrize(("kind", "eps"), [("sigmoid", 0.0), ("sigmoid", 0.15), ("ipo", 0.0)])
 def test_loss_matches_an_independent_float_computation(kind, eps):
     g = torch.Generator().manual_seed(7)
     n = 6

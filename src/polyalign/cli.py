@@ -232,9 +232,9 @@ def pairs(
 @app.command()
 def hdpo(
     variant: Annotated[str, typer.Option(help="a key of hdpo.variants (dpo, hdpo, ...)")] = "hdpo",
-    beta: Annotated[float | None, typer.Option(help="hdpo.beta")] = None,
-    gamma: Annotated[float | None, typer.Option(help="critic offset weight of this variant")] = None,
-    lam: Annotated[float | None, typer.Option(help="distribution regulariser weight of this variant")] = None,
+    beta: Annotated[float | None, typer.Option(help="the base loss's beta of this variant")] = None,
+    hdpo_gamma: Annotated[float | None, typer.Option(help="the critic offset's weight of this variant")] = None,
+    hdpo_lam: Annotated[float | None, typer.Option(help="the distribution regulariser's weight of this variant")] = None,
     alpha: Annotated[float | None, typer.Option(help="NLL anchor weight of this variant")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from checkpoints/hdpo/<variant>/last.ckpt")] = False,
     resume_anyway: Annotated[bool, typer.Option(
@@ -242,16 +242,15 @@ def hdpo(
     params_file: ParamsFile = Path("params.yaml"),
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
-    """DPO (variant dpo) or HDPO (variant hdpo) from models/sft/bucket on data/pairs/ into
-    models/hdpo/<variant>/, with reports/hdpo/<variant>.json."""
-    named = [f"hdpo.beta={beta}"] * (beta is not None)
-    named += [f"hdpo.variants.{variant}.{key}={value}" for key, value in
-              (("gamma", gamma), ("lam", lam), ("alpha", alpha)) if value is not None]
+    """Preference optimisation of one variant of hdpo.variants (dpo, hdpo, hdpo_simpo, ...: a base loss with
+    HDPO's extras) from its SFT model on data/pairs/ into models/hdpo/<variant>/, with reports/hdpo/<variant>.json."""
+    named = [f"hdpo.variants.{variant}.{key}={value}" for key, value in
+             (("beta", beta), ("hdpo_gamma", hdpo_gamma), ("hdpo_lam", hdpo_lam), ("alpha", alpha)) if value is not None]
 
     def action() -> None:
         from polyalign.stages import hdpo as stage
 
-        known = load_params(params_file, overrides).hdpo.variants  # --gamma must not invent a variant
+        known = load_params(params_file, overrides).hdpo.variants  # --hdpo-gamma must not invent a variant
         if variant not in known:
             raise UserError(f"hdpo: no variant {variant!r}; params.yaml defines: {', '.join(known)}")
         stage.run(_setup(params_file, [*named, *overrides]), variant, resume=resume, resume_anyway=resume_anyway)

@@ -439,30 +439,61 @@ class PairsParams(Section):
 
 
 class HdpoVariant(Section):
-    gamma: float = Field(0.0, ge=0, description="weight of the critic offset in the preference margin")
-    lam: float = Field(0.0, ge=0, description="weight of the distribution regulariser")
+    """One preference model: a base loss (`loss`, `beta`, its own `<loss>_` knobs, its `reference`) with HDPO's
+    extras on top (`hdpo_gamma`, `hdpo_m_max`, `hdpo_lam`, `alpha`, `weighting`); all extras 0 and uniform
+    weights give the base loss alone. `training/objectives/` holds the losses."""
+
+    loss: str = Field("sigmoid", description="the base loss: a name in training/objectives BASE_LOSSES "
+                      "(sigmoid, cdpo, robust, ipo, simpo, orpo, kto)")
+    beta: float = Field(0.1, gt=0, description="the base loss's beta (ORPO's lambda)")
+    reference: Literal["precomputed", "frozen", "lora", "none"] | None = Field(None, description=(
+        "precomputed log-probs from pairs, a frozen copy, or LoRA's disabled adapter; none for a reference-free "
+        "loss (simpo, orpo). null: precomputed, or none where the loss is reference-free"))
+    hdpo_gamma: float = Field(0.0, ge=0, description="weight of the critic offset in the preference margin")
+    hdpo_m_max: float = Field(2.0, ge=0, description="the critic offset's distance gap is clipped to [0, m_max]")
+    hdpo_lam: float = Field(0.0, ge=0, description="weight of the distribution regulariser")
     alpha: float = Field(0.0, ge=0, description="weight of the NLL anchor on the human answer")
     weighting: Literal["uniform", "bucket"] = Field("uniform", description="pair weights w_i")
     init: str = Field("sft@bucket", pattern=r"^sft@[A-Za-z0-9_.-]+$", description=(
         "the SFT model the variant starts from, which is also its reference model"))
+    cdpo_eps: float = Field(0.1, ge=0, lt=0.5, description="cdpo: probability that a label is flipped")
+    robust_eps: float = Field(0.1, ge=0, lt=0.5, description="robust: probability that a label is flipped")
+    simpo_gamma: float = Field(0.5, ge=0, description="simpo: the target reward margin")
+    kto_desirable_weight: float = Field(1.0, gt=0, description="kto: weight of the chosen (desirable) side")
+    kto_undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of the rejected side")
+
+    @model_validator(mode="after")
+    def _loss_and_knobs(self) -> HdpoVariant:
+        from polyalign.training.objectives import BASE_LOSSES  # imports no torch
+
+        if self.loss not in BASE_LOSSES:
+            raise ValueError(f"loss {self.loss!r} is not a registered preference loss ({', '.join(BASE_LOSSES)})")
+        for name, field in type(self).model_fields.items():  # another loss's knob must keep its default
+            owner = name.split("_", 1)[0]
+            if owner in BASE_LOSSES and owner != self.loss and getattr(self, name) != field.default:
+                raise ValueError(f"{name} applies to loss {owner} only, and this variant's loss is {self.loss}")
+        return self
+
+    def knobs(self) -> dict[str, float]:
+        """The base loss's own settings, without their prefix (`simpo_gamma` -> `gamma`)."""
+        prefix = f"{self.loss}_"
+        return {k.removeprefix(prefix): v for k, v in self.model_dump().items() if k.startswith(prefix)}
+
+    def extras(self) -> dict[str, float]:
+        return {"hdpo_gamma": self.hdpo_gamma, "hdpo_m_max": self.hdpo_m_max, "hdpo_lam": self.hdpo_lam,
+                "alpha": self.alpha}
 
 
 class HdpoParams(Section):
-    """`hdpo@<variant>`: DPO (gamma = lam = alpha = 0, uniform weights) and HDPO, each from its `init` SFT model."""
+    """`hdpo@<variant>`: one preference model per variant, each from its `init` SFT model. The training settings
+    here are shared by every variant."""
 
     variants: dict[str, HdpoVariant] = Field(default_factory=lambda: {
-        "dpo": HdpoVariant(), "hdpo": HdpoVariant(gamma=1.0, lam=0.5, alpha=1.0, weighting="bucket"),
-        "dpo_global": HdpoVariant(init="sft@global")})
-    beta: float = Field(0.1, gt=0)
-    m_max: float = Field(2.0, ge=0, description="the critic offset is clipped to [0, m_max]")
-    label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="conservative DPO (cDPO) for the sigmoid loss; ignored by ipo. TRL 1.16's "
-        "sigmoid loss has no such option (it reads label_smoothing only in robust/exo_pair/aot)")
-    loss_type: Literal["sigmoid", "ipo"] = Field(
-        "sigmoid", description="sigmoid (DPO) | ipo (TRL 1.16's IPO: length-averaged log-ratios; the critic "
-        "offset raises its reward-margin target from 1/2 to 1/2 + m)")
-    reference: Literal["precomputed", "frozen", "lora"] = Field(
-        "precomputed", description="precomputed log-probs from pairs, a frozen copy, or LoRA's disabled adapter")
+        "dpo": HdpoVariant(reference="precomputed"),
+        "hdpo": HdpoVariant(reference="precomputed", hdpo_gamma=1.0, hdpo_lam=0.5, alpha=1.0, weighting="bucket"),
+        "dpo_global": HdpoVariant(reference="precomputed", init="sft@global"),
+        "hdpo_simpo": HdpoVariant(loss="simpo", beta=2.0, reference="none", simpo_gamma=1.0, hdpo_gamma=1.0,
+                                  hdpo_lam=0.5, alpha=1.0, weighting="bucket")})
     epochs: int = Field(2, ge=1)
     max_steps: int = Field(-1)
     batch_size: int = Field(8, ge=1)
@@ -488,11 +519,9 @@ class HdpoParams(Section):
 
     @model_validator(mode="after")
     def _reference(self) -> HdpoParams:
-        if self.reference == "lora" and not self.lora.enabled:
-            raise ValueError("hdpo.reference is 'lora' but hdpo.lora.enabled is false")
-        if self.loss_type == "ipo" and self.label_smoothing > 0:
-            raise ValueError("hdpo.label_smoothing (conservative DPO) applies to loss_type 'sigmoid' only; IPO "
-                             "would ignore it")
+        for name, v in self.variants.items():
+            if v.reference == "lora" and not self.lora.enabled:
+                raise ValueError(f"hdpo.variants.{name}.reference is 'lora' but hdpo.lora.enabled is false")
         return self
 
 
@@ -503,12 +532,14 @@ class EvaluateParams(Section):
     """`evaluate`: every method on the same test prompts with the same decoding, then the metrics (DESIGN §9)."""
 
     methods: list[Annotated[str, Field(pattern=METHOD_PATTERN)]] = Field(
-        default_factory=lambda: ["sft@global", "sft@bucket", "sft@rs", "hdpo@dpo", "hdpo@hdpo", "hdpo@dpo_global"],
+        default_factory=lambda: ["sft@global", "sft@bucket", "sft@rs", "hdpo@dpo", "hdpo@hdpo", "hdpo@dpo_global",
+                                 "hdpo@hdpo_simpo"],
         min_length=1, description="base | sft@<variant> | hdpo@<variant>")
     compare: list[tuple[str, str]] = Field(
         default_factory=lambda: [("sft@bucket", "sft@global"), ("hdpo@hdpo", "hdpo@dpo"),
                                  ("hdpo@hdpo", "sft@bucket"), ("hdpo@dpo_global", "sft@global"),
-                                 ("hdpo@hdpo", "hdpo@dpo_global"), ("hdpo@hdpo", "sft@rs")],
+                                 ("hdpo@hdpo", "hdpo@dpo_global"), ("hdpo@hdpo", "sft@rs"),
+                                 ("hdpo@hdpo_simpo", "sft@bucket")],
         description="pairs (a, b): a - b, with a paired bootstrap interval in the report and over seeds in "
         "`polyalign compare`")
     split: Literal["test", "val"] = Field("test", description="the split the methods answer: tune on val, "

@@ -8,8 +8,9 @@ the critic is refit first with the policy's samples as "human < model sample" ne
 pairs. Each round keeps its pairs, model and summary beside its checkpoints, so `--resume` continues mid-round.
 The exported model is the last round's, or with `hdpo.select` the round whose selected validation scored best.
 
-`dpo` (gamma = lam = alpha = 0, uniform weights) is standard sigmoid DPO; `hdpo` adds the critic offset, the
-distribution regulariser and the NLL anchor (DESIGN §8). Reads params: seed, paths, prompt, trainer, generation,
+Each variant is a base loss of `training/objectives` (`loss`, `beta`, its `reference`) with HDPO's extras on top:
+`dpo` (extras 0, uniform weights) is standard sigmoid DPO; `hdpo` adds the critic offset, the distribution
+regulariser and the NLL anchor (DESIGN §8); `hdpo_simpo` adds them to reference-free SimPO. Reads params: seed, paths, prompt, trainer, generation,
 hdpo (shared keys and `hdpo.variants.<variant>`), the names of sft.variants, logging, and for rounds > 1 pairs,
 critic and data.length_bins. Reads `data/pairs/`, the start model, and for the val probe (`hdpo.val_prompts`)
 and the rounds `data/buckets/{val,train}.parquet`, `references.json` (and `models/critic/` for the rounds). Writes `models/hdpo/<variant>/` (save_pretrained form; with `hdpo.select`, the selected
@@ -40,15 +41,18 @@ from polyalign.io import atomic_path, write_json, write_text
 from polyalign.log import console
 from polyalign.modeling.model import inference_device, load_model_dir, model_context
 from polyalign.modeling.prompts import PromptRenderer
-from polyalign.params import Params
+from polyalign.modeling.scoring import score_examples
+from polyalign.params import HdpoVariant, Params
 from polyalign.stages.fit_critic import fit as fit_critic
 from polyalign.stages.pairs import draw_samples, sampled_pairs
 from polyalign.stages.pairs import finish as finish_pairs
+from polyalign.training.objectives import base_loss, resolve_reference
 from polyalign.training.preference import (
     FINGERPRINT,
     SAMPLER,
     PairCollator,
     PreferenceModule,
+    add_kl_examples,
     encode_pair,
     fingerprint_changes,
     pair_dataloader,
@@ -83,7 +87,7 @@ def read_pairs(path: Path, need_ref: bool) -> list[dict]:
     required = REQUIRED + (("ref_chosen_logp", "ref_rejected_logp") if need_ref else ())
     missing = [c for c in required if c not in table.column_names]
     if missing:
-        hint = " (hdpo.reference: precomputed needs pairs.precompute_ref: true)" if "ref_chosen_logp" in missing else ""
+        hint = " (reference: precomputed needs pairs.precompute_ref: true)" if "ref_chosen_logp" in missing else ""
         raise UserError(f"hdpo: {path} lacks columns {missing}{hint}")
     if table.num_rows == 0:
         raise UserError(f"hdpo: {path} holds no pair")
@@ -109,7 +113,7 @@ def check_reference(pairs_dir: Path, start: Path, sampler: Path, renderer: Promp
     if changes:
         raise UserError(f"hdpo: the reference log-probs in {pairs_dir} were computed with another model or prompt "
                         f"format than hdpo uses now ({'; '.join(changes)}); rerun `polyalign pairs`, or set "
-                        "hdpo.reference: frozen")
+                        "the variant's reference: frozen")
     return True
 
 
@@ -120,6 +124,32 @@ def recompute_reference(rows: list[dict], start: Path, renderer: PromptRenderer,
     ref_c, ref_r = reference_logps(model, renderer, rows)
     for r, c, rj in zip(rows, ref_c, ref_r):
         r.update(ref_chosen_logp=float(c), ref_rejected_logp=float(rj))
+
+
+def resolved_variant(params: Params, variant: str) -> HdpoVariant:
+    """`hdpo.variants.<variant>` with its reference resolved for its loss (precomputed, or none where the loss is
+    reference-free)."""
+    if variant not in params.hdpo.variants:
+        raise UserError(f"hdpo: no variant {variant!r}; params.yaml defines: {', '.join(params.hdpo.variants)}")
+    v = params.hdpo.variants[variant]
+    try:
+        return v.model_copy(update={"reference": resolve_reference(v.loss, v.reference)})
+    except ValueError as exc:
+        raise UserError(f"hdpo.variants.{variant}.reference: {exc}") from None
+
+
+def add_unpaired_reference(train: list[dict], val: list[dict], start: Path, renderer: PromptRenderer,
+                           params: Params, precomputed: bool) -> None:
+    """An unpaired loss's mismatched prompt-response pairs (KTO's reference point), and with precomputed
+    reference log-probs their log-probs under `start`, the reference."""
+    add_kl_examples(renderer, train, params.seed)
+    add_kl_examples(renderer, val, params.seed + 1)
+    if precomputed:
+        model, _ = load_model_dir(start, f"the starting model {start}")
+        model.to(inference_device(params.trainer.accelerator))
+        examples = [{"input_ids": r["kl_input_ids"], "labels": r["kl_labels"]} for r in train + val]
+        for row, logp in zip(train + val, score_examples(model, examples, renderer.pad_id)):
+            row["ref_kl_logp"] = float(logp)
 
 
 def run(params: Params, variant: str, root: Path = Path("."), resume: bool = False,
@@ -133,9 +163,7 @@ def run(params: Params, variant: str, root: Path = Path("."), resume: bool = Fal
 
 def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway: bool) -> dict | None:
     h = params.hdpo
-    if variant not in h.variants:
-        raise UserError(f"hdpo: no variant {variant!r}; params.yaml defines: {', '.join(h.variants)}")
-    v = h.variants[variant]
+    v = resolved_variant(params, variant)
     sft_variant = v.init.removeprefix("sft@")
     if sft_variant not in params.sft.variants:
         raise UserError(f"hdpo.variants.{variant}.init: {v.init!r} names no variant of sft.variants "
@@ -150,7 +178,7 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
     elif resume and not any(ckpts.glob("round*")):
         raise UserError(f"hdpo --resume: no checkpoint of any round in {ckpts} to resume from")
     pairs_dir = root / params.paths.data_pairs
-    need_ref = h.reference == "precomputed"
+    need_ref = v.reference == "precomputed"
     train, val = read_pairs(pairs_dir / "train.parquet", need_ref), read_pairs(pairs_dir / "val.parquet", need_ref)
     check_devices(params.trainer)
 
@@ -163,16 +191,15 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
     probe = naturalness_probe(params, root, h.val_prompts, start, tokenizer, renderer, "hdpo.val_prompts")
     inputs = [pairs_dir / "train.parquet", pairs_dir / "val.parquet", start]
     if h.rounds == 1:
-        fitted = fit_round(params, variant, variant, root, start, train, val, tokenizer, renderer, probe, inputs,
-                           resume, resume_anyway)
+        fitted = fit_round(params, variant, v, variant, root, start, train, val, tokenizer, renderer, probe,
+                           inputs, resume, resume_anyway)
         if fitted is None:
             return None
         module, summary = fitted
         with atomic_path(root / params.paths.models / "hdpo" / variant, directory=True) as tmp:
             module.export(tmp, tokenizer)
         curve = [(s, loss, acc) for s, loss, acc in module.history["train"]]
-        report = {"variant": variant, **v.model_dump(), "beta": h.beta, "reference": h.reference,
-                  "loss_type": h.loss_type, "rounds": 1, **summary}
+        report = {"variant": variant, **v.model_dump(), "rounds": 1, **summary}
         return write_report(params, root, variant, report, curve)
 
     # several rounds: what the stage as a whole was run with, recorded in every finished round
@@ -196,14 +223,15 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
             else:
                 if critic is None:
                     critic = Critic.load(root / params.paths.models / "critic")
-                rows, sampling = round_pairs(params, root, variant, r, current, tokenizer, renderer, critic, resume)
+                rows, sampling = round_pairs(params, root, variant, r, current, tokenizer, renderer, critic, resume,
+                                             need_ref)
                 round_val = [dict(x) for x in val]
                 if need_ref:  # the round's reference is the policy it starts from
                     recompute_reference(round_val, current, renderer, params.trainer.accelerator)
                 round_inputs = [ckpts / f"round{r}-pairs.parquet", pairs_dir / "val.parquet", current]
             label = f"{variant}/round{r}"
-            fitted = fit_round(params, variant, label, root, current, rows, round_val, tokenizer, renderer, probe,
-                               round_inputs, resume and (ckpts / f"round{r}" / "last.ckpt").is_file(),
+            fitted = fit_round(params, variant, v, label, root, current, rows, round_val, tokenizer, renderer,
+                               probe, round_inputs, resume and (ckpts / f"round{r}" / "last.ckpt").is_file(),
                                resume_anyway)
             if fitted is None:
                 return None
@@ -225,24 +253,25 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
         chosen = min(finite, key=lambda s: s["selected_score"]) if finite else chosen
     with atomic_path(root / params.paths.models / "hdpo" / variant, directory=True) as tmp:
         shutil.copytree(ckpts / f"round{chosen['round']}-model", tmp, dirs_exist_ok=True)
-    report = {"variant": variant, **v.model_dump(), "beta": h.beta, "reference": h.reference,
-              "loss_type": h.loss_type, "rounds": h.rounds, "selected_round": chosen["round"],
+    report = {"variant": variant, **v.model_dump(), "rounds": h.rounds, "selected_round": chosen["round"],
               **{k: val_ for k, val_ in chosen.items() if k not in ("train_curve", "round")},
               "steps": sum(s["steps"] for s in summaries),
               "per_round": [{k: val_ for k, val_ in s.items() if k != "train_curve"} for s in summaries]}
     return write_report(params, root, variant, report, curve)
 
 
-def fit_round(params: Params, variant: str, label: str, root: Path, start: Path, train: list[dict],
-              val: list[dict], tokenizer, renderer: PromptRenderer, probe, inputs: list[Path], resume: bool,
-              resume_anyway: bool):
-    """Train one round from `start` on `train` pairs (validated on `val`); returns the module with the selected
-    weights loaded and the round's summary, or None in a DDP child process. `label` is the variant,
-    or `<variant>/round<r>`: it names the round's checkpoints, logs and W&B run."""
-    h, v = params.hdpo, params.hdpo.variants[variant]
+def fit_round(params: Params, variant: str, v: HdpoVariant, label: str, root: Path, start: Path,
+              train: list[dict], val: list[dict], tokenizer, renderer: PromptRenderer, probe, inputs: list[Path],
+              resume: bool, resume_anyway: bool):
+    """Train one round of variant `v` (its reference resolved) from `start` on `train` pairs (validated on `val`);
+    returns the module with the selected weights loaded and the round's summary, or None in a DDP child
+    process. `label` is the variant, or `<variant>/round<r>`: it names the round's checkpoints, logs and W&B run."""
+    h = params.hdpo
     # sampled chosen sides (pairs.chosen: nearest_sample | mixed): the NLL anchor scores the human answers apart
     anchor = v.alpha > 0 and any(r.get("chosen_ids") is not None for r in train + val)
     train, val = [{**r, **encode_pair(renderer, r)} for r in train], [{**r, **encode_pair(renderer, r)} for r in val]
+    if base_loss(v.loss).NEEDS_UNPAIRED:
+        add_unpaired_reference(train, val, start, renderer, params, v.reference == "precomputed")
     buckets = sorted({r["bucket_id"] for r in train + val})
     collate = PairCollator(renderer.pad_id, {b: i for i, b in enumerate(buckets)}, uniform=v.weighting == "uniform",
                            anchor=anchor)
@@ -288,7 +317,7 @@ def fit_round(params: Params, variant: str, label: str, root: Path, start: Path,
 
 
 def round_pairs(params: Params, root: Path, variant: str, r: int, policy: Path, tokenizer,
-                renderer: PromptRenderer, critic: Critic, resume: bool) -> tuple[list[dict], dict]:
+                renderer: PromptRenderer, critic: Critic, resume: bool, need_ref: bool) -> tuple[list[dict], dict]:
     """Round r's training pairs: `pairs.k` samples of the round r-1 `policy` per prompt of a seeded subset of
     `hdpo.prompts_per_round` train prompts, paired by the `pairs` settings and scored by the critic (refit on
     these samples first with `hdpo.refit_critic`), with the policy's reference log-probs, and what the
@@ -324,7 +353,7 @@ def round_pairs(params: Params, root: Path, variant: str, r: int, policy: Path, 
     rows, _ = sampled_pairs(records, flat, critic, params, seed, dropped, info)
     if not rows:
         raise UserError(f"hdpo@{variant}: round {r} has no usable pair ({dict(dropped)})")
-    finish_pairs(rows, critic, model, renderer, params.hdpo.reference == "precomputed")
+    finish_pairs(rows, critic, model, renderer, need_ref)
     info.update(pairs=len(rows), dropped=dict(dropped),
                 rejected_farther=float(np.mean([p["d_rejected"] > p["d_chosen"] for p in rows])),
                 critic_refit=fitted[1] if h.refit_critic else None)

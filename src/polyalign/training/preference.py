@@ -1,13 +1,16 @@
-"""Preference optimisation (DPO and HDPO) as a LightningModule, and its data.
+"""Preference optimisation (any base loss of `training/objectives`, with HDPO's extras) as a LightningModule,
+and its data.
 
 One concatenated forward pass scores chosen and rejected responses together; summed response log-probs use
-the same masks as SFT. The reference is, by `hdpo.reference`: log-probs precomputed by the pairs stage (no
-reference model in memory), a frozen copy of the starting model, or, with LoRA, the same model with its
-adapter disabled.
+the same masks as SFT. The reference is, by the variant's `reference`: log-probs precomputed by the pairs stage
+(no reference model in memory), a frozen copy of the starting model, with LoRA the same model with its adapter
+disabled, or none for a reference-free loss (SimPO, ORPO). An unpaired loss (KTO) also scores each pair's prompt
+with another pair's rejected response, for its reference point.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +24,9 @@ from transformers import AutoModelForCausalLM
 from polyalign.modeling.model import disable_dropout, folder_digest, load_model_weights, save_model
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.scoring import padded_batch, response_logits, score_examples, sequence_logps
-from polyalign.training.preference_loss import hdpo_loss
+from polyalign.training.objectives import base_loss
+from polyalign.training.objectives.batch import PairBatch
+from polyalign.training.objectives.compose import preference_loss
 from polyalign.training.samplers import EpochBatchSampler, ResumableDataLoader
 from polyalign.training.selection import PROBED, Selection, probe_and_select
 from polyalign.training.sft import lora_wrap, make_optimizer
@@ -58,6 +63,22 @@ def encode_pair(renderer: PromptRenderer, row: dict[str, Any]) -> dict[str, Any]
     return {f"{side}_{key}": example[key] for side, example in (("chosen", chosen), ("rejected", rejected),
                                                                ("anchor", anchor))
             for key in ("input_ids", "labels")}
+
+
+def add_kl_examples(renderer: PromptRenderer, rows: list[dict[str, Any]], seed: int) -> None:
+    """For an unpaired loss's reference point (KTO): each row's prompt with the rejected response of another row,
+    picked by a seeded derangement, as `kl_input_ids` and `kl_labels`."""
+    order = np.random.default_rng(seed).permutation(len(rows))
+    partner = np.empty(len(rows), dtype=int)
+    partner[order] = np.roll(order, -1)
+    for row, j in zip(rows, partner):
+        other = rows[int(j)]
+        if other.get("rejected_ids") is None:
+            example = renderer.example(row, response=other["rejected"])
+        else:
+            example = renderer.example_from_ids(row, list(other["rejected_ids"]),
+                                                ended=not other.get("rejected_truncated", False))
+        row.update(kl_input_ids=example["input_ids"], kl_labels=example["labels"])
 
 
 def reference_fingerprint(model_dir: Path, renderer: PromptRenderer) -> dict[str, Any]:
@@ -108,9 +129,12 @@ class PairCollator:
                  "bucket": torch.tensor([self.bucket_index[r["bucket_id"]] for r in rows])}
         if self.anchor:
             batch.update({f"anchor_{k}": v for k, v in self.padded(rows, ("anchor",)).items()})
-        if "ref_chosen_logp" in rows[0]:
-            batch["ref_chosen"] = torch.tensor([r["ref_chosen_logp"] for r in rows], dtype=torch.float32)
-            batch["ref_rejected"] = torch.tensor([r["ref_rejected_logp"] for r in rows], dtype=torch.float32)
+        if "kl_input_ids" in rows[0]:
+            batch.update({f"kl_{k}": v for k, v in self.padded(rows, ("kl",)).items()})
+        for column, key in (("ref_chosen_logp", "ref_chosen"), ("ref_rejected_logp", "ref_rejected"),
+                            ("ref_kl_logp", "ref_kl")):
+            if column in rows[0]:
+                batch[key] = torch.tensor([r[column] for r in rows], dtype=torch.float32)
         return batch
 
     def padded(self, rows: list[dict[str, Any]], sides: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -131,14 +155,18 @@ def pair_dataloader(rows: list[dict], collate: PairCollator, batch_size: int, *,
 
 
 class PreferenceModule(L.LightningModule):
-    """`probe(model)`, when given, samples val responses at each validation and returns their naturalness
+    """`variant` is an `HdpoVariant` whose `reference` is resolved (`objectives.resolve_reference`). `probe(model)`,
+    when given, samples val responses at each validation and returns their naturalness
     (`evaluation.validation.naturalness_probe`). With `hdpo.select` other than `last`, the weights of the best
     validation so far are kept (`Selection`, in memory and in checkpoints); the stage loads them before export."""
 
     def __init__(self, model_dir: str, hdpo, variant, bucket_names: list[str], total_steps: int,
                  probe: Callable[[Any], dict[str, float]] | None = None):
         super().__init__()
+        if variant.reference is None:
+            raise ValueError("PreferenceModule needs the variant's reference resolved (resolve_reference)")
         self.model_dir, self.hdpo, self.variant = str(model_dir), hdpo, variant
+        self.unpaired = base_loss(variant.loss).NEEDS_UNPAIRED
         self.bucket_names, self.total_steps, self.probe = bucket_names, total_steps, probe
         self.model = None
         self.reference = None
@@ -152,51 +180,62 @@ class PreferenceModule(L.LightningModule):
         model.train()
         disable_dropout(model)  # before LoRA: an adapter's own dropout (hdpo.lora.dropout) stays as set
         self.model = lora_wrap(model, self.hdpo.lora) if self.hdpo.lora.enabled else model
-        if self.hdpo.reference == "frozen":
+        if self.variant.reference == "frozen":
             reference = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32,
                                                              use_safetensors=True).eval()
             reference.requires_grad_(False)
             object.__setattr__(self, "reference", reference)  # not a submodule: not trained, not checkpointed
 
-    def _forward(self, model, batch, anchor: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed log-probs and scored lengths of every sequence of the batch (chosen, rejected[, anchor])."""
-        logps, lengths = sequence_logps(*response_logits(model, batch["input_ids"], batch["attention_mask"],
-                                                         batch["labels"]))
-        if anchor and "anchor_input_ids" in batch:
-            anchor_logps, anchor_lengths = sequence_logps(*response_logits(
-                model, batch["anchor_input_ids"], batch["anchor_attention_mask"], batch["anchor_labels"]))
-            logps, lengths = torch.cat([logps, anchor_logps]), torch.cat([lengths, anchor_lengths])
+    @staticmethod
+    def _score(model, batch, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed response log-probs and scored lengths of the batch's `<prefix>input_ids` sequences."""
+        logps, lengths = sequence_logps(*response_logits(model, batch[f"{prefix}input_ids"],
+                                                         batch[f"{prefix}attention_mask"], batch[f"{prefix}labels"]))
         return logps, lengths.float()
 
-    def _logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        logps, lengths = self._forward(model, batch, anchor=False)
-        n = len(batch["weight"])
-        return logps[:n], logps[n: 2 * n], lengths[:n], lengths[n: 2 * n]
+    def _reference_model(self):
+        """The model that scores the reference side on the fly (None when precomputed or reference-free)."""
+        if self.variant.reference == "lora":
+            return self.model
+        return self.reference.to(self.device) if self.variant.reference == "frozen" else None
 
-    def reference_logps(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.hdpo.reference == "precomputed":
-            return batch["ref_chosen"], batch["ref_rejected"]
-        with torch.no_grad():
-            if self.hdpo.reference == "lora":
-                with self.model.disable_adapter():
-                    c, r, _, _ = self._logps(self.model, batch)
-            else:
-                c, r, _, _ = self._logps(self.reference.to(self.device), batch)
-        return c, r
+    def reference_logps(self, batch) -> dict[str, torch.Tensor]:
+        """`ref_chosen`, `ref_rejected` (and for an unpaired loss `kl_ref`), or nothing for a reference-free loss."""
+        reference = self.variant.reference
+        if reference == "none":
+            return {}
+        if reference == "precomputed":
+            out = {"ref_chosen": batch["ref_chosen"], "ref_rejected": batch["ref_rejected"]}
+            return {**out, "kl_ref": batch["ref_kl"]} if self.unpaired else out
+        model = self._reference_model()
+        with torch.no_grad(), (self.model.disable_adapter() if reference == "lora" else contextlib.nullcontext()):
+            logps, _ = self._score(model, batch)
+            n = len(batch["weight"])
+            out = {"ref_chosen": logps[:n], "ref_rejected": logps[n:]}
+            if self.unpaired:
+                out["kl_ref"] = self._score(model, batch, "kl_")[0]
+        return out
 
-    def _loss(self, batch):
-        logps, lengths = self._forward(self.model, batch)
+    def pair_batch(self, batch) -> PairBatch:
+        """The batch's policy log-probs (with gradients), reference log-probs and pair data."""
+        logps, lengths = self._score(self.model, batch)
         n = len(batch["weight"])
-        pc, pr, len_c, len_r = logps[:n], logps[n: 2 * n], lengths[:n], lengths[n: 2 * n]
-        anchor = (logps[2 * n:], lengths[2 * n:]) if len(logps) > 2 * n else None
-        rc, rr = self.reference_logps(batch)
+        extra = self.reference_logps(batch)
+        if "anchor_input_ids" in batch:
+            extra["anchor_logps"], extra["anchor_lengths"] = self._score(self.model, batch, "anchor_")
+        if self.unpaired:
+            with torch.no_grad():  # KTO's reference point is not differentiated
+                extra["kl_policy"] = self._score(self.model, batch, "kl_")[0]
+        return PairBatch(policy_chosen=logps[:n], policy_rejected=logps[n:], len_chosen=lengths[:n],
+                         len_rejected=lengths[n:], d_chosen=batch["d_chosen"], d_rejected=batch["d_rejected"],
+                         weight=batch["weight"], **extra)
+
+    def _loss(self, pairs: PairBatch):
         v = self.variant
-        return hdpo_loss(pc, pr, rc, rr, len_c, len_r, batch["d_chosen"], batch["d_rejected"], batch["weight"],
-                         beta=self.hdpo.beta, gamma=v.gamma, lam=v.lam, alpha=v.alpha, m_max=self.hdpo.m_max,
-                         label_smoothing=self.hdpo.label_smoothing, loss_type=self.hdpo.loss_type, anchor=anchor)
+        return preference_loss(pairs, v.loss, v.beta, v.knobs(), **v.extras())
 
     def training_step(self, batch, batch_idx):
-        loss, parts = self._loss(batch)
+        loss, parts, _ = self._loss(self.pair_batch(batch))
         n = len(batch["weight"])
         self.log("train/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
         for name, value in parts.items():
@@ -217,7 +256,8 @@ class PreferenceModule(L.LightningModule):
         self.selection.best = checkpoint.get("polyalign_best")
 
     # per validation, summed over pairs: the policy's and the reference's log-probs of both sides and the reward
-    # margin. A chosen log-prob falling below its reference value is likelihood displacement as it happens.
+    # margin (the base loss's implicit rewards). A chosen log-prob falling below its reference value is likelihood
+    # displacement as it happens. A reference-free loss has no reference log-probs: NaN (null in the reports).
     SUMS = ("logps_chosen", "logps_rejected", "ref_logps_chosen", "ref_logps_rejected", "margin")
 
     def on_validation_epoch_start(self):
@@ -228,10 +268,12 @@ class PreferenceModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         with torch.no_grad():
-            pc, pr, _, _ = self._logps(self.model, batch)
-            rc, rr = self.reference_logps(batch)
-            loss, _ = self._loss(batch)
-        margin = self.hdpo.beta * ((pc - rc) - (pr - rr))
+            pairs = self.pair_batch(batch)
+            loss, _, terms = self._loss(pairs)
+        margin = terms.chosen_rewards - terms.rejected_rewards
+        nan = torch.full_like(margin, float("nan"))
+        pc, pr = pairs.policy_chosen, pairs.policy_rejected
+        rc, rr = (pairs.ref_chosen, pairs.ref_rejected) if pairs.has_reference else (nan, nan)
         correct = (margin > 0).double()
         self._acc.index_add_(0, batch["bucket"], correct)
         self._n.index_add_(0, batch["bucket"], torch.ones_like(correct))
