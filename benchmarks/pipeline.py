@@ -55,6 +55,9 @@ def main() -> None:
         project = args.keep.resolve() if args.keep else Path(tmp) / "project"
         project.mkdir(parents=True)
         clone(project, args.worktree)
+        # the clone's own code, not this checkout's (the editable install points here): editing the checkout
+        # while the benchmark runs must not change what it measures
+        env["PYTHONPATH"] = str(project / "src")
         starts: list[tuple[str, float]] = []
         lines = 0
         start = time.perf_counter()

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from polyalign.generation import bucket_budgets, budget_of, prompt_budgets
+from polyalign.generation import SamplingFilter, bucket_budgets, budget_of, prompt_budgets
 from polyalign.params import GenerationParams
 
 
@@ -46,3 +46,33 @@ def test_prompt_budgets_fixed_bucket_capped_and_within_the_context():
 def test_fixed_budget_needs_a_number_of_tokens():
     with pytest.raises(ValueError, match="max_new_tokens"):
         GenerationParams(budget="fixed", max_new_tokens=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_sampling_filter_keeps_exactly_the_tokens_hugging_faces_warpers_keep(dtype):
+    import torch
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    rows = 0
+    for scale in (0.3, 3.0, 8.0):  # flat to peaked: nuclei from thousands of tokens down to one
+        for temperature, top_k, top_p in ((1.0, 0, 0.95), (0.7, 0, 0.5), (1.3, 50, 0.9), (1.0, 0, 0.999)):
+            scores = (torch.randn(16, 4096, generator=g) * scale).to(getattr(torch, dtype))
+            expected = scores.clone()
+            if temperature != 1.0:
+                expected = TemperatureLogitsWarper(temperature)(None, expected)
+            if top_k:
+                expected = TopKLogitsWarper(top_k)(None, expected)
+            expected = TopPLogitsWarper(top_p)(None, expected)
+            ours = SamplingFilter(temperature, top_k, top_p)(None, scores.clone())
+            # the same kept values in every row; which of several *equal* scores at the nucleus' edge stays is
+            # arbitrary in both (bfloat16 has many such ties), so the tokens themselves must match in float32 only
+            assert torch.equal(ours.sort(dim=-1).values, expected.sort(dim=-1).values)
+            if dtype == "float32":
+                assert torch.equal(ours, expected)
+            rows += len(scores)
+    assert rows == 192

@@ -74,6 +74,41 @@ def prompt_budgets(g, tokenizer, train_answers: Sequence[str], train_buckets: Se
     return budgets
 
 
+class SamplingFilter:
+    """Temperature, then top-k, then top-p (nucleus) on the next-token scores: Hugging Face's
+    `TemperatureLogitsWarper`, `TopKLogitsWarper` and `TopPLogitsWarper` (one token kept at least), in that order,
+    as one logits processor for `generate`.
+
+    Why not Hugging Face's own: its top-p sorts the whole vocabulary at every step with `torch.sort`, which on CPU
+    was a quarter of pair sampling. `nucleus` does the same computation with numpy's sort, about three times
+    faster there; on an accelerator it uses torch's."""
+
+    def __init__(self, temperature: float, top_k: int, top_p: float):
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        if self.top_k:
+            kth = scores.topk(min(self.top_k, scores.shape[-1])).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, -math.inf)
+        return nucleus(scores, self.top_p) if self.top_p < 1.0 else scores
+
+
+def nucleus(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """`scores` with the tokens outside the nucleus set to -inf, as `TopPLogitsWarper` computes it: sorted in
+    ascending order, a token goes when the cumulative probability up to it is at most 1 - top_p; the most likely
+    token always stays."""
+    if scores.device.type == "cpu":
+        order = torch.from_numpy(np.argsort(scores.float().numpy(), axis=-1))
+        ascending = scores.gather(-1, order)
+    else:
+        ascending, order = torch.sort(scores, descending=False)
+    remove = ascending.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+    remove[..., -1] = False
+    return scores.masked_fill(remove.scatter(-1, order, remove), -math.inf)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, stop_ids: Sequence[int],
              max_new_tokens: int | Sequence[int], temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
@@ -108,9 +143,12 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, stop_ids: Se
             result = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device),
                 max_new_tokens=max(budgets[i] for i in chunk), do_sample=sampling,
-                temperature=temperature if sampling else None, top_p=top_p if sampling else None,
-                top_k=(top_k or None) if sampling else None, repetition_penalty=repetition_penalty,
-                num_return_sequences=num_samples, eos_token_id=list(stop_ids), pad_token_id=pad_id, use_cache=True,
+                # sampling: temperature, top-k and top-p in one processor of ours (see SamplingFilter), after the
+                # repetition penalty as Hugging Face orders them; its own warpers are switched off
+                temperature=1.0 if sampling else None, top_p=1.0 if sampling else None, top_k=0 if sampling else None,
+                logits_processor=[SamplingFilter(temperature, top_k, top_p)] if sampling else None,
+                repetition_penalty=repetition_penalty, num_return_sequences=num_samples,
+                eos_token_id=list(stop_ids), pad_token_id=pad_id, use_cache=True,
             )
             new = result[:, width:].tolist()
             for row, i in enumerate(chunk):

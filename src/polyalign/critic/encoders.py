@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
-from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 from polyalign.errors import UserError
 
@@ -30,6 +28,9 @@ class NgramEncoder:
         self.components: np.ndarray | None = None
 
     def _new_vectorizer(self, vocabulary=None) -> TfidfVectorizer:
+        # imported here: stages that only import the critic's classes (sft, hdpo) skip scikit-learn's second
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         # `char` (not `char_wb`): n-grams across word boundaries also see word order
         return TfidfVectorizer(analyzer="char", ngram_range=self.ngram_range, max_features=self.max_features,
                                sublinear_tf=True, dtype=np.float32, vocabulary=vocabulary)
@@ -38,6 +39,8 @@ class NgramEncoder:
         self.vectorizer = self._new_vectorizer()
         matrix = self.vectorizer.fit_transform(list(texts))
         dim = max(1, min(self.dim, matrix.shape[1] - 1, matrix.shape[0] - 1))
+        from sklearn.decomposition import TruncatedSVD
+
         svd = TruncatedSVD(n_components=dim, random_state=self.seed).fit(matrix)
         self.components = svd.components_.astype(np.float32)
         return self

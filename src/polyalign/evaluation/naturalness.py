@@ -9,9 +9,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import ks_2samp, wasserstein_distance
-from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GroupKFold
 
 from polyalign.evaluation.diversity import ngrams
 from polyalign.evaluation.utility import answer_units
@@ -87,6 +84,12 @@ def c2st_correct(human: Sequence[str], generated: Sequence[str], folds: int = 5,
         raise ValueError("c2st needs one generated response per human response")
     if n < 2:
         return np.full(n, np.nan)
+    # scikit-learn is imported here, not at the top: the SFT and HDPO validation probes import this module and
+    # never run a C2ST, and the import costs them about a second per stage
+    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+
     vectorizer = HashingVectorizer(analyzer=_lexical_units, n_features=2**18, alternate_sign=False, norm="l2")
     X = vectorizer.transform(list(human) + list(generated))
     y = np.r_[np.zeros(n), np.ones(n)]

@@ -43,7 +43,6 @@ from polyalign.modeling.model import inference_device, load_model_dir, model_con
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.scoring import score_examples
 from polyalign.params import HdpoVariant, Params
-from polyalign.stages.fit_critic import fit as fit_critic
 from polyalign.stages.pairs import draw_samples, sampled_pairs
 from polyalign.stages.pairs import finish as finish_pairs
 from polyalign.training.objectives import base_loss, resolve_reference
@@ -342,6 +341,8 @@ def round_pairs(params: Params, root: Path, variant: str, r: int, policy: Path, 
     seed = params.seed + 1000 * r
     flat = draw_samples(records, model, tokenizer, renderer, params, budgets, seed)
     if h.refit_critic:
+        from polyalign.stages.fit_critic import fit as fit_critic  # here: scikit-learn only for refits
+
         fitted = fit_critic(params, root, label=f"hdpo-{variant}-round{r}", extra_samples=[
             {"response": text, "bucket_id": records[i]["bucket_id"], "question": records[i]["question"]}
             for i, _, text in flat if text])

@@ -26,7 +26,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
-from sklearn.metrics import roc_auc_score
 
 from polyalign.critic.model import Critic
 from polyalign.data.record import Problem
@@ -190,6 +189,8 @@ def pick_pair(human: Candidate | None, samples: list[Candidate], chosen: str, re
 def critic_separation(records: list[dict], human_d: np.ndarray, samples: list[tuple[int, float]]) -> dict:
     """AUROC of the critic telling the model's samples (should score farther) from the human answers of the same
     prompts, overall and per language; None where one side is missing."""
+    from sklearn.metrics import roc_auc_score  # here, not at the top: hdpo imports this module and skips it
+
     out = {}
     languages = sorted({r["language"] for r in records})
     for lang in [None, *languages]:

@@ -4,9 +4,8 @@ dynamically padded, batched by `EpochBatchSampler`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import lightning as L
 import numpy as np
 import torch
@@ -17,12 +16,17 @@ from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.scoring import padded_batch
 from polyalign.training.samplers import EpochBatchSampler, ResumableDataLoader
 
+if TYPE_CHECKING:  # `datasets` is imported where it is used: `pairs` and `hdpo` import BEST_OF_K only
+    import datasets
+
 KEEP_COLUMNS = ("bucket_id", "balance_bucket", "bucket_weight")
 BEST_OF_K = "best_of_k.parquet"  # under paths.data_pairs: per train prompt, the sample nearest to human support
 
 
 def load_split(path: Path, renderer: PromptRenderer) -> datasets.Dataset:
     """Tokenised examples of one bucketed split; `datasets` caches the result by content and renderer."""
+    import datasets
+
     if not path.is_file():
         raise UserError(f"{path} not found (run `polyalign bucketize` first)")
     table = datasets.Dataset.from_parquet(str(path))
@@ -37,6 +41,8 @@ def load_best_of_k(path: Path, renderer: PromptRenderer) -> datasets.Dataset:
     if not path.is_file():
         raise UserError(f"{path} not found: data: best_of_k trains on the samples of the pairs stage (run "
                         "`polyalign pairs` with sampled pairs, not pairs.preference_file)")
+    import datasets
+
     table = datasets.Dataset.from_parquet(str(path))
     if len(table) == 0:
         raise UserError(f"{path} holds no sample (every sample was empty or dropped; see reports/pairs.json)")
@@ -85,6 +91,8 @@ class SFTDataModule(L.LightningDataModule):
         self.pad_id = renderer.pad_id
         self.train = load_split(self.buckets_dir / "train.parquet", renderer)
         if self.best_of_k is not None:
+            import datasets
+
             self.train = datasets.concatenate_datasets([self.train, load_best_of_k(self.best_of_k, renderer)])
         self.val = load_split(self.buckets_dir / "val.parquet", renderer)
         self.bucket_names = sorted(set(self.train["bucket_id"]) | set(self.val["bucket_id"]))
