@@ -101,3 +101,18 @@ def test_each_sft_stage_depends_on_its_start_and_its_data():
                        "data": best_of_k if v["data"] == "best_of_k" else human}
                 for name, v in params["sft"]["variants"].items()}
     assert listed == expected
+
+
+def test_the_pairs_stage_depends_on_the_policy_it_samples_and_evaluate_on_every_method():
+    """dvc.yaml cannot turn a model's name (`sft@bucket`) into its folder, so it lists them: they must agree."""
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+
+    def folder(name: str) -> str:
+        stage, _, variant = name.partition("@")
+        return "${paths.models}/" + (stage if stage == "base" else f"{stage}/{variant}")
+
+    models = [d for d in spec["pairs"]["deps"] if d.startswith("${paths.models}/sft")]
+    assert models == [folder(params["pairs"]["policy"])]
+    listed = {d for d in spec["evaluate"]["deps"] if d.startswith("${paths.models}/") and "critic" not in d}
+    assert listed >= {folder(m) for m in params["evaluate"]["methods"]}

@@ -114,3 +114,11 @@ def test_a_yaml_merge_key_may_still_be_overridden_key_by_key(in_tmp):
     result = runner.invoke(app, ["params"])
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.stdout)["data"]["split_ratios"] == {"train": 0.5, "val": 0.25, "test": 0.25}
+
+
+def test_the_pairs_policy_names_an_sft_variant_that_does_not_train_on_its_own_samples(in_tmp):
+    assert "pairs.policy: 'sft@nope' names no variant of sft.variants" in bad(["params", "--set",
+                                                                                "pairs.policy=sft@nope"])
+    out = bad(["params", "--set", "pairs.policy=sft@rs"])  # rs trains on the pairs stage's samples
+    assert "pairs.policy: sft@rs samples the pairs" in out and "best_of_k" in out
+    assert load_params(None, ["pairs.policy=sft@global"]).pairs.policy == "sft@global"

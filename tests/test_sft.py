@@ -297,8 +297,11 @@ def test_wandb_offline_writes_a_local_run_with_params_and_metrics_and_no_network
 
 
 def test_sampler_and_loss_weight_variants_run(project):
+    # the only SFT variant: whatever names another (pairs.policy, each hdpo variant's init) must name it
     params = write_tiny_params(project, sft={"epochs": 1, "batch_size": 8, "lr": 0.005, "max_steps": 5,
-                                             "variants": {"weighted": {"balance": "loss_weight", "alpha": 0.0}}})
+                                             "variants": {"weighted": {"balance": "loss_weight", "alpha": 0.0}}},
+                               pairs={"policy": "sft@weighted"},
+                               hdpo={"variants": {"dpo": {"init": "sft@weighted"}}})
     assert params.is_file()
     cli(["sft", "--variant", "weighted"], project)
     report = json.loads((project / "reports/sft/weighted.json").read_text())

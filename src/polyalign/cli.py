@@ -217,8 +217,8 @@ def pairs(
     params_file: ParamsFile = Path("params.yaml"),
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
-    """Preference pairs into data/pairs/: the human answer (chosen) against a sample of models/sft/bucket
-    (rejected: first, or farthest by critic distance), with critic distances, weights and reference log-probs."""
+    """Preference pairs into data/pairs/ from samples of the pairs.policy SFT model (default sft@bucket): chosen
+    and rejected by pairs.chosen and pairs.rejected, with critic distances, weights and reference log-probs."""
     named = [f"pairs.k={k}"] * (k is not None)
 
     def action() -> None:

@@ -322,23 +322,25 @@ class SftParams(Section):
     @model_validator(mode="after")
     def _starts(self) -> SftParams:
         """Every `init` names a variant, no chain of starts loops, and the model `pairs` samples from
-        (sft@bucket) does not itself depend on those samples."""
+        (`pairs.policy`) does not itself depend on those samples (checked by `Params`)."""
         for name, v in self.variants.items():
             if v.init != "base" and v.init.removeprefix("sft@") not in self.variants:
                 raise ValueError(f"sft.variants.{name}.init: {v.init!r} names no variant of sft.variants "
                                  f"({', '.join(self.variants)})")
         for name in self.variants:
-            chain, current = [name], self.variants[name].init
-            while current != "base":
-                current = current.removeprefix("sft@")
-                if current in chain:
-                    raise ValueError(f"sft.variants.{name}.init: the starts loop ({' -> '.join([*chain, current])})")
-                chain.append(current)
-                current = self.variants[current].init
-            if name == "bucket" and any(self.variants[c].data == "best_of_k" for c in chain):
-                raise ValueError("sft.variants: sft@bucket samples the pairs, so neither it nor the model it starts "
-                                 "from can train on them (data: best_of_k)")
+            self.start_chain(name)
         return self
+
+    def start_chain(self, name: str) -> list[str]:
+        """The variant and every SFT variant it starts from, in order (ValueError where the starts loop)."""
+        chain, current = [name], self.variants[name].init
+        while current != "base":
+            current = current.removeprefix("sft@")
+            if current in chain:
+                raise ValueError(f"sft.variants.{name}.init: the starts loop ({' -> '.join([*chain, current])})")
+            chain.append(current)
+            current = self.variants[current].init
+        return chain
 
 
 class CriticParams(Section):
@@ -418,8 +420,12 @@ class GenerationParams(Section):
 
 
 class PairsParams(Section):
-    """`pairs`: chosen = the human answer or a sample, rejected = a sample of models/sft/bucket (or the user's own
-    pairs)."""
+    """`pairs`: chosen = the human answer or a sample, rejected = a sample of the `policy` SFT model (or the user's
+    own pairs)."""
+
+    policy: str = Field("sft@bucket", pattern=r"^sft@[A-Za-z0-9_.-]+$", description=(
+        "the SFT model that samples the pairs and scores their reference log-probs (dvc.yaml's pairs stage "
+        "depends on its folder: change both)"))
 
     k: int = Field(2, ge=1, description="samples per prompt")
     chosen: Literal["human", "nearest_sample", "mixed"] = Field(
@@ -610,6 +616,27 @@ class Params(Section):
         """The configuration a run belongs to: a hash of every parameter but those in NOT_CONFIGURATION. Runs that
         differ only by seed share it; it names their W&B group and their group in `polyalign compare`."""
         return "cfg-" + settings_hash(self.model_dump(mode="json", exclude=set(NOT_CONFIGURATION)))
+
+    @model_validator(mode="after")
+    def _starts(self) -> Params:
+        """Every hdpo variant starts from an SFT variant."""
+        for name, v in self.hdpo.variants.items():
+            if v.init.removeprefix("sft@") not in self.sft.variants:
+                raise ValueError(f"hdpo.variants.{name}.init: {v.init!r} names no variant of sft.variants "
+                                 f"({', '.join(self.sft.variants)})")
+        return self
+
+    @model_validator(mode="after")
+    def _policy(self) -> Params:
+        """`pairs.policy` names an SFT variant, and neither it nor a model it starts from trains on its samples."""
+        name = self.pairs.policy.removeprefix("sft@")
+        if name not in self.sft.variants:
+            raise ValueError(f"pairs.policy: {self.pairs.policy!r} names no variant of sft.variants "
+                             f"({', '.join(self.sft.variants)})")
+        if any(self.sft.variants[c].data == "best_of_k" for c in self.sft.start_chain(name)):
+            raise ValueError(f"pairs.policy: {self.pairs.policy} samples the pairs, so neither it nor a model it "
+                             "starts from can train on them (data: best_of_k)")
+        return self
 
     @model_validator(mode="after")
     def _sampling(self) -> Params:

@@ -158,6 +158,13 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folde
     write_manifest(folder)
 
 
+def model_dir(name: str, params, root: Path = Path(".")) -> Path:
+    """The folder of a model named as params name models: `base`, `sft@<variant>` or `hdpo@<variant>`."""
+    stage, _, variant = name.partition("@")
+    models = root / params.paths.models
+    return models / "base" if stage == "base" else models / stage / variant
+
+
 def model_context(folder: Path) -> int | None:
     """The model's context length from its config.json (read without loading the weights)."""
     config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))

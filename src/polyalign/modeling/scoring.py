@@ -67,21 +67,20 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 def response_logps(model, examples: list[dict[str, Any]], pad_id: int,
                    batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Summed response log-probs of examples (input_ids + labels) under `model` and their response token counts,
-    batched."""
+    in the examples' order. Batches are formed in order of length, so that little of them is padding."""
     model.eval()
     device = next(model.parameters()).device
-    sums, counts = [], []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start: start + batch_size]
-        batch = {k: v.to(device) for k, v in padded_batch([e["input_ids"] for e in chunk],
-                                                           [e["labels"] for e in chunk], pad_id).items()}
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    sums, counts = np.zeros(len(examples)), np.zeros(len(examples), dtype=np.int64)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start: start + batch_size]
+        batch = {k: v.to(device) for k, v in padded_batch([examples[i]["input_ids"] for i in chunk],
+                                                           [examples[i]["labels"] for i in chunk], pad_id).items()}
         logps, n = sequence_logps(*response_logits(model, batch["input_ids"], batch["attention_mask"],
                                                    batch["labels"]))
-        sums.append(logps.double().cpu().numpy())
-        counts.append(n.cpu().numpy())
-    if not sums:
-        return np.zeros(0), np.zeros(0, dtype=np.int64)
-    return np.concatenate(sums), np.concatenate(counts)
+        sums[chunk] = logps.double().cpu().numpy()
+        counts[chunk] = n.cpu().numpy()
+    return sums, counts
 
 
 def score_examples(model, examples: list[dict[str, Any]], pad_id: int, batch_size: int = 16) -> np.ndarray:

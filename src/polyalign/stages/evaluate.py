@@ -47,7 +47,7 @@ from polyalign.evaluation.utility import score_utility
 from polyalign.generation import generate, prompt_budgets, read_train_answers
 from polyalign.io import atomic_path, json_safe, write_json
 from polyalign.log import console
-from polyalign.modeling.model import folder_digest, inference_device, load_model_dir, model_context
+from polyalign.modeling.model import folder_digest, inference_device, load_model_dir, model_context, model_dir
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.scoring import response_logps
 from polyalign.modeling.tokenizer import decode_response
@@ -61,12 +61,6 @@ def prompt_record(record: dict, conditioning: str) -> dict:
     """The fields a prompt may see: never the human answer; its length bin only under oracle conditioning."""
     fields = PROMPT_FIELDS + (("length_bin",) if conditioning == "oracle_length" else ())
     return {k: record[k] for k in fields}
-
-
-def model_dir(method: str, params: Params, root: Path) -> Path:
-    stage, _, variant = method.partition("@")
-    models = root / params.paths.models
-    return models / "base" if stage == "base" else models / stage / variant
 
 
 def _sha(data) -> str:

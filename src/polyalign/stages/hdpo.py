@@ -1,5 +1,5 @@
 """Stage `hdpo@<variant>`: preference optimisation from the variant's `init` SFT model (`models/sft/<name>`,
-default sft@bucket) on `data/pairs/`, whose rejected responses were sampled from sft@bucket.
+default sft@bucket) on `data/pairs/`, whose samples come from `pairs.policy` (default sft@bucket).
 
 With `hdpo.rounds: R` > 1 the stage runs R rounds: round 1 trains on `data/pairs/`; round r >= 2 samples fresh
 pairs from the round r-1 policy on a seeded subset of `hdpo.prompts_per_round` train prompts (the `pairs`
@@ -39,7 +39,7 @@ from polyalign.evaluation.validation import naturalness_probe
 from polyalign.generation import prompt_budgets
 from polyalign.io import atomic_path, write_json, write_text
 from polyalign.log import console
-from polyalign.modeling.model import inference_device, load_model_dir, model_context
+from polyalign.modeling.model import inference_device, load_model_dir, model_context, model_dir
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.scoring import score_examples
 from polyalign.params import HdpoVariant, Params
@@ -48,7 +48,6 @@ from polyalign.stages.pairs import finish as finish_pairs
 from polyalign.training.objectives import base_loss, resolve_reference
 from polyalign.training.preference import (
     FINGERPRINT,
-    SAMPLER,
     PairCollator,
     PreferenceModule,
     add_kl_examples,
@@ -163,14 +162,10 @@ def run(params: Params, variant: str, root: Path = Path("."), resume: bool = Fal
 def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway: bool) -> dict | None:
     h = params.hdpo
     v = resolved_variant(params, variant)
-    sft_variant = v.init.removeprefix("sft@")
-    if sft_variant not in params.sft.variants:
-        raise UserError(f"hdpo.variants.{variant}.init: {v.init!r} names no variant of sft.variants "
-                        f"({', '.join(params.sft.variants)})")
-    start = root / params.paths.models / "sft" / sft_variant
+    start = model_dir(v.init, params, root)  # the params name an existing SFT variant (Params._starts)
     if not (start / "config.json").is_file():
-        raise UserError(f"hdpo: the SFT model {start} is missing (run `polyalign sft --variant {sft_variant}` "
-                        "first)")
+        raise UserError(f"hdpo: the SFT model {start} is missing (run `polyalign sft --variant "
+                        f"{v.init.removeprefix('sft@')}` first)")
     ckpts = root / params.paths.checkpoints / "hdpo" / variant
     if h.rounds == 1:
         last_checkpoint(root, params, "hdpo", variant, resume)
@@ -183,10 +178,10 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
 
     tokenizer = AutoTokenizer.from_pretrained(start)
     renderer = PromptRenderer.from_params(tokenizer, params.prompt)
-    if need_ref and not check_reference(pairs_dir, start, root / params.paths.models / SAMPLER, renderer):
+    if need_ref and not check_reference(pairs_dir, start, model_dir(params.pairs.policy, params, root), renderer):
         recompute_reference(train + val, start, renderer, params.trainer.accelerator)
         console.print(f"hdpo@{variant}: reference log-probs recomputed with {v.init} (the pairs were sampled "
-                      f"from sft@bucket)", highlight=False)
+                      f"from {params.pairs.policy})", highlight=False)
     probe = naturalness_probe(params, root, h.val_prompts, start, tokenizer, renderer, "hdpo.val_prompts")
     inputs = [pairs_dir / "train.parquet", pairs_dir / "val.parquet", start]
     if h.rounds == 1:

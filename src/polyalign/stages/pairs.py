@@ -1,5 +1,5 @@
-"""Stage `pairs`: preference pairs for HDPO from `pairs.k` samples per prompt of `models/sft/bucket`, or the user's
-own pairs (`pairs.preference_file`). Chosen = the human answer, the sample nearest to human support (on-policy)
+"""Stage `pairs`: preference pairs for HDPO from `pairs.k` samples per prompt of the `pairs.policy` SFT model
+(default sft@bucket), or the user's own pairs (`pairs.preference_file`). Chosen = the human answer, the sample nearest to human support (on-policy)
 or either (`pairs.chosen`); rejected = another sample (`first`, `farthest` by critic distance or `random`). Empty
 sides, samples identical to the human answer and (with `pairs.min_gap`) pairs whose critic-distance gap is too
 small are dropped and counted.
@@ -34,12 +34,12 @@ from polyalign.errors import UserError, shown
 from polyalign.generation import Sample, generate, prompt_budgets, read_train_answers
 from polyalign.io import atomic_path, write_json
 from polyalign.log import console
-from polyalign.modeling.model import inference_device, load_model_dir
+from polyalign.modeling.model import inference_device, load_model_dir, model_dir
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.tokenizer import decode_response
 from polyalign.params import Family, Language, Params
 from polyalign.training.data import BEST_OF_K
-from polyalign.training.preference import FINGERPRINT, SAMPLER, reference_fingerprint, reference_logps
+from polyalign.training.preference import FINGERPRINT, reference_fingerprint, reference_logps
 
 PROMPT_FIELDS = ("id", "language", "track", "family", "length_bin", "question", "context", "dialogue_history",
                  "bucket_id")
@@ -232,8 +232,8 @@ def model_context(model) -> int | None:
 def run(params: Params, root: Path = Path(".")) -> dict:
     cfg = params.pairs
     models = root / params.paths.models
-    start = models / SAMPLER
-    model, tokenizer = load_model_dir(start, "the bucket-aware SFT model (sft@bucket)")
+    start = model_dir(params.pairs.policy, params, root)
+    model, tokenizer = load_model_dir(start, f"the sampling policy {params.pairs.policy} (pairs.policy)")
     model.to(inference_device(params.trainer.accelerator))
     critic = Critic.load(models / "critic")
     renderer = PromptRenderer.from_params(tokenizer, params.prompt)

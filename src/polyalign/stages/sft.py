@@ -20,7 +20,7 @@ from polyalign.errors import UserError, shown
 from polyalign.evaluation.validation import naturalness_probe
 from polyalign.io import atomic_path, write_json, write_text
 from polyalign.log import console
-from polyalign.modeling.model import load_tokenizer
+from polyalign.modeling.model import load_tokenizer, model_dir
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.params import Params
 from polyalign.training.data import BEST_OF_K, SFTDataModule
@@ -58,13 +58,12 @@ def run(params: Params, variant: str, resume: bool = False, root: Path = Path(".
 def start_model(params: Params, variant: str, root: Path) -> Path:
     """The folder a variant starts from: models/base, or with `init: sft@<other>` that variant's model."""
     init = variant_params(params, variant).init
+    folder = model_dir(init, params, root)
     if init == "base":
-        base = root / params.paths.models / "base"
-        if not (base / "config.json").is_file():
-            raise UserError(f"sft: base model not found in {base} (run `polyalign init` first)")
-        return base
+        if not (folder / "config.json").is_file():
+            raise UserError(f"sft: base model not found in {folder} (run `polyalign init` first)")
+        return folder
     other = init.removeprefix("sft@")
-    folder = root / params.paths.models / "sft" / other
     if not (folder / "config.json").is_file():
         raise UserError(f"sft@{variant} starts from {init}, which is missing in {folder} (run `polyalign sft "
                         f"--variant {other}` first)")

@@ -32,7 +32,6 @@ from polyalign.training.selection import PROBED, Selection, probe_and_select
 from polyalign.training.sft import lora_wrap, make_optimizer
 
 FINGERPRINT = "fingerprint.json"  # beside the pairs: what their precomputed reference log-probs were computed with
-SAMPLER = Path("sft") / "bucket"  # under paths.models: the model `pairs` samples from and scores with (sft@bucket)
 
 
 def pair_examples(renderer: PromptRenderer, row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
