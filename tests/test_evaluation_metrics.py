@@ -13,10 +13,9 @@ from polyalign.buckets.features import FEATURE_NAMES, compute_features
 from polyalign.buckets.references import References
 from polyalign.critic.encoders import NgramEncoder
 from polyalign.evaluation import diversity, naturalness, report, summary
+from polyalign.evaluation.metrics import bucket_metrics
 from polyalign.evaluation.suite import (
-    BOOTSTRAP_METRICS,
     EvalRows,
-    Settings,
     Side,
     bucket_values,
     c2st_rows,
@@ -24,6 +23,7 @@ from polyalign.evaluation.suite import (
     summarise,
 )
 from polyalign.evaluation.utility import answer_units, lcs_length, rouge_l, score_utility, token_f1
+from polyalign.params import load_params
 
 # ------------------------------------------------------------------------------------------------- utility
 
@@ -306,15 +306,16 @@ def test_identical_human_and_generated_sets_give_every_ideal_value():
     scores = score_utility(generated.texts, human.texts, test.languages)
     scores.update(nll_sum=np.ones(len(records)), nll_tokens=np.ones(len(records)),
                   critic_distance=np.zeros(len(records)))
-    settings = Settings(c2st_min_n=4)  # MAUVE of identical sets: test_mauve_is_one_for_identical_feature_sets
-    scores["c2st_correct"] = c2st_rows(test, generated, human, settings)
+    # MAUVE of identical sets: test_mauve_is_one_for_identical_feature_sets
+    params = load_params(None, ["evaluate.c2st_min_n=4", "evaluate.bootstrap_resamples=20"])
+    scores["c2st_correct"] = c2st_rows(test, generated, human, params.evaluate, params.seed)
     for bucket, rows in test.rows.items():
-        v = bucket_values(test, bucket, rows, generated, human, scores, settings, full=True)
+        v = bucket_values(test, bucket, rows, generated, human, scores, params, full=True)
         assert v["bng"] == 0 and v["hcr_joint_gap"] == 0 and v["length_w1"] == 0 and v["length_ks"] == 0
         assert v["c2st"] == 0.5 and v["c2st_gap"] == 0 and v["f1"] == 1 and v["rouge_l"] == 1 and v["em"] == 1
         assert v["replacement_char_share"] == 0 and math.isnan(v["truncated_share"])  # no flags given: unknown
         assert v["tdm"] == 1.0 if "multi" in bucket else math.isnan(v["tdm"])
-    result = summarise(test, generated, human, scores, settings, resamples=20, level=0.95)
+    result = summarise(test, generated, human, scores, params)
     assert result["groups"]["macro"]["bng"] == 0 and result["intervals"]["macro"]["bng"] == [0.0, 0.0]
 
 
@@ -328,7 +329,9 @@ def _method(records, test, encoder, texts, truncated=None, resamples=200):
                   critic_distance=rng.uniform(0, 1, len(records)))
     if truncated is not None:
         scores["truncated"] = truncated
-    return summarise(test, generated, human, scores, Settings(c2st_min_n=8), resamples=resamples, level=0.95)
+    params = load_params(None, ["evaluate.c2st_min_n=8", f"evaluate.bootstrap_resamples={resamples}",
+                                "evaluate.confidence=0.95"])
+    return summarise(test, generated, human, scores, params)
 
 
 def _other_answers(records):
@@ -350,7 +353,7 @@ def test_every_interval_of_a_real_summary_contains_its_estimate_and_c2st_has_one
                 assert low <= estimate <= high, (group, metric, estimate, low, high)
                 checked += 1
     for bucket, values in result["buckets"].items():
-        assert set(values["intervals"]) == set(BOOTSTRAP_METRICS)
+        assert set(values["intervals"]) == {m.name for m in bucket_metrics(bootstrap_only=True)}
         for metric, (low, high) in values["intervals"].items():
             if not math.isnan(values[metric]):
                 assert low <= values[metric] <= high, (bucket, metric, values[metric], low, high)

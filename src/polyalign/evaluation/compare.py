@@ -28,15 +28,19 @@ from scipy import stats
 
 from polyalign.errors import UserError
 from polyalign.evaluation.experiments import Run
-from polyalign.evaluation.report import RANKED, fmt_number, markdown_table
+from polyalign.evaluation.report import fmt_number, markdown_table, ranked
 from polyalign.io import atomic_path, write_json, write_text
 from polyalign.params import NOT_CONFIGURATION, Params, flat_keys, settings_hash
 
 BOOTSTRAP_MIN_SEEDS = 5
 BOOTSTRAP_RESAMPLES = 9999
-# the report's ranked headline metrics, macro-averaged (every bucket counts once), as metrics.json names them
-METRICS = tuple((f"{m}_macro", label, better) for m, label, better in RANKED)
 LABEL_KEYS = 3  # a configuration's label names at most this many of the params that set it apart
+
+
+def compared() -> list[tuple[str, str, str]]:
+    """The metrics compared across seeds: the report's ranked headline metrics, macro over buckets (from the
+    metric registry, so a metric registered later is compared too)."""
+    return [(f"{m}_macro", label, better) for m, label, better in ranked()]
 
 
 def over_seeds(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
@@ -154,21 +158,21 @@ def compare(found: list[Run], split: str | None = None, confidence: float = 0.95
         runs = [by_config[cid][s] for s in seeds]
         methods = list(runs[0].params.get("evaluate", {}).get("methods") or [])
         methods = [m for m in methods if all(isinstance(r.metrics.get(m), dict) for r in runs)]
-        values = {m: {metric: [_value(r, m, metric) for r in runs] for metric, _, _ in METRICS} for m in methods}
+        values = {m: {metric: [_value(r, m, metric) for r in runs] for metric, _, _ in compared()} for m in methods}
         summary = {m: {metric: over_seeds(v, confidence) for metric, v in per.items()} for m, per in values.items()}
         comparisons = []
         for a, b in runs[0].params.get("evaluate", {}).get("compare") or []:
             if a in values and b in values:
                 comparisons.append({"a": a, "b": b, "metrics": {
                     metric: paired(values[a][metric], values[b][metric], better, confidence)
-                    for metric, _, better in METRICS}})
+                    for metric, _, better in compared()}})
         groups.append({"id": cid, "label": labels[cid], "seeds": seeds,
                        "runs": [{"name": r.name, "rev": r.rev, "seed": r.seed} for r in runs],
                        "methods": {m: {"values": values[m], "summary": summary[m]} for m in methods},
                        "comparisons": comparisons})
     return {"split": split, "rows_sha256": chosen[0].metrics["rows_sha256"], "confidence": confidence,
             "interval": f"t over seeds below {BOOTSTRAP_MIN_SEEDS} seeds, else the percentile bootstrap over seeds",
-            "metrics": [{"name": m, "label": label, "better": b} for m, label, b in METRICS],
+            "metrics": [{"name": m, "label": label, "better": b} for m, label, b in compared()],
             "left_out": dict(left_out), "groups": groups}
 
 
@@ -210,23 +214,23 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(markdown_table(["configuration", "W&B group", "seeds", "runs"], [
         [g["label"], g["id"], ", ".join(map(str, g["seeds"])), ", ".join(r["name"] for r in g["runs"])]
         for g in result["groups"]]).rstrip())
-    header = ["method", *[f"{label} ({ARROW[b]})" for _, label, b in METRICS]]
+    header = ["method", *[f"{label} ({ARROW[b]})" for _, label, b in compared()]]
     for g in result["groups"]:
         lines += ["", f"## {g['label']} ({len(g['seeds'])} seeds)", ""]
-        lines.append(markdown_table(header, [[m, *[_cell(per["summary"][metric]) for metric, _, _ in METRICS]]
+        lines.append(markdown_table(header, [[m, *[_cell(per["summary"][metric]) for metric, _, _ in compared()]]
                                      for m, per in g["methods"].items()]).rstrip())
         for c in g["comparisons"]:
             lines += ["", f"### {c['a']} − {c['b']}, paired by seed", ""]
             rows = [[f"{label} ({ARROW[b]})", _cell(c["metrics"][metric]), _signs(c["metrics"][metric]),
                      ", ".join(fmt_number(d) for d in c["metrics"][metric]["differences"])]
-                    for metric, label, b in METRICS]
+                    for metric, label, b in compared()]
             lines.append(markdown_table(["metric", f"{c['a']} − {c['b']}", f"{c['a']} is", "per seed"], rows).rstrip())
     return "\n".join(lines) + "\n"
 
 
 def table_csv(result: dict[str, Any]) -> str:
     """One row per configuration and method (for `dvc plots`): each metric's mean and interval over seeds."""
-    names = [m for m, _, _ in METRICS]
+    names = [m for m, _, _ in compared()]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")  # labels hold commas and quotes (e.g. data.preset="paper-en")
     writer.writerow(["label", "configuration", "method", "seeds",
@@ -247,10 +251,10 @@ def plot(result: dict[str, Any], path) -> None:
     rows = [(f"{g['label']} · {m}" if len(result["groups"]) > 1 else m, per)
             for g in result["groups"] for m, per in g["methods"].items()]
     cols = 3
-    grid = math.ceil(len(METRICS) / cols)
+    grid = math.ceil(len(compared()) / cols)
     fig, axes = plt.subplots(grid, cols, figsize=(4.2 * cols, 0.35 * len(rows) * grid + 1.2 * grid),
                              squeeze=False, sharey=True)
-    for ax, (metric, label, better) in zip(axes.flat, METRICS):
+    for ax, (metric, label, better) in zip(axes.flat, compared()):
         for y, (_, per) in enumerate(rows):
             seeds = [v for v in per["values"][metric] if math.isfinite(v)]
             ax.scatter(seeds, [y] * len(seeds), s=14, color="tab:blue", alpha=0.6, zorder=2)
@@ -261,7 +265,7 @@ def plot(result: dict[str, Any], path) -> None:
                             color="black", markersize=5, capsize=3, zorder=3)
         ax.set_title(f"{label} ({ARROW[better]})", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-    for ax in axes.flat[len(METRICS):]:
+    for ax in axes.flat[len(compared()):]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)

@@ -17,27 +17,42 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from polyalign.errors import UserError
+from polyalign.evaluation import metrics as registry
 from polyalign.evaluation.summary import GROUPS, SLICES, interval, naturalness_score, pareto_front, slice_of
 from polyalign.io import atomic_path, json_safe, write_json, write_text
 from polyalign.log import announce_wandb_run, wandb_settings
 
-# (metric, column label, which way is better: higher, lower, or 0.5 = the closer to 0.5 the better)
-HEADLINE = (("f1", "F1", "higher"), ("rouge_l", "ROUGE-L", "higher"), ("nll", "NLL", "lower"),
-            ("bng", "BNG", "lower"), ("hcr_joint_gap", "HCR gap", "lower"), ("length_w1", "Len W1", "lower"),
-            ("c2st", "C2ST", "0.5"), ("tdm", "TDM", "higher"), ("nuf_score", "NUF", "higher"))
-# What differences and rankings use: C2ST by its distance from 0.5 (0.3 is as far from chance as 0.7).
-RANKED = tuple(("c2st_gap", "C2ST distance from 0.5", "lower") if b == "0.5" else (m, label, b)
-               for m, label, b in HEADLINE)
+# Which metrics go where (the main tables, metrics.json, the plots, the diversity table) is in the metric
+# registry (`evaluation/metrics.py`); these read it each time, so a metric registered later shows up too.
 ARROWS = {"higher": "↑", "lower": "↓", "0.5": "best at 0.5"}
-METRICS_JSON = ("em", "em_norm", "f1", "rouge_l", "nll", "bng", "hcr_joint", "hcr_joint_gap", "length_w1",
-                "length_ks", "c2st", "c2st_gap", "tdm", "mauve", "distinct_2", "self_bleu", "critic_distance",
-                "replacement_char_share", "wrong_language_share", "truncated_share", "nuf_score")
+
+
+def headline() -> list[tuple[str, str, str]]:
+    """(metric, column label, which way is better: higher, lower, or 0.5 = the closer to 0.5 the better)."""
+    return [(m.name, m.label, m.better) for m in registry.headline()]
+
+
+def ranked() -> list[tuple[str, str, str]]:
+    """What differences and rankings use: C2ST by its distance from 0.5 (0.3 is as far from chance as 0.7)."""
+    return [(m.name, m.label, m.better) for m in registry.ranked()]
+
+
+def json_metrics() -> list[str]:
+    return [m.name for m in registry.METRICS if m.in_json]
+
+
+def plot_metrics() -> list[str]:
+    return [m.name for m in registry.METRICS if m.plot]
+
+
+def diversity_metrics() -> list[tuple[str, str]]:
+    return [(m.name, m.label) for m in registry.METRICS if m.kind == "diversity"]
+
+
 # A method whose responses are told apart from human ones this easily, or that decodes to broken bytes this
 # often, is not producing text yet: its naturalness metrics compare non-text with text.
 NOT_TEXT_C2ST = 0.8
 NOT_TEXT_REPLACEMENT_SHARE = 0.05
-PLOT_METRICS = ("bng", "hcr_joint_gap", "f1")
-DIVERSITY = ("distinct_1", "distinct_2", "distinct_3", "self_bleu")
 
 
 def _num(x) -> float:
@@ -95,7 +110,7 @@ def metrics_json(results: Sequence[dict], compare: Sequence[Sequence[str]]) -> d
     out: dict = {"split": results[0].get("split", "test"), "rows_sha256": hashlib.sha256(ids.encode()).hexdigest()}
     for r in results:
         flat = {}
-        for metric in METRICS_JSON:
+        for metric in json_metrics():
             flat[metric] = value(r, "overall", metric)
             flat[f"{metric}_macro"] = value(r, "macro", metric)
         if "mauve_unconditional" in r["groups"]["overall"]:
@@ -105,7 +120,7 @@ def metrics_json(results: Sequence[dict], compare: Sequence[Sequence[str]]) -> d
     pairs = [(a, b) for a, b in compare if a in by_name and b in by_name]
     if pairs:
         out["compare"] = {f"{a} - {b}": {f"{m}_macro": difference(by_name[a], by_name[b], "macro", m)[0]
-                                         for m, _, _ in RANKED} for a, b in pairs}
+                                         for m, _, _ in ranked()} for a, b in pairs}
     return out
 
 
@@ -158,7 +173,7 @@ def _overlap(a: dict, b: dict, group: str, metric: str) -> str:
 
 def _winners(results: Sequence[dict], group: str) -> list[list[str]]:
     rows = []
-    for metric, label, better in RANKED:
+    for metric, label, better in ranked():
         scored = [(value(r, group, metric), r) for r in results if not math.isnan(value(r, group, metric))]
         if len(scored) < 2:
             continue
@@ -209,9 +224,20 @@ def budget_text(decoding: dict, results: Sequence[dict]) -> str:
 
 
 def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[str]]) -> str:
+    """The report: one function per section, in this order."""
+    split = results[0].get("split", "test")
+    sections = [
+        _intro(results), _group_tables(results), _differences(results, compare), _best_per_metric(results),
+        _diversity(human, results, split), _coverage(human, results, split), _mauve(results), _frontier(results),
+        _per_bucket(human, results), _diagnostics(results), METRIC_NOTES + _metric_list(),
+    ]
+    return "\n".join(section for section in sections if section)
+
+
+def _intro(results: Sequence[dict]) -> str:
+    """Title, warnings (val split, not text yet, oracle) and how every method was decoded and resampled."""
     first = results[0]
     d = first["decoding"]
-    oracle = any(r.get("oracle") for r in results)
     split = first.get("split", "test")
     out = [f"# PolyAlign evaluation report — {split} split\n"]
     if split == "val":
@@ -220,7 +246,7 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
     warning = not_text_warning(results)
     if warning:
         out.append(warning)
-    if oracle:
+    if any(r.get("oracle") for r in results):
         out.append("> **ORACLE RUN** — `prompt.conditioning: oracle_length`: every prompt carried the human answer's "
                    "length bin, which a deployed model cannot know. Do not compare these numbers with a "
                    "non-oracle run.\n")
@@ -233,66 +259,100 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
                "replacement and rescaled to the bucket's size), the same half-samples for every method, centred on "
                "the estimate: each interval contains its estimate. C2ST: 0.5 = indistinguishable from the human "
                "answers, so the best is the closest to 0.5; rankings and differences use |C2ST − 0.5|.\n")
-    header = ["method", *[f"{label} ({ARROWS[b]})" for _, label, b in HEADLINE]]
+    return "\n".join(out)
+
+
+def _group_tables(results: Sequence[dict]) -> str:
+    """The headline metrics of every method, one table per group (all rows, macro, each slice)."""
+    first = results[0]
+    split = first.get("split", "test")
+    columns = headline()
+    header = ["method", *[f"{label} ({ARROWS[b]})" for _, label, b in columns]]
     titles = {"overall": f"All {split} rows (buckets weighted by size)", "macro": "Macro over buckets (each counts once)"}
+    out = []
     for group in GROUPS:
         n = first["groups"][group]["n"]
         out.append(f"## {titles.get(group, 'Slice ' + group)} — n = {n}, {first['groups'][group]['buckets']} buckets\n")
         if n == 0:
             out.append(f"No {split} rows in this slice.\n")
             continue
-        out.append(markdown_table(header, [[_label(r), *[_cell(r, group, m) for m, _, _ in HEADLINE]] for r in results]))
+        out.append(markdown_table(header, [[_label(r), *[_cell(r, group, m) for m, _, _ in columns]] for r in results]))
+    return "\n".join(out)
+
+
+def _differences(results: Sequence[dict], compare: Sequence[Sequence[str]]) -> str:
+    """`evaluate.compare`'s pairs: a − b with paired intervals."""
     by_name = {r["method"]: r for r in results}
     rows = []
     for a, b in compare:
         if a in by_name and b in by_name:
             for group in ("overall", "macro"):
-                for metric, label, better in RANKED:
+                for metric, label, better in ranked():
                     diff, low, high = difference(by_name[a], by_name[b], group, metric)
                     if math.isnan(diff):
                         continue
                     excludes = "—" if math.isnan(low) else ("no" if low <= 0 <= high else "yes")
                     rows.append([f"{a} − {b}", group, f"{label} ({better} is better)",
                                  f"{fmt_number(diff)} [{fmt_number(low)}, {fmt_number(high)}]", excludes])
-    if rows:
-        out.append("## Differences (paired: the same half-samples for both methods)\n")
-        out.append(markdown_table(["comparison", "group", "metric", "a − b [interval]", "interval excludes 0"], rows))
+    if not rows:
+        return ""
+    return ("## Differences (paired: the same half-samples for both methods)\n\n"
+            + markdown_table(["comparison", "group", "metric", "a − b [interval]", "interval excludes 0"], rows))
+
+
+def _best_per_metric(results: Sequence[dict]) -> str:
+    out = []
     for group in ("overall", "macro"):
         rows = _winners(results, group)
         if rows:
             out.append(f"## Best method per metric ({group})\n")
-            out.append(markdown_table(["metric", "direction", "best [interval]", "method", "runner-up [interval]", "method",
-                               "intervals overlap", "best − runner-up, paired [interval]", "contains 0"], rows))
-    out.append(f"## Diversity (all {split} rows; human answers first)\n")
-    div_rows = [["human", *[fmt_number(_num(human["groups"]["overall"].get(m))) for m in DIVERSITY]]]
-    div_rows += [[_label(r), *[fmt_number(value(r, "overall", m)) for m in DIVERSITY]] for r in results]
-    out.append(markdown_table(["responses", "distinct-1", "distinct-2", "distinct-3", "self-BLEU-4"], div_rows))
-    out.append(f"## Human-support coverage per feature (all {split} rows)\n")
-    out.append("Share of responses inside the bucket's human support band [q10, q90] of the training answers; the "
-               "human test answers' own share is the target.\n")
+            out.append(markdown_table(["metric", "direction", "best [interval]", "method", "runner-up [interval]",
+                                       "method", "intervals overlap", "best − runner-up, paired [interval]",
+                                       "contains 0"], rows))
+    return "\n".join(out)
+
+
+def _diversity(human: dict, results: Sequence[dict], split: str) -> str:
+    columns = diversity_metrics()
+    rows = [["human", *[fmt_number(_num(human["groups"]["overall"].get(m))) for m, _ in columns]]]
+    rows += [[_label(r), *[fmt_number(value(r, "overall", m)) for m, _ in columns]] for r in results]
+    return (f"## Diversity (all {split} rows; human answers first)\n\n"
+            + markdown_table(["responses", *[label for _, label in columns]], rows))
+
+
+def _coverage(human: dict, results: Sequence[dict], split: str) -> str:
     coverage = [human["groups"]["overall"].get("hcr_per_feature", {})] + [
         r["groups"]["overall"].get("hcr_per_feature", {}) for r in results]
-    out.append(markdown_table(["feature", "human", *[_label(r) for r in results]],
-                      [[f, *[fmt_number(_num(c.get(f)), 2) for c in coverage]] for f in coverage[0]]))
-    out.append("## MAUVE\n")
-    if first.get("mauve") == "computed":
-        out.append(markdown_table(["method", "conditional (per bucket, n-weighted)", "unconditional"],
-                          [[_label(r), fmt_number(value(r, "overall", "mauve")),
-                            fmt_number(_num(r["groups"]["overall"].get("mauve_unconditional")))] for r in results]))
-    else:
-        out.append(f"MAUVE {first.get('mauve')}.\n")
-    out.append("## Naturalness–utility frontier\n")
-    out.append("Macro over buckets, so every interaction context counts once.\n")
+    return (f"## Human-support coverage per feature (all {split} rows)\n\n"
+            "Share of responses inside the bucket's human support band [q10, q90] of the training answers; the "
+            "human test answers' own share is the target.\n\n"
+            + markdown_table(["feature", "human", *[_label(r) for r in results]],
+                             [[f, *[fmt_number(_num(c.get(f)), 2) for c in coverage]] for f in coverage[0]]))
+
+
+def _mauve(results: Sequence[dict]) -> str:
+    first = results[0]
+    if first.get("mauve") != "computed":
+        return f"## MAUVE\n\nMAUVE {first.get('mauve')}.\n"
+    return "## MAUVE\n\n" + markdown_table(
+        ["method", "conditional (per bucket, n-weighted)", "unconditional"],
+        [[_label(r), fmt_number(value(r, "overall", "mauve")),
+          fmt_number(_num(r["groups"]["overall"].get("mauve_unconditional")))] for r in results])
+
+
+def _frontier(results: Sequence[dict]) -> str:
     points = frontier_points(results)
     front = pareto_front(points)
-    out.append(markdown_table(["method", "naturalness exp(−BNG)", "utility (ROUGE-L)", "NUF score", "on the frontier"],
-                      [[_label(r), fmt_number(p[0]), fmt_number(p[1]), _cell(r, "macro", "nuf_score"),
-                        "yes" if f else "no"] for r, p, f in zip(results, points, front)]))
-    out.append("![frontier](frontier.png)\n")
-    out.append("## Per bucket\n")
-    buckets = sorted(human["buckets"])
+    return ("## Naturalness–utility frontier\n\nMacro over buckets, so every interaction context counts once.\n\n"
+            + markdown_table(["method", "naturalness exp(−BNG)", "utility (ROUGE-L)", "NUF score", "on the frontier"],
+                             [[_label(r), fmt_number(p[0]), fmt_number(p[1]), _cell(r, "macro", "nuf_score"),
+                               "yes" if f else "no"] for r, p, f in zip(results, points, front)])
+            + "![frontier](frontier.png)\n")
+
+
+def _per_bucket(human: dict, results: Sequence[dict]) -> str:
     rows = []
-    for b in buckets:
+    for b in sorted(human["buckets"]):
         h = human["buckets"][b]
         for r in results:
             v = r["buckets"][b]
@@ -300,22 +360,32 @@ def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[st
                          fmt_number(_num(h.get("hcr_joint"))), fmt_number(_num(v.get("length_mean")), 1),
                          fmt_number(_num(h.get("length_mean")), 1), fmt_number(_num(v.get("f1"))), _bucket_cell(v, "c2st"),
                          _count(v, "truncated_share"), _count(v, "replacement_char_share")])
-    out.append("Truncated: responses that hit the generation budget without ending their turn; U+FFFD: responses "
-               "with replacement characters (broken bytes).\n")
-    out.append(markdown_table(["bucket", "n", "method", "BNG", "HCR joint", "HCR joint (human)", "length",
-                       "length (human)", "F1", "C2ST [interval]", "truncated", "U+FFFD"], rows))
-    out.append("![lengths per slice](lengths.png)\n\n![per-bucket metrics](per_bucket.png)\n")
-    out.append("## Diagnostics\n")
-    out.append("The critic's distance is shown for completeness only: HDPO optimised it, so it cannot judge HDPO.\n")
-    out.append(markdown_table(["method", "critic distance", "wrong language", "U+FFFD", "empty predictions",
-                       "generated tokens", "cache", "generation s", "NLL s", "metrics s"],
-                      [[_label(r), fmt_number(value(r, "overall", "critic_distance")),
-                        fmt_number(value(r, "overall", "wrong_language_share")),
-                        fmt_number(value(r, "overall", "replacement_char_share")),
-                        str(r["counts"]["empty_predictions"]), str(r["generated_tokens"]), r["cache"],
-                        *[fmt_number(r["timing_s"][k], 1) for k in ("generation", "nll", "metrics")]] for r in results]))
-    out.append(METRIC_NOTES)
-    return "\n".join(out)
+    return ("## Per bucket\n\nTruncated: responses that hit the generation budget without ending their turn; U+FFFD: "
+            "responses with replacement characters (broken bytes).\n\n"
+            + markdown_table(["bucket", "n", "method", "BNG", "HCR joint", "HCR joint (human)", "length",
+                              "length (human)", "F1", "C2ST [interval]", "truncated", "U+FFFD"], rows)
+            + "![lengths per slice](lengths.png)\n\n![per-bucket metrics](per_bucket.png)\n")
+
+
+def _diagnostics(results: Sequence[dict]) -> str:
+    return ("## Diagnostics\n\nThe critic's distance is shown for completeness only: HDPO optimised it, so it cannot "
+            "judge HDPO.\n\n"
+            + markdown_table(["method", "critic distance", "wrong language", "U+FFFD", "empty predictions",
+                              "generated tokens", "cache", "generation s", "NLL s", "metrics s"],
+                             [[_label(r), fmt_number(value(r, "overall", "critic_distance")),
+                               fmt_number(value(r, "overall", "wrong_language_share")),
+                               fmt_number(value(r, "overall", "replacement_char_share")),
+                               str(r["counts"]["empty_predictions"]), str(r["generated_tokens"]), r["cache"],
+                               *[fmt_number(r["timing_s"][k], 1) for k in ("generation", "nll", "metrics")]]
+                              for r in results]))
+
+
+def _metric_list() -> str:
+    """Every registered metric with its direction and unit, from the registry."""
+    rows = [[m.name, m.label, {None: "—", **ARROWS}[m.better], m.unit or "—",
+             "yes" if m.bootstrap else "no", m.kind] for m in registry.METRICS]
+    return "\n### Registered metrics\n\n" + markdown_table(
+        ["name", "label", "better", "unit", "interval", "shown in"], rows)
 
 
 METRIC_NOTES = """## What the metrics mean
@@ -374,11 +444,12 @@ def _plot_lengths(human: dict, results: Sequence[dict], path: Path) -> None:
 
 def _plot_per_bucket(results: Sequence[dict], path: Path) -> None:
     buckets = sorted(results[0]["buckets"])
-    fig, axes = plt.subplots(1, len(PLOT_METRICS), figsize=(6 * len(PLOT_METRICS), 1 + 0.45 * len(buckets) *
-                                                             max(1, len(results)) / 2), sharey=True)
+    panels = plot_metrics()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 1 + 0.45 * len(buckets) *
+                                                      max(1, len(results)) / 2), sharey=True)
     height = 0.8 / len(results)
     y = np.arange(len(buckets))
-    for ax, metric in zip(np.atleast_1d(axes), PLOT_METRICS):
+    for ax, metric in zip(np.atleast_1d(axes), panels):
         for k, r in enumerate(results):
             values = [_num(r["buckets"][b].get(metric)) for b in buckets]
             ax.barh(y + k * height, np.nan_to_num(values), height=height, label=_label(r))
@@ -453,7 +524,7 @@ def build(folder: Path, reports: Path, compare: Sequence[Sequence[str]]) -> dict
     human, results = load(folder)
     metrics = metrics_json(results, compare)
     write_json(reports / "metrics.json", json_safe(metrics))
-    for metric in PLOT_METRICS:
+    for metric in plot_metrics():
         write_text(reports / "plots" / f"eval_{metric}.csv", per_bucket_csv(results, metric))
     _plot_lengths(human, results, folder / "lengths.png")
     _plot_per_bucket(results, folder / "per_bucket.png")
@@ -477,9 +548,10 @@ def log_to_wandb(params, root: Path, built: dict) -> None:
                      config=params.model_dump(mode="json"), tags=["evaluate", split, f"seed{params.seed}"],
                      settings=wandb_settings(params.logging.level))
     results = built["results"]
-    columns = ["method", "group", *[m for m, _, _ in HEADLINE]]
-    ablation = [[r["method"], g, *[value(r, g, m) for m, _, _ in HEADLINE]] for r in results for g in GROUPS]
-    buckets = [[r["method"], b, v["n"], *[_num(v.get(m)) for m, _, _ in HEADLINE]]
+    names = [m for m, _, _ in headline()]
+    columns = ["method", "group", *names]
+    ablation = [[r["method"], g, *[value(r, g, m) for m in names]] for r in results for g in GROUPS]
+    buckets = [[r["method"], b, v["n"], *[_num(v.get(m)) for m in names]]
                for r in results for b, v in sorted(r["buckets"].items())]
     run.log({"eval/ablation": wandb.Table(columns=columns, data=ablation),
              "eval/per_bucket": wandb.Table(columns=["method", "bucket", "n", *columns[2:]], data=buckets)})

@@ -16,12 +16,12 @@ import numpy as np
 
 from polyalign.buckets.features import FEATURE_NAMES, compute_features
 from polyalign.buckets.references import References, group_rows
-from polyalign.evaluation import diversity, naturalness
+from polyalign.evaluation import metrics, naturalness
+from polyalign.evaluation.metrics import BucketRows, standardised
 from polyalign.evaluation.summary import (
     aggregate,
     aggregate_replicates,
     interval,
-    nuf_score,
     rescale,
     slice_of,
     subsample_indices,
@@ -29,21 +29,6 @@ from polyalign.evaluation.summary import (
     weighted_mean,
 )
 from polyalign.evaluation.utility import answer_units
-
-LENGTH = FEATURE_NAMES.index("n_tokens")
-# Metrics recomputed on every resample (cheap, and the ones the report gives intervals for). C2ST is resampled
-# through its per-prompt held-out correctness (the classifiers are fitted once); c2st_gap = |C2ST - 0.5|.
-BOOTSTRAP_METRICS = ("em", "em_norm", "f1", "rouge_l", "nll", "bng", "hcr_joint", "hcr_joint_gap", "length_w1",
-                     "tdm", "critic_distance", "c2st", "c2st_gap")
-POINT_METRICS = ("hcr_mean", "length_ks", "length_mean", "empty_prediction_share", "distinct_1", "distinct_2",
-                 "distinct_3", "self_bleu", "mauve", "replacement_char_share", "wrong_language_share",
-                 "truncated_share")
-METRICS = (*BOOTSTRAP_METRICS, *POINT_METRICS, "nuf_score")
-# The range of each resampled metric, which its interval is clipped to (others are unbounded).
-BOUNDS = {**dict.fromkeys(("em", "em_norm", "f1", "rouge_l", "hcr_joint", "hcr_joint_gap", "tdm", "c2st",
-                           "nuf_score"), (0.0, 1.0)),
-          **dict.fromkeys(("nll", "bng", "length_w1"), (0.0, math.inf)), "c2st_gap": (0.0, 0.5)}
-HUMAN_METRICS = ("hcr_joint", "hcr_mean", "length_mean", "distinct_1", "distinct_2", "distinct_3", "self_bleu")
 
 
 @dataclass
@@ -93,74 +78,32 @@ class EvalRows:
         return {b: len(rows) for b, rows in self.rows.items()}
 
 
-@dataclass
-class Settings:
-    bng_cap: float = 3.0
-    self_bleu_samples: int = 200
-    c2st_min_n: int = 10
-    c2st_folds: int = 5
-    mauve: bool = False
-    mauve_min_n: int = 20
-    seed: int = 0
-
-
-def _nanmean(x: np.ndarray) -> float:
-    return float(np.mean(x[~np.isnan(x)])) if (~np.isnan(x)).any() else float("nan")
-
-
-def _standardised(features: np.ndarray, ref) -> np.ndarray:
-    return ((features - ref.stats["mean"]) / ref.stats["scale"])[:, ref.active]
+def mauve_on(cfg) -> bool:
+    """Whether MAUVE is computed: `evaluate.mauve: auto` and the optional extra installed."""
+    return cfg.mauve == "auto" and naturalness.mauve_available()
 
 
 def bucket_values(test: EvalRows, bucket: str, rows: np.ndarray, gen: Side, human: Side, scores: dict,
-                  settings: Settings, full: bool) -> dict[str, float]:
-    """All metrics of one bucket on the given rows (all of them, or a half-sample); `full=False` computes only the
-    BOOTSTRAP_METRICS. `scores["c2st_correct"]` holds the per-prompt C2ST correctness (`c2st_rows`)."""
-    ref = test.reference(bucket)
-    v: dict[str, float] = {name: _nanmean(scores[name][rows]) for name in ("em", "em_norm", "f1", "rouge_l")}
-    tokens = scores["nll_tokens"][rows].sum()
-    v["nll"] = float(scores["nll_sum"][rows].sum() / tokens) if tokens else float("nan")
-    v["critic_distance"] = float(scores["critic_distance"][rows].mean())
-    g_feat, h_feat = gen.features[rows], human.features[rows]
-    v["bng"] = naturalness.bng(g_feat, h_feat, ref.stats["std"], ref.active, settings.bng_cap)
-    g_hcr, h_hcr = naturalness.hcr(gen.inside[rows], test.core), naturalness.hcr(human.inside[rows], test.core)
-    v["hcr_joint"] = g_hcr["hcr_joint"]
-    v["hcr_joint_gap"] = abs(g_hcr["hcr_joint"] - h_hcr["hcr_joint"])
-    v["length_w1"] = float(naturalness.column_wasserstein(g_feat[:, [LENGTH]], h_feat[:, [LENGTH]])[0])
-    v["tdm"] = (naturalness.tdm(gen.dynamics[rows], human.dynamics[rows]) if bucket.split("|")[1] == "multi"
-                else float("nan"))
-    v["c2st"] = _nanmean(scores["c2st_correct"][rows])
-    v["c2st_gap"] = abs(v["c2st"] - 0.5)
-    if not full:
-        return v
-    v["n"] = len(rows)
-    v["hcr_mean"] = g_hcr["hcr_mean"]
-    v["hcr_per_feature"] = per_feature_coverage(gen.inside[rows])
-    v["length_ks"] = naturalness.ks_statistic(g_feat[:, LENGTH], h_feat[:, LENGTH])
-    v["length_mean"] = float(g_feat[:, LENGTH].mean())
-    v["empty_prediction_share"] = float(scores["empty_prediction"][rows].mean())
-    units = [gen.units[i] for i in rows]
-    for n in (1, 2, 3):
-        v[f"distinct_{n}"] = diversity.distinct_n(units, n)
-    v["self_bleu"] = diversity.self_bleu(units, settings.self_bleu_samples, settings.seed)
-    v["replacement_char_share"] = naturalness.replacement_share([gen.texts[i] for i in rows])
-    v["wrong_language_share"] = naturalness.wrong_language_share([gen.texts[i] for i in rows],
-                                                                 [test.languages[i] for i in rows])
-    truncated = scores.get("truncated")  # generation hit its token budget without an end of turn
-    v["truncated_share"] = float("nan") if truncated is None else float(np.asarray(truncated, dtype=float)[rows].mean())
-    v["mauve"] = (naturalness.mauve_score(_standardised(h_feat, ref), _standardised(g_feat, ref), settings.seed)
-                  if settings.mauve and len(rows) >= settings.mauve_min_n and ref.active.any() else float("nan"))
+                  params, full: bool) -> dict[str, float]:
+    """Every bucket metric of the registry on one bucket's rows (all of them, or a half-sample); `full=False`
+    computes only the resampled ones. `scores["c2st_correct"]` holds the per-prompt C2ST correctness
+    (`c2st_rows`). Settings come from `params.evaluate` and `params.seed`."""
+    view = BucketRows(test, bucket, rows, gen, human, scores, params.evaluate, params.seed, mauve_on(params.evaluate))
+    v = {m.name: m.on(view) for m in metrics.bucket_metrics(bootstrap_only=not full)}
+    if full:
+        v["n"] = len(rows)
+        v["hcr_per_feature"] = per_feature_coverage(gen.inside[rows])
     return v
 
 
-def c2st_rows(test: EvalRows, gen: Side, human: Side, settings: Settings) -> np.ndarray:
+def c2st_rows(test: EvalRows, gen: Side, human: Side, cfg, seed: int) -> np.ndarray:
     """Per test row, the C2ST correctness of its prompt, the classifier fitted inside the row's bucket; NaN in
-    buckets smaller than `c2st_min_n`."""
+    buckets smaller than `evaluate.c2st_min_n`."""
     out = np.full(len(test.ids), np.nan)
     for rows in test.rows.values():
-        if len(rows) >= settings.c2st_min_n:
+        if len(rows) >= cfg.c2st_min_n:
             out[rows] = naturalness.c2st_correct([human.texts[i] for i in rows], [gen.texts[i] for i in rows],
-                                                 settings.c2st_folds, settings.seed)
+                                                 cfg.c2st_folds, seed)
     return out
 
 
@@ -175,68 +118,80 @@ def weighted_coverage(per_bucket: dict[str, dict]) -> dict[str, float]:
     return {f: weighted_mean([v["hcr_per_feature"][f] for v in per_bucket.values()], sizes) for f in FEATURE_NAMES}
 
 
-def human_values(test: EvalRows, human: Side, settings: Settings) -> dict[str, dict[str, float]]:
-    """The human answers' own coverage, length and diversity per bucket (the target the methods aim at)."""
+def human_metrics() -> list[str]:
+    return [m.name for m in metrics.bucket_metrics() if m.human_target]
+
+
+def human_values(test: EvalRows, human: Side, params) -> dict[str, dict[str, float]]:
+    """The human answers' own values of the `human_target` metrics per bucket (the target the methods aim at),
+    with their coverage per feature."""
+    targets = [m for m in metrics.bucket_metrics() if m.human_target]
     out = {}
     for bucket, rows in sorted(test.rows.items()):
-        units = [human.units[i] for i in rows]
-        out[bucket] = {
-            "n": len(rows), **naturalness.hcr(human.inside[rows], test.core),
-            "hcr_per_feature": per_feature_coverage(human.inside[rows]),
-            "length_mean": float(human.features[rows, LENGTH].mean()),
-            **{f"distinct_{n}": diversity.distinct_n(units, n) for n in (1, 2, 3)},
-            "self_bleu": diversity.self_bleu(units, settings.self_bleu_samples, settings.seed),
-        }
+        view = BucketRows(test, bucket, rows, human, human, {}, params.evaluate, params.seed, False)
+        out[bucket] = {"n": len(rows), **{m.name: m.on(view) for m in targets},
+                       "hcr_per_feature": per_feature_coverage(human.inside[rows])}
     return out
 
 
-def _with_nuf(groups: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+def _with_group_metrics(groups: dict[str, dict]) -> dict[str, dict]:
     for values in groups.values():
-        values["nuf_score"] = nuf_score(values["bng"], values["rouge_l"])
+        for m in metrics.group_metrics():
+            values[m.name] = m.group(values)
     return groups
 
 
-def summarise(test: EvalRows, gen: Side, human: Side, scores: dict, settings: Settings, resamples: int,
-              level: float) -> dict:
+def summarise(test: EvalRows, gen: Side, human: Side, scores: dict, params) -> dict:
     """Per-bucket values, group values, resampled replicates and intervals of one method.
 
     Every resample takes half of each bucket's rows without replacement (`subsample_indices`); each bucket's
     value on it is rescaled towards the full estimate (`rescale`) before the groups are formed, and intervals
-    are centred on the estimates (`interval`), so every interval contains its estimate."""
+    are centred on the estimates (`interval`), so every interval contains its estimate. A `per_row` metric is
+    computed on all resamples at once."""
+    cfg, seed = params.evaluate, params.seed
+    resamples, level = cfg.bootstrap_resamples, cfg.confidence
     counts = test.counts()
-    scores = {**scores, "c2st_correct": c2st_rows(test, gen, human, settings)}
-    per_bucket = {b: bucket_values(test, b, rows, gen, human, scores, settings, full=True)
+    scores = {**scores, "c2st_correct": c2st_rows(test, gen, human, cfg, seed)}
+    per_bucket = {b: bucket_values(test, b, rows, gen, human, scores, params, full=True)
                   for b, rows in sorted(test.rows.items())}
-    groups = _with_nuf(aggregate(per_bucket, counts, METRICS[:-1]))
+    bucket_names = [m.name for m in metrics.bucket_metrics()]
+    groups = _with_group_metrics(aggregate(per_bucket, counts, bucket_names))
     groups["overall"]["hcr_per_feature"] = weighted_coverage(per_bucket)
-    if settings.mauve:  # MAUVE of the pooled responses, blind to buckets (the per-bucket mean is conditional)
+    if mauve_on(cfg):  # MAUVE of the pooled responses, blind to buckets (the per-bucket mean is conditional)
         root = test.refs.buckets[test.refs.resolve("*|*|*|*")]
         groups["overall"]["mauve_unconditional"] = naturalness.mauve_score(
-            _standardised(human.features, root), _standardised(gen.features, root), settings.seed)
-    bucket_replicates = {b: {m: np.full(resamples, np.nan) for m in BOOTSTRAP_METRICS} for b in per_bucket}
-    for b, idx in subsample_indices(test.rows, resamples, settings.seed).items():
+            standardised(human.features, root), standardised(gen.features, root), seed)
+    resampled = metrics.bucket_metrics(bootstrap_only=True)
+    vectorised = [m for m in resampled if m.per_row is not None]
+    looped = [m for m in resampled if m.per_row is None]
+    bucket_replicates = {b: {m.name: np.full(resamples, np.nan) for m in resampled} for b in per_bucket}
+    for b, idx in subsample_indices(test.rows, resamples, seed).items():
+        series = bucket_replicates[b]
+        for m in vectorised:
+            series[m.name][:] = m.on_resamples(scores, idx)
         for r in range(resamples):
-            half = bucket_values(test, b, idx[r], gen, human, scores, settings, full=False)
-            for m, series in bucket_replicates[b].items():
-                series[r] = half[m]
-        for m, series in bucket_replicates[b].items():
-            series[:] = rescale(series, per_bucket[b][m], subsample_scale(counts[b]))
-    replicates = aggregate_replicates(bucket_replicates, counts, BOOTSTRAP_METRICS, resamples)
+            view = BucketRows(test, b, idx[r], gen, human, scores, cfg, seed, False)
+            for m in looped:
+                series[m.name][r] = m.on(view)
+        for name, values in series.items():
+            values[:] = rescale(values, per_bucket[b][name], subsample_scale(counts[b]))
+    replicates = aggregate_replicates(bucket_replicates, counts, [m.name for m in resampled], resamples)
     for values in replicates.values():
-        values["nuf_score"] = np.array([nuf_score(x, y) for x, y in zip(values["bng"], values["rouge_l"])])
-    unbounded = (-math.inf, math.inf)
-    intervals = {g: {m: list(interval(series, level, groups[g][m], BOUNDS.get(m, unbounded)))
-                     for m, series in metrics.items()}
-                 for g, metrics in replicates.items()} if resamples else {}
-    for b, metrics in bucket_replicates.items():
-        per_bucket[b]["intervals"] = {m: list(interval(series, level, per_bucket[b][m], BOUNDS.get(m, unbounded)))
-                                      for m, series in metrics.items()} if resamples else {}
+        for m in metrics.group_metrics():
+            if m.bootstrap:
+                values[m.name] = np.array([m.group({k: v[r] for k, v in values.items()}) for r in range(resamples)])
+    bounds = {m.name: m.bounds or (-math.inf, math.inf) for m in metrics.METRICS}
+    intervals = {g: {m: list(interval(series, level, groups[g][m], bounds[m])) for m, series in values.items()}
+                 for g, values in replicates.items()} if resamples else {}
+    for b, values in bucket_replicates.items():
+        per_bucket[b]["intervals"] = {m: list(interval(series, level, per_bucket[b][m], bounds[m]))
+                                      for m, series in values.items()} if resamples else {}
     return {
         "buckets": {b: {"slice": slice_of(b), "reference_bucket": test.reference_of[b], **v}
                     for b, v in per_bucket.items()},
         "groups": groups,
         "intervals": intervals,
-        "bootstrap": {"resamples": resamples, "level": level, "seed": settings.seed,
+        "bootstrap": {"resamples": resamples, "level": level, "seed": seed,
                       "scheme": "half-samples without replacement within buckets, rescaled; median-centred",
                       "replicates": {g: {m: np.round(s, 6).tolist() for m, s in ms.items()}
                                      for g, ms in replicates.items()}},

@@ -15,7 +15,7 @@ from polyalign.buckets.features import compute_features
 from polyalign.buckets.references import References, group_rows
 from polyalign.errors import UserError
 from polyalign.evaluation import naturalness
-from polyalign.evaluation.suite import LENGTH
+from polyalign.evaluation.metrics import LENGTH
 from polyalign.generation import generate, prompt_budgets, read_train_answers
 from polyalign.modeling.model import model_context
 from polyalign.modeling.tokenizer import decode_response

@@ -32,13 +32,12 @@ from polyalign.critic.encoders import NgramEncoder
 from polyalign.critic.model import Critic
 from polyalign.errors import UserError, shown
 from polyalign.evaluation import report as report_builder
-from polyalign.evaluation.naturalness import mauve_available
 from polyalign.evaluation.suite import (
-    HUMAN_METRICS,
     EvalRows,
-    Settings,
     Side,
+    human_metrics,
     human_values,
+    mauve_on,
     summarise,
     weighted_coverage,
 )
@@ -141,7 +140,7 @@ def generations(method: str, records: list[dict], train: dict[str, list[str]], p
 
 
 def score_method(method: str, order: int, records: list[dict], train: dict[str, list[str]], test: EvalRows,
-                 human: Side, encoder, critic: Critic, settings: Settings, params: Params, root: Path) -> dict:
+                 human: Side, encoder, critic: Critic, params: Params, root: Path) -> dict:
     out = generations(method, records, train, params, root)
     start = time.perf_counter()
     responses = out["responses"]
@@ -152,7 +151,7 @@ def score_method(method: str, order: int, records: list[dict], train: dict[str, 
                   critic_distance=critic.score_responses(responses, records, progress=False),
                   truncated=np.asarray(out["truncated"], dtype=bool))
     cfg = params.evaluate
-    summary = summarise(test, gen, human, scores, settings, cfg.bootstrap_resamples, cfg.confidence)
+    summary = summarise(test, gen, human, scores, params)
     metrics_s = time.perf_counter() - start
     lengths = gen.features[:, 0]
     return {
@@ -166,7 +165,7 @@ def score_method(method: str, order: int, records: list[dict], train: dict[str, 
         "counts": {"empty_predictions": int(scores["empty_prediction"].sum()),
                    "empty_references": int(scores["empty_reference"].sum()),
                    "abstentions": int((scores["empty_prediction"] & scores["empty_reference"]).sum())},
-        "mauve": "computed" if settings.mauve else (
+        "mauve": "computed" if mauve_on(cfg) else (
             "off (evaluate.mauve: off)" if cfg.mauve == "off" else
             "not computed: install the optional GPL-3.0 extra with `pip install -e '.[mauve]'`"),
         **summary,
@@ -199,12 +198,10 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     refs = References.load(root / params.paths.buckets / "references.json")
     critic = Critic.load(root / params.paths.models / "critic")
     encoder = tdm_encoder(params, root)
-    settings = Settings(cfg.bng_cap, cfg.self_bleu_samples, cfg.c2st_min_n, cfg.c2st_folds,
-                        cfg.mauve == "auto" and mauve_available(), cfg.mauve_min_n, params.seed)
     test = EvalRows(records, refs, encoder, cfg.hcr_core)
     human = Side.build([r["human_answer"] for r in records], test, encoder)
-    per_bucket = human_values(test, human, settings)
-    groups = aggregate(per_bucket, test.counts(), HUMAN_METRICS)
+    per_bucket = human_values(test, human, params)
+    groups = aggregate(per_bucket, test.counts(), human_metrics())
     groups["overall"]["hcr_per_feature"] = weighted_coverage(per_bucket)
     human_report = {
         "split": cfg.split, "n": len(records), "test_ids": test.ids, "buckets": per_bucket, "groups": groups,
@@ -213,7 +210,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     }
     answers, buckets = read_train_answers(root / params.paths.buckets / "train.parquet")
     train = {"answers": answers, "buckets": buckets}
-    results = [score_method(m, k, records, train, test, human, encoder, critic, settings, params, root)
+    results = [score_method(m, k, records, train, test, human, encoder, critic, params, root)
                for k, m in enumerate(cfg.methods)]
     reports = root / params.paths.reports
     with atomic_path(reports / "eval", directory=True) as tmp:
