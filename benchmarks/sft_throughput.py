@@ -39,7 +39,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        params = default_project(root, [f"sft.max_steps={args.steps}"])
+        params = default_project(root, [f"sft.optim.max_steps={args.steps}"])
         for variant in ("global", "bucket"):
             v = params.sft.variants[variant]
             data = SFTDataModule(root / params.paths.buckets, root / "models/base", params.prompt, params.sft, v,

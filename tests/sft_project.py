@@ -21,8 +21,8 @@ TINY = {
               "num_kv_heads": 1, "max_position_embeddings": 128, "pretrain_epochs": 2, "pretrain_block_size": 64},
     "prompt": {"max_prompt_tokens": 64, "max_tokens": 96},
     "trainer": {"accelerator": "cpu", "log_every_n_steps": 1},
-    "sft": {"epochs": 1, "batch_size": 8, "lr": 0.005, "checkpoint_every_n_steps": 4},
-    "critic": {"epochs": 3},
+    "sft": {"optim": {"epochs": 1, "lr": 0.005}, "batch_size": 8, "checkpoint_every_n_steps": 4},
+    "critic": {"optim": {"epochs": 3}},
     "logging": {"progress": False, "wandb": {"mode": "disabled", "project": "polyalign", "entity": None}},
 }
 
@@ -31,7 +31,9 @@ def write_tiny_params(folder: Path, **extra) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     for section, values in {**TINY, **extra}.items():
         if isinstance(values, dict) and isinstance(params.get(section), dict):
-            params[section] = {**params[section], **values}
+            # a section's keys replace the default ones, except `optim`, whose own keys do
+            optim = {**params[section].get("optim", {}), **values.get("optim", {})}
+            params[section] = {**params[section], **values, **({"optim": optim} if optim else {})}
         else:
             params[section] = values
     path = folder / "params.yaml"
@@ -118,9 +120,9 @@ def bucket_aware_project(root: Path, **extra):
 
 # the human answer as the chosen side and the last weights: what most hdpo tests assert about (the on-policy default
 # and selection by val BNG have their own tests)
-PAIRED = {"critic": {"epochs": 3}, "generation": {"max_new_tokens": 16, "batch_size": 16},
+PAIRED = {"critic": {"optim": {"epochs": 3}}, "generation": {"max_new_tokens": 16, "batch_size": 16},
           "pairs": {"max_prompts": 64, "chosen": "human"},
-          "hdpo": {"epochs": 2, "batch_size": 8, "lr": 0.002, "select": "last"}}
+          "hdpo": {"optim": {"epochs": 2, "lr": 0.002}, "batch_size": 8, "select": "last"}}
 
 
 def paired_project(root: Path) -> Path:

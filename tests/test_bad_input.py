@@ -169,12 +169,12 @@ CASES = [
     ("corrupt checkpoint", truncate("checkpoints/sft/bucket/last.ckpt", 2000),
      ["sft", "--variant", "bucket", "--resume"], 2, ["last.ckpt"]),
     ("resume with changed parameters", nothing, ["sft", "--variant", "bucket", "--resume", "--lr", "0.001"], 2,
-     ["sft.lr", "--resume-anyway"]),
+     ["sft.optim.lr", "--resume-anyway"]),
     ("hdpo resume without a checkpoint", nothing, ["hdpo", "--resume"], 2, ["no checkpoint"]),
     ("fresh sft with a missing input", remove("data/buckets/val.parquet"), ["sft", "--variant", "bucket"], 2,
      ["val.parquet"]),
     ("diverged training", nothing, ["sft", "--variant", "global", "--max-steps", "2", "--lr", "1e30", "--set",
-                                    "sft.gradient_clip_val=0"], 2, ["training diverged"]),
+                                    "sft.optim.gradient_clip_val=0"], 2, ["training diverged"]),
 ]
 
 

@@ -30,8 +30,11 @@ def record(name: str, seed: int, bng: dict[str, float], stamp: str, **changes) -
     params = Params(seed=seed).model_dump(mode="json")
     params["evaluate"].update(methods=METHODS, compare=[["sft@bucket", "sft@global"]])
     for key, value in changes.items():
-        section, field = key.split(".")
-        params[section][field] = value
+        *path, field = key.split(".")
+        node = params
+        for part in path:
+            node = node[part]
+        node[field] = value
     return {"rev": f"{abs(hash(name)):040x}"[:40], "name": name, "error": None, "experiments": None,
             "data": {"timestamp": stamp, "params": {"params.yaml": {"data": params}},
                      "metrics": {"reports/metrics.json": {"data": bng}}}}
@@ -47,14 +50,14 @@ def shown(*runs: dict, baseline_metrics: dict | None = None) -> list[dict]:
 
 
 def grid() -> list[dict]:
-    """3 seeds x 2 configurations (hdpo.epochs 2 and 3)."""
+    """3 seeds x 2 configurations (hdpo.optim.epochs 2 and 3)."""
     runs = []
     for i, seed in enumerate((1, 2, 3)):
         runs.append(record(f"a{seed}", seed, metrics({"sft@bucket": [0.8, 0.9, 1.0][i],
                                                       "sft@global": [1.0, 1.0, 1.3][i]}), f"2026-12-01T01:0{i}:00"))
         runs.append(record(f"b{seed}", seed, metrics({"sft@bucket": [2.0, 2.0, 2.0][i],
                                                       "sft@global": [1.0, 3.0, 2.0][i]}), f"2026-12-01T02:0{i}:00",
-                           **{"hdpo.epochs": 3}))
+                           **{"hdpo.optim.epochs": 3}))
     return shown(*runs)
 
 
@@ -64,8 +67,8 @@ def test_means_standard_deviations_t_intervals_and_sign_counts_match_hand_comput
     assert compare.compare(found, split="test")["left_out"] == {}  # nothing left out, nothing to report
     result = compare.compare(found)
     assert result["split"] == "test" and [g["seeds"] for g in result["groups"]] == [[1, 2, 3], [1, 2, 3]]
-    default, beta = sorted(result["groups"], key=lambda g: g["label"] != 'hdpo.epochs=2')
-    assert default["label"] == "hdpo.epochs=2" and beta["label"] == "hdpo.epochs=3"
+    default, beta = sorted(result["groups"], key=lambda g: g["label"] != 'hdpo.optim.epochs=2')
+    assert default["label"] == "hdpo.optim.epochs=2" and beta["label"] == "hdpo.optim.epochs=3"
     a1 = next(r for r in found if r.name == "a1")
     assert default["id"] == Params.model_validate(a1.params).configuration_id()  # the W&B group of its runs
     half = T_975_2 * 0.1 / math.sqrt(3)
@@ -148,7 +151,7 @@ def test_cli_writes_markdown_json_csv_and_png_from_a_dvc_json_file(tmp_path):
     assert len(saved["groups"]) == 2
     rows = list(csv.reader((tmp_path / "reports/compare.csv").open(encoding="utf-8")))
     assert rows[0][:5] == ["label", "configuration", "method", "seeds", "f1_macro"] and len(rows) == 5
-    assert rows[1][0] == "hdpo.epochs=2 · sft@global" and float(rows[2][rows[0].index("bng_macro")]) == 0.9
+    assert rows[1][0] == "hdpo.optim.epochs=2 · sft@global" and float(rows[2][rows[0].index("bng_macro")]) == 0.9
     assert matplotlib.image.imread(tmp_path / "reports/compare.png").ndim == 3
     bad = cli(["compare", "--from-json", str(path), "--split", "dev"], tmp_path, check=False)
     assert bad.returncode == 2 and "use val or test" in bad.stderr and "Traceback" not in bad.stderr
@@ -156,9 +159,9 @@ def test_cli_writes_markdown_json_csv_and_png_from_a_dvc_json_file(tmp_path):
 
 def test_a_label_with_commas_and_quotes_survives_the_csv():
     result = compare.compare(experiments.runs(grid())[0])
-    result["groups"][0]["label"] = 'data.preset="paper-en", hdpo.epochs=3'
+    result["groups"][0]["label"] = 'data.preset="paper-en", hdpo.optim.epochs=3'
     rows = list(csv.reader(io.StringIO(compare.table_csv(result))))
-    assert rows[1][0] == 'data.preset="paper-en", hdpo.epochs=3 · sft@global' and len(rows[1]) == len(rows[0])
+    assert rows[1][0] == 'data.preset="paper-en", hdpo.optim.epochs=3 · sft@global' and len(rows[1]) == len(rows[0])
 
 
 def test_each_configuration_is_labelled_by_what_sets_it_apart_from_the_others():

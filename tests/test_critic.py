@@ -280,7 +280,7 @@ def test_collapse_guard_refuses_a_critic_trained_on_identical_responses(tmp_path
     row = {"question": "How are you?", "human_answer": "Fine, thanks.", "language": "en", "track": "single",
            "family": "dialogue"}
     path.write_text("".join(json.dumps({**row, "question": f"How are you, {i}?"}) + "\n" for i in range(300)))
-    params = load_params(None, [f"data.sources=[{{kind: polyalign, path: {path}}}]", "critic.epochs=2", *QUIET])
+    params = load_params(None, [f"data.sources=[{{kind: polyalign, path: {path}}}]", "critic.optim.epochs=2", *QUIET])
     prepare.run(params, tmp_path)
     bucketize.run(params, tmp_path)
     with pytest.raises(UserError, match="the critic collapsed"):
@@ -335,7 +335,7 @@ def test_hf_encoder_prompt_and_model_samples(tmp_path):
                                for r in train))
     params = load_params(tmp_path / "params.yaml", [
         "critic.encoder=hf", f"critic.encoder_path={tmp_path / 'models/base'}", "critic.use_prompt=true",
-        f"critic.model_samples={samples}", "critic.epochs=2"])
+        f"critic.model_samples={samples}", "critic.optim.epochs=2"])
     report = fit_critic.run(params, tmp_path)
     assert report["encoder"] == "hf"
     critic = Critic.load(tmp_path / "models/critic")

@@ -141,7 +141,7 @@ def test_on_policy_pairs_choose_the_nearest_sample_and_hdpo_anchors_on_the_human
         assert [t for t in chosen["labels"] if t != -100][:len(row["chosen_ids"])] == row["chosen_ids"]
         ref = score_examples(model, [chosen], tokenizer.pad_token_id)[0]
         assert ref == pytest.approx(row["ref_chosen_logp"], rel=1e-5)
-    cli(["hdpo", "--variant", "hdpo", "--set", "hdpo.max_steps=2"], project)  # alpha > 0: the anchor's pass
+    cli(["hdpo", "--variant", "hdpo", "--set", "hdpo.optim.max_steps=2"], project)  # alpha > 0: the anchor's pass
     assert json.loads((project / "reports/hdpo/hdpo.json").read_text())["steps"] == 2
 
 
@@ -156,7 +156,7 @@ def test_pairs_can_drop_truncated_samples_and_count_them(paired_project, tmp_pat
 
 def test_hdpo_refuses_reference_logps_computed_with_another_prompt_format_or_model(paired_project, tmp_path):
     project = copy_project(paired_project, tmp_path / "p")
-    result = cli(["hdpo", "--set", "prompt.conditioning=none", "--set", "hdpo.max_steps=1"], project, check=False)
+    result = cli(["hdpo", "--set", "prompt.conditioning=none", "--set", "hdpo.optim.max_steps=1"], project, check=False)
     assert result.returncode == 2 and "conditioning: 'observable' -> 'none'" in result.stderr, result.stderr
     weights = project / "models/sft/bucket/model.safetensors"
     other = AutoModelForCausalLM.from_pretrained(project / "models/sft/bucket")
@@ -164,9 +164,9 @@ def test_hdpo_refuses_reference_logps_computed_with_another_prompt_format_or_mod
         next(other.parameters()).add_(0.01)
     other.save_pretrained(weights.parent)
     write_manifest(weights.parent)  # a legitimately retrained SFT model: its checksums are in order
-    result = cli(["hdpo", "--set", "hdpo.max_steps=1"], project, check=False)
+    result = cli(["hdpo", "--set", "hdpo.optim.max_steps=1"], project, check=False)
     assert result.returncode == 2 and "model_files changed" in result.stderr and "Traceback" not in result.stderr
-    cli(["hdpo", "--set", "hdpo.max_steps=1", "--set", "hdpo.variants.hdpo.reference=frozen"], project)  # no stored log-probs used
+    cli(["hdpo", "--set", "hdpo.optim.max_steps=1", "--set", "hdpo.variants.hdpo.reference=frozen"], project)  # no stored log-probs used
 
 
 def test_a_critic_trained_with_prompts_works_in_pairs_and_scores_with_them(paired_project, tmp_path):
@@ -256,8 +256,8 @@ def test_select_val_bng_exports_the_validation_with_the_most_human_like_samples(
 def test_frozen_reference_trains_like_precomputed(paired_project, tmp_path):
     a = copy_project(paired_project, tmp_path / "a")
     b = copy_project(paired_project, tmp_path / "b")
-    cli(["hdpo", "--variant", "dpo", "--set", "hdpo.max_steps=4"], a)
-    cli(["hdpo", "--variant", "dpo", "--set", "hdpo.max_steps=4", "--set", "hdpo.variants.dpo.reference=frozen"], b)
+    cli(["hdpo", "--variant", "dpo", "--set", "hdpo.optim.max_steps=4"], a)
+    cli(["hdpo", "--variant", "dpo", "--set", "hdpo.optim.max_steps=4", "--set", "hdpo.variants.dpo.reference=frozen"], b)
     ca = (a / "reports/hdpo/dpo/train.csv").read_text().splitlines()[1:]
     cb = (b / "reports/hdpo/dpo/train.csv").read_text().splitlines()[1:]
     np.testing.assert_allclose([float(x.split(",")[1]) for x in ca], [float(x.split(",")[1]) for x in cb],
@@ -267,7 +267,7 @@ def test_frozen_reference_trains_like_precomputed(paired_project, tmp_path):
 def test_kto_trains_alike_with_a_precomputed_or_a_frozen_reference_point(paired_project, tmp_path):
     a = copy_project(paired_project, tmp_path / "a")
     b = copy_project(paired_project, tmp_path / "b")
-    kto = ["hdpo", "--variant", "dpo", "--set", "hdpo.variants.dpo.loss=kto", "--set", "hdpo.max_steps=4"]
+    kto = ["hdpo", "--variant", "dpo", "--set", "hdpo.variants.dpo.loss=kto", "--set", "hdpo.optim.max_steps=4"]
     cli(kto, a)  # the mismatched pairs' reference log-probs scored by the start model before training
     cli([*kto, "--set", "hdpo.variants.dpo.reference=frozen"], b)  # ... or by a frozen copy at every step
     losses = [[float(row.split(",")[1]) for row in (p / "reports/hdpo/dpo/train.csv").read_text().splitlines()[1:]]
@@ -289,9 +289,9 @@ def test_a_reference_free_variant_needs_no_reference_model_or_log_probs(paired_p
         path = project / f"data/pairs/{split}.parquet"
         pq.write_table(pq.read_table(path).drop_columns(["ref_chosen_logp", "ref_rejected_logp"]), path)
     (project / "data/pairs/fingerprint.json").unlink()
-    result = cli(["hdpo", "--variant", "dpo", "--set", "hdpo.max_steps=1"], project, check=False)
+    result = cli(["hdpo", "--variant", "dpo", "--set", "hdpo.optim.max_steps=1"], project, check=False)
     assert result.returncode == 2 and "lacks columns ['ref_chosen_logp', 'ref_rejected_logp']" in result.stderr
-    cli(["hdpo", "--variant", "hdpo_simpo", "--set", "hdpo.max_steps=4"], project)
+    cli(["hdpo", "--variant", "hdpo_simpo", "--set", "hdpo.optim.max_steps=4"], project)
     report = json.loads((project / "reports/hdpo/hdpo_simpo.json").read_text())
     assert (report["loss"], report["reference"], report["simpo_gamma"]) == ("simpo", "none", 1.0)
     assert report["val_ref_logps_chosen"] is None and report["val_logps_chosen"] < 0
@@ -316,7 +316,7 @@ def test_a_variant_from_global_sft_starts_there_and_uses_it_as_its_reference(pai
     AutoTokenizer.from_pretrained(a / "models/sft/bucket").save_pretrained(a / "models/sft/global")
     write_manifest(a / "models/sft/global")
     b = copy_project(a, tmp_path / "b")
-    steps = ["--variant", "dpo_global", "--set", "hdpo.max_steps=4"]
+    steps = ["--variant", "dpo_global", "--set", "hdpo.optim.max_steps=4"]
     run = cli(["hdpo", *steps], a)
     assert "reference log-probs recomputed with sft@global" in run.stderr
     cli(["hdpo", *steps, "--set", "hdpo.variants.dpo_global.reference=frozen"], b)  # a copy of sft@global in memory
@@ -334,7 +334,7 @@ def test_a_variant_from_global_sft_starts_there_and_uses_it_as_its_reference(pai
     (None, ["hdpo", "--variant", "nope", "--hdpo-gamma", "1"], "no variant 'nope'"),
     (None, ["hdpo", "--variant", "dpo", "--set", "hdpo.variants.dpo.init=sft@nope"], "names no variant of sft"),
     ("no_sft", ["hdpo", "--variant", "dpo_global"], "sft --variant global"),
-    ("no_val", ["hdpo", "--set", "hdpo.max_steps=1"], "or set hdpo.val_prompts: 0"),
+    ("no_val", ["hdpo", "--set", "hdpo.optim.max_steps=1"], "or set hdpo.val_prompts: 0"),
 ])
 def test_bad_preference_input_exits_2(paired_project, tmp_path, setup, args, message):
     project = copy_project(paired_project, tmp_path / "p")
@@ -375,7 +375,7 @@ def test_lora_reference_trains_and_merges(paired_project, tmp_path):
     project = copy_project(paired_project, tmp_path / "p")
     cli(["hdpo", "--variant", "hdpo", "--set", "hdpo.variants.hdpo.reference=lora", "--set",
          "hdpo.lora.enabled=true",
-         "--set", "hdpo.max_steps=6", "--set", "hdpo.lr=0.01"], project)
+         "--set", "hdpo.optim.max_steps=6", "--set", "hdpo.optim.lr=0.01"], project)
     out = project / "models/hdpo/hdpo"
     assert not (out / "adapter_config.json").exists()
     before = AutoModelForCausalLM.from_pretrained(project / "models/sft/bucket").state_dict()

@@ -45,13 +45,13 @@ def test_resume_refuses_other_settings_or_pairs_and_sigterm_exits_143(paired_pro
     project = copy_project(paired_project, tmp_path / "p")
     result = cli([*ARGS, "--resume"], project, check=False)
     assert result.returncode == 2 and "hdpo --resume: no checkpoint" in result.stderr
-    cli([*ARGS, "--set", "hdpo.max_steps=3"], project)
+    cli([*ARGS, "--set", "hdpo.optim.max_steps=3"], project)
     before = snapshot(project)
-    result = cli([*ARGS, "--set", "hdpo.max_steps=3", "--resume", "--beta", "0.2"], project, check=False)
+    result = cli([*ARGS, "--set", "hdpo.optim.max_steps=3", "--resume", "--beta", "0.2"], project, check=False)
     assert result.returncode == 2 and "hdpo.variants.dpo.beta: 0.1 -> 0.2" in result.stderr and "Traceback" not in result.stderr
     train = project / "data/pairs/train.parquet"
     pq.write_table(pq.read_table(train).slice(1), train)  # one pair fewer
-    result = cli([*ARGS, "--set", "hdpo.max_steps=3", "--resume"], project, check=False)
+    result = cli([*ARGS, "--set", "hdpo.optim.max_steps=3", "--resume"], project, check=False)
     assert result.returncode == 2 and "input data/pairs/train.parquet changed" in result.stderr, result.stderr
     train.write_bytes(before[train.relative_to(project)])
     assert snapshot(project) == before
@@ -69,7 +69,7 @@ def test_resume_refuses_other_settings_or_pairs_and_sigterm_exits_143(paired_pro
 
 def test_a_run_shorter_than_an_epoch_validates_its_final_weights(paired_project, tmp_path):
     project = copy_project(paired_project, tmp_path / "p")
-    result = cli(["hdpo", "--variant", "dpo", "--set", "hdpo.max_steps=2"], project)
+    result = cli(["hdpo", "--variant", "dpo", "--set", "hdpo.optim.max_steps=2"], project)
     report = json.loads((project / "reports/hdpo/dpo.json").read_text())
     assert report["steps"] == 2 and report["val_reward_accuracy_per_bucket"]
     assert 0 <= report["val_reward_accuracy"] <= 1 and 0 < report["val_loss"] < 5

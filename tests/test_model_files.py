@@ -52,7 +52,7 @@ def test_every_model_folder_a_stage_writes_has_a_manifest_of_all_its_files(proje
     assert "model.safetensors" in manifest(base)
     params = load_params(project / "params.yaml")
     tokenizer = load_tokenizer(base)
-    sft = SFTModule(str(base), params.sft, "none", ["b"], total_steps=1)
+    sft = SFTModule(str(base), params.sft, "none", ["b"], total_steps=1, optim=params.sft.optim)
     sft.configure_model()
     sft.export(project / "models/sft/bucket", tokenizer, merge_lora=False)
     dpo = PreferenceModule(str(base), params.hdpo, params.hdpo.variants["dpo"], ["b"], total_steps=1)
@@ -115,7 +115,8 @@ def test_a_tampered_or_pickled_model_folder_is_refused_naming_the_command_that_r
     assert message in str(caught.value) and f"`{rerun}`" in str(caught.value)
     assert f"models/{where}" in str(caught.value)
     with pytest.raises(UserError, match="models/"):  # the weights alone (what sft and hdpo load) are checked too
-        SFTModule(str(folder), load_params(project / "params.yaml").sft, "none", ["b"], 1).configure_model()
+        sft_params = load_params(project / "params.yaml").sft
+        SFTModule(str(folder), sft_params, "none", ["b"], 1, sft_params.optim).configure_model()
 
 
 def test_sft_on_a_tampered_base_model_exits_2_and_writes_no_model(project):
@@ -188,7 +189,7 @@ def test_attention_dropout_is_on_in_sft_and_off_in_preference_training(project):
     def two_passes(model):
         return [model(input_ids=ids).logits for _ in range(2)]
 
-    sft = SFTModule(str(folder), params.sft, "none", ["b"], total_steps=1)
+    sft = SFTModule(str(folder), params.sft, "none", ["b"], total_steps=1, optim=params.sft.optim)
     sft.configure_model()
     first, second = two_passes(sft.model)
     assert not torch.equal(first, second)  # dropout on: two passes differ

@@ -92,7 +92,7 @@ def test_an_unregistered_loss_names_the_registered_ones(in_tmp):
 
 
 def test_non_finite_numbers_are_refused_in_every_section(in_tmp):
-    assert "hdpo.lr = inf: Input should be a finite number" in bad(["params", "--set", "hdpo.lr=.inf"])
+    assert "hdpo.optim.lr = inf: Input should be a finite number" in bad(["params", "--set", "hdpo.optim.lr=.inf"])
     assert "critic.margin = nan" in bad(["params", "--set", "critic.margin=.nan"])
     (in_tmp / "params.yaml").write_text("hdpo:\n  variants:\n    hdpo: {hdpo_gamma: -.inf}\n")
     assert "hdpo.variants.hdpo.hdpo_gamma = -inf: Input should be a finite number" in bad(["prepare"])

@@ -54,14 +54,14 @@ def repo(tmp_path_factory) -> Path:
                       logging={"progress": False, "wandb": {"mode": "offline", "project": "polyalign",
                                                             "entity": None}},
                       generation={"max_new_tokens": 16, "batch_size": 32}, pairs={"max_prompts": 48},
-                      hdpo={"epochs": 1},
+                      hdpo={"optim": {"epochs": 1}},
                       evaluate={"generation": {"max_new_tokens": 16, "batch_size": 32}, "bootstrap_resamples": 100})
     sh(["git", "init", "-q", "-b", "main"], path)
     sh(["git", "add", "-A"], path)
     sh(["git", "commit", "-qm", "project"], path)
     first = sh(["dvc", "repro"], path)
     for stage in ("prepare", "bucketize", "init", "sft@global", "sft@bucket", "fit-critic", "pairs", "hdpo@dpo",
-                  "hdpo@hdpo", "hdpo@dpo_global", "evaluate"):
+                  "hdpo@hdpo", "hdpo@dpo_global", "hdpo@hdpo_simpo", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout, stage
     sh(["git", "add", "-A"], path)
     sh(["git", "commit", "-qm", "repro"], path)
@@ -110,13 +110,13 @@ def test_exp_run_of_one_variant_reruns_only_that_variant_and_what_starts_from_it
     for stage in ("sft@global", "hdpo@dpo_global", "evaluate"):  # dpo_global starts from sft@global
         assert f"Running stage '{stage}'" in run.stdout, stage
     for stage in ("prepare", "bucketize", "init", "sft@bucket", "sft@rs", "fit-critic", "pairs", "hdpo@dpo",
-                  "hdpo@hdpo"):
+                  "hdpo@hdpo", "hdpo@hdpo_simpo"):
         assert f"Running stage '{stage}'" not in run.stdout, stage
     assert "global_lw" in sh(["dvc", "exp", "show", "--csv"], repo).stdout
 
 
 def test_evaluation_scores_every_method_into_metrics_report_plots_and_wandb(repo):
-    methods = {"sft@global", "sft@bucket", "sft@rs", "hdpo@dpo", "hdpo@hdpo", "hdpo@dpo_global"}
+    methods = {"sft@global", "sft@bucket", "sft@rs", "hdpo@dpo", "hdpo@hdpo", "hdpo@dpo_global", "hdpo@hdpo_simpo"}
     shown = json.loads(sh(["dvc", "metrics", "show", "--json"], repo).stdout)
     headline = next(v["data"]["reports/metrics.json"]["data"] for v in shown.values()
                     if "reports/metrics.json" in v.get("data", {}))
@@ -127,7 +127,8 @@ def test_evaluation_scores_every_method_into_metrics_report_plots_and_wandb(repo
     for slice_name in ("en/single", "en/multi", "zh/single", "zh/multi"):
         assert f"Slice {slice_name}" in report
     for a, b in (("sft@bucket", "sft@global"), ("hdpo@hdpo", "hdpo@dpo"), ("hdpo@hdpo", "sft@bucket"),
-                 ("hdpo@dpo_global", "sft@global"), ("hdpo@hdpo", "hdpo@dpo_global"), ("hdpo@hdpo", "sft@rs")):
+                 ("hdpo@dpo_global", "sft@global"), ("hdpo@hdpo", "hdpo@dpo_global"), ("hdpo@hdpo", "sft@rs"),
+                 ("hdpo@hdpo_simpo", "sft@bucket")):
         assert f"{a} − {b}" in report
     ids = {json.dumps(json.loads((repo / f"reports/eval/{m}.json").read_text())["test_ids"]) for m in methods}
     assert len(ids) == 1
@@ -141,10 +142,10 @@ def test_evaluation_scores_every_method_into_metrics_report_plots_and_wandb(repo
 
 def test_exp_run_hdpo_gamma_changes_only_the_hdpo_headline_metrics(repo):
     before = json.loads((repo / "reports/metrics.json").read_text())
-    run = sh(["dvc", "exp", "run", "-S", "hdpo.variants.hdpo.gamma=2", "-n", "gamma2"], repo)
+    run = sh(["dvc", "exp", "run", "-S", "hdpo.variants.hdpo.hdpo_gamma=2", "-n", "gamma2"], repo)
     assert "Running stage 'hdpo@hdpo'" in run.stdout and "Running stage 'evaluate'" in run.stdout
     for stage in ("prepare", "bucketize", "init", "sft@global", "sft@bucket", "fit-critic", "pairs", "hdpo@dpo",
-                  "hdpo@dpo_global"):  # a shared hdpo key (hdpo.beta, ...) would rerun every variant, no more
+                  "hdpo@dpo_global", "hdpo@hdpo_simpo"):  # a shared hdpo key (hdpo.optim, ...) would rerun them all
         assert f"Running stage '{stage}'" not in run.stdout, stage
     after = json.loads((repo / "reports/metrics.json").read_text())
     assert after["hdpo@dpo"] == before["hdpo@dpo"]  # same model, cached generations: the same numbers

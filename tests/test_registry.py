@@ -36,7 +36,7 @@ def test_a_loss_in_a_new_module_trains_through_the_stage_and_shows_in_its_report
     monkeypatch.syspath_prepend(str(plugins))
     monkeypatch.setitem(BASE_LOSSES, "toy_hinge", "toy_hinge")  # the registry line, for a module outside the package
     project = copy_project(paired_tiny, tmp_path / "p")
-    cli(["hdpo", "--variant", "hdpo", "--set", "hdpo.variants.hdpo.loss=toy_hinge", "--set", "hdpo.max_steps=3"],
+    cli(["hdpo", "--variant", "hdpo", "--set", "hdpo.variants.hdpo.loss=toy_hinge", "--set", "hdpo.optim.max_steps=3"],
         project)
     report = json.loads((project / "reports/hdpo/hdpo.json").read_text(encoding="utf-8"))
     assert report["loss"] == "toy_hinge" and report["steps"] == 3

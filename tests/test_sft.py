@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from polyalign.generation import generate
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.tokenizer import decode_response
-from polyalign.params import load_params
+from polyalign.params import OptimParams, load_params
 from polyalign.text import CJK_RE
 from polyalign.training.data import SFTDataModule
 from polyalign.training.losses import per_example_loss
@@ -75,7 +75,7 @@ def bits_per_char(model_dir, root, params):
 
 
 def test_training_lowers_val_loss_changes_parameters_and_exports_plain_transformers(project):
-    cli(["sft", "--variant", "bucket", "--set", "sft.epochs=3"], project)
+    cli(["sft", "--variant", "bucket", "--set", "sft.optim.epochs=3"], project)
     params = load_params(project / "params.yaml")
     base, trained = project / "models/base", project / "models/sft/bucket"
     assert val_loss(trained, project, params) < val_loss(base, project, params) - 0.5
@@ -128,7 +128,7 @@ def signal_at_step(args, cwd, ckpt, min_step, signum, stderr=None):
 
 
 def test_resume_after_a_kill_reproduces_the_uninterrupted_losses(base_project, tmp_path):
-    args = ["sft", "--variant", "global", "--set", "sft.epochs=2", "--set", "sft.checkpoint_every_n_steps=3"]
+    args = ["sft", "--variant", "global", "--set", "sft.optim.epochs=2", "--set", "sft.checkpoint_every_n_steps=3"]
     straight = copy_project(base_project, tmp_path / "straight")
     cli(args, straight)
     expected = read_curve(straight / "reports/sft/global/train_loss.csv")
@@ -154,7 +154,7 @@ def snapshot(folder):
 def test_sigterm_exits_143_and_leaves_the_previous_outputs(project, tmp_path):
     cli(["sft", "--variant", "global", "--max-steps", "3"], project)
     outputs = {folder: snapshot(project / folder) for folder in ("models/sft", "reports/sft")}
-    args = ["sft", "--variant", "global", "--set", "sft.epochs=3", "--set", "sft.checkpoint_every_n_steps=3"]
+    args = ["sft", "--variant", "global", "--set", "sft.optim.epochs=3", "--set", "sft.checkpoint_every_n_steps=3"]
     log = tmp_path / "stderr.txt"
     with log.open("w") as stderr:  # a scheduler or `timeout` stops the run mid-training
         step, status = signal_at_step(args, project, project / "checkpoints/sft/global/last.ckpt", 6, signal.SIGTERM,
@@ -186,7 +186,7 @@ def test_a_signal_during_any_training_stage_is_never_a_success(tmp_path, signum,
     # fit-critic, like sft and hdpo, trains with build_trainer's trainer; Lightning turns SIGTERM into exit 0
     # and Ctrl-C into exit 1, which the CLI would neither report nor tell from a success or a failure
     params = load_params(write_tiny_params(tmp_path))
-    trainer = build_trainer(params, tmp_path, "critic", "default", max_epochs=1, max_steps=-1, accumulate=1, clip=0,
+    trainer = build_trainer(params, tmp_path, "critic", "default", optim=OptimParams(gradient_clip_val=0),
                             val_every_n_steps=0, checkpoint_every=10**9)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 2)), batch_size=2)
     previous = signal.getsignal(signal.SIGINT)
@@ -220,9 +220,9 @@ def test_a_fresh_run_checks_its_inputs_first_and_resume_refuses_other_settings(p
     pq.write_table(pq.read_table(val).slice(1), val)  # one validation example fewer
     result = cli([*args, "--resume", "--lr", "0.001", "--set", "prompt.conditioning=none"], project, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert "sft.lr: 0.005 -> 0.001" in result.stderr and "prompt.conditioning: 'observable' -> 'none'" in result.stderr
+    assert "sft.optim.lr: 0.005 -> 0.001" in result.stderr and "prompt.conditioning: 'observable' -> 'none'" in result.stderr
     assert "input data/buckets/val.parquet changed" in result.stderr and "--resume-anyway" in result.stderr
-    assert "sft.max_steps" not in result.stderr and "input models/base" not in result.stderr  # only what changed
+    assert "sft.optim.max_steps" not in result.stderr and "input models/base" not in result.stderr  # only what changed
     val.write_bytes(val_bytes)
     assert snapshot(project) == before
     # --resume-anyway continues; its checkpoints record the new settings, so a plain --resume accepts them
@@ -247,7 +247,7 @@ def test_a_run_shorter_than_an_epoch_validates_its_final_weights(project):
 
 
 def test_a_diverged_run_is_refused_and_writes_no_nan(project):
-    result = cli(["sft", "--variant", "global", "--max-steps", "4", "--lr", "1e30", "--set", "sft.gradient_clip_val=0"],
+    result = cli(["sft", "--variant", "global", "--max-steps", "4", "--lr", "1e30", "--set", "sft.optim.gradient_clip_val=0"],
                  project, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "sft@global: training diverged: the train loss is nan at step 4" in result.stderr
@@ -255,7 +255,7 @@ def test_a_diverged_run_is_refused_and_writes_no_nan(project):
 
 
 def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(base_project, tmp_path):
-    common = ["sft", "--variant", "bucket", "--set", "sft.epochs=1"]
+    common = ["sft", "--variant", "bucket", "--set", "sft.optim.epochs=1"]
     one = copy_project(base_project, tmp_path / "one")
     cli([*common, "--batch-size", "8"], one)
     two = copy_project(base_project, tmp_path / "two")
@@ -298,7 +298,7 @@ def test_wandb_offline_writes_a_local_run_with_params_and_metrics_and_no_network
 
 def test_sampler_and_loss_weight_variants_run(project):
     # the only SFT variant: whatever names another (pairs.policy, each hdpo variant's init) must name it
-    params = write_tiny_params(project, sft={"epochs": 1, "batch_size": 8, "lr": 0.005, "max_steps": 5,
+    params = write_tiny_params(project, sft={"optim": {"epochs": 1, "lr": 0.005, "max_steps": 5}, "batch_size": 8,
                                              "variants": {"weighted": {"balance": "loss_weight", "alpha": 0.0}}},
                                pairs={"policy": "sft@weighted"},
                                hdpo={"variants": {"dpo": {"init": "sft@weighted"}}})
@@ -344,7 +344,7 @@ def test_pretrained_mode_loads_a_local_save_pretrained_directory(project, tmp_pa
 
 
 def test_a_trained_model_never_generates_broken_or_control_characters(project):
-    cli(["sft", "--variant", "global", "--set", "sft.epochs=2"], project)
+    cli(["sft", "--variant", "global", "--set", "sft.optim.epochs=2"], project)
     params = load_params(project / "params.yaml")
     model = AutoModelForCausalLM.from_pretrained(project / "models/sft/global")
     tokenizer = AutoTokenizer.from_pretrained(project / "models/sft/global")
@@ -376,7 +376,7 @@ def test_select_val_bng_exports_the_validation_with_the_most_human_like_samples(
     from polyalign.evaluation.validation import naturalness_probe
     from polyalign.modeling.prompts import PromptRenderer
 
-    cli(["sft", "--variant", "bucket", "--set", "sft.epochs=3", "--set", "sft.val_prompts=24",
+    cli(["sft", "--variant", "bucket", "--set", "sft.optim.epochs=3", "--set", "sft.val_prompts=24",
          "--set", "sft.select=val_bng"], project)
     report = json.loads((project / "reports/sft/bucket.json").read_text())
     history = report["val_history"]

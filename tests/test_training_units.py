@@ -12,12 +12,13 @@ from polyalign.modeling.model import create_scratch_model
 from polyalign.modeling.prompts import IGNORE_INDEX, PromptRenderer
 from polyalign.modeling.scoring import response_logits, sequence_logps
 from polyalign.modeling.tokenizer import IM_END, train_tokenizer
-from polyalign.params import ModelParams, SftParams
+from polyalign.params import ModelParams, OptimParams, SftParams
 from polyalign.stages.evaluate import prompt_record
 from polyalign.training.data import Collator
 from polyalign.training.losses import per_example_loss, sft_loss
+from polyalign.training.optim import warmup_cosine
 from polyalign.training.samplers import EpochBatchSampler, bucket_probabilities
-from polyalign.training.sft import SFTModule, warmup_cosine
+from polyalign.training.sft import SFTModule
 
 CORPUS = ["Hello there, how are you today?", "I am fine, thanks.", "What is AI?", "你好，今天天气怎么样？",
           "今天天气很好，我们去公园吧。", "机器学习是人工智能的一个分支。"] * 20
@@ -237,8 +238,8 @@ def test_sft_module_normalises_the_batch_loss_by_its_own_rule(tokenizer, balance
     shape = ModelParams(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1)
     model = create_scratch_model(tokenizer, shape, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    sft = SftParams(batch_size=4, lr=1e-30, warmup_ratio=0.0)  # steps too small to move float32 weights
-    module = SFTModule("unused", sft, balance, ["b"], total_steps=2)
+    sft = SftParams(batch_size=4, optim=OptimParams(lr=1e-30))  # steps too small to move float32 weights
+    module = SFTModule("unused", sft, balance, ["b"], total_steps=2, optim=sft.optim)
     module.model = model
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)

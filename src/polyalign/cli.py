@@ -172,16 +172,17 @@ def sft(
     resume: Annotated[bool, typer.Option("--resume", help="continue from checkpoints/sft/<variant>/last.ckpt")] = False,
     resume_anyway: Annotated[bool, typer.Option(
         "--resume-anyway", help="--resume even from a checkpoint that other settings or inputs wrote")] = False,
-    epochs: Annotated[int | None, typer.Option(help="sft.epochs")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="sft.max_steps (-1: all epochs)")] = None,
-    lr: Annotated[float | None, typer.Option(help="sft.lr")] = None,
+    epochs: Annotated[int | None, typer.Option(help="sft.optim.epochs")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="sft.optim.max_steps (-1: all epochs)")] = None,
+    lr: Annotated[float | None, typer.Option(help="sft.optim.lr")] = None,
     batch_size: Annotated[int | None, typer.Option(help="sft.batch_size (per device)")] = None,
     params_file: ParamsFile = Path("params.yaml"),
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
     """Bucket-Aware SFT (balance: sampler or loss_weight) or the global-SFT baseline (balance: none) from
     models/base/ into models/sft/<variant>/, with reports/sft/<variant>.json and loss curves."""
-    named = {"sft.epochs": epochs, "sft.max_steps": max_steps, "sft.lr": lr, "sft.batch_size": batch_size}
+    named = {"sft.optim.epochs": epochs, "sft.optim.max_steps": max_steps, "sft.optim.lr": lr,
+             "sft.batch_size": batch_size}
 
     def action() -> None:
         from polyalign.stages import sft as stage
@@ -195,13 +196,13 @@ def sft(
 @app.command("fit-critic")
 def fit_critic(
     encoder: Annotated[str | None, typer.Option(help="critic.encoder: ngram | hf")] = None,
-    epochs: Annotated[int | None, typer.Option(help="critic.epochs")] = None,
+    epochs: Annotated[int | None, typer.Option(help="critic.optim.epochs")] = None,
     params_file: ParamsFile = Path("params.yaml"),
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
     """Train the bucket-conditioned critic of distance to human support into models/critic/ and validate it
     (reports/critic.json); a collapsed critic is refused and nothing is saved."""
-    named = [f"critic.encoder={encoder}"] * (encoder is not None) + [f"critic.epochs={epochs}"] * (epochs is not None)
+    named = [f"critic.encoder={encoder}"] * (encoder is not None) + [f"critic.optim.epochs={epochs}"] * (epochs is not None)
 
     def action() -> None:
         from polyalign.stages import fit_critic as stage

@@ -271,6 +271,22 @@ class TrainerParams(Section):
     log_every_n_steps: int = Field(5, ge=1)
 
 
+class OptimParams(Section):
+    """One training run's optimisation (`sft.optim`, `hdpo.optim`, `critic.optim`, each with its own defaults):
+    AdamW without weight decay on biases and norms, a linear warm-up and a cosine decay (`training/optim.py`),
+    Lightning's gradient clipping and accumulation."""
+
+    epochs: int = Field(1, ge=1)
+    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's, except on biases and norms")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="linear warm-up over this share of the steps")
+    min_lr_ratio: float = Field(1.0, ge=0, le=1, description="the cosine decay ends at lr x min_lr_ratio "
+                                "(1: a constant learning rate)")
+    gradient_clip_val: float = Field(1.0, ge=0, description="clip the gradient norm to this (0: no clipping)")
+    accumulate_grad_batches: int = Field(1, ge=1, description="batches per optimizer step")
+
+
 class LoraParams(Section):
     enabled: bool = False
     r: int = Field(8, ge=1)
@@ -289,8 +305,8 @@ class SftVariant(Section):
     data: Literal["human", "best_of_k"] = Field(
         "human", description="human: the human answers of the train split; best_of_k: those plus, per train "
         "prompt, the pairs stage's sample nearest to human support (rejection-sampling SFT)")
-    epochs: int | None = Field(None, ge=1, description="this variant's epochs (null: sft.epochs)")
-    lr: float | None = Field(None, gt=0, description="this variant's learning rate (null: sft.lr)")
+    epochs: int | None = Field(None, ge=1, description="this variant's epochs (null: sft.optim.epochs)")
+    lr: float | None = Field(None, gt=0, description="this variant's learning rate (null: sft.optim.lr)")
 
 
 class SftParams(Section):
@@ -300,15 +316,9 @@ class SftParams(Section):
         "global": SftVariant(balance="none"), "bucket": SftVariant(balance="sampler", alpha=0.0),
         # rejection-sampling SFT (best-of-k distillation), the strong simple baseline of preference methods
         "rs": SftVariant(balance="sampler", alpha=0.0, init="sft@bucket", data="best_of_k", epochs=1, lr=5e-4)})
-    epochs: int = Field(4, ge=1)
-    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
+    optim: OptimParams = Field(default_factory=lambda: OptimParams(
+        epochs=4, lr=2e-3, weight_decay=0.01, warmup_ratio=0.05, min_lr_ratio=0.1))
     batch_size: int = Field(16, ge=1, description="per device")
-    accumulate_grad_batches: int = Field(1, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay ends at lr * min_lr_ratio")
-    gradient_clip_val: float = Field(1.0, ge=0)
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
     val_every_n_steps: int = Field(0, ge=0, description="0: validate once per epoch")
     val_prompts: int = Field(0, ge=0, description=(
@@ -369,10 +379,8 @@ class CriticParams(Section):
     weight_prompt: float = Field(1.0, ge=0, description="own prompt < another prompt (with use_prompt)")
     hidden_size: int = Field(128, ge=4)
     bucket_dim: int = Field(16, ge=1)
-    epochs: int = Field(20, ge=1)
+    optim: OptimParams = Field(default_factory=lambda: OptimParams(epochs=20, lr=2e-3))  # constant lr
     batch_size: int = Field(256, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
     min_score_std: float = Field(0.01, ge=0, description="refuse to save a critic whose val scores are ~constant")
 
     @model_validator(mode="after")
@@ -500,11 +508,9 @@ class HdpoParams(Section):
         "dpo_global": HdpoVariant(reference="precomputed", init="sft@global"),
         "hdpo_simpo": HdpoVariant(loss="simpo", beta=2.0, reference="none", simpo_gamma=1.0, hdpo_gamma=1.0,
                                   hdpo_lam=0.5, alpha=1.0, weighting="bucket")})
-    epochs: int = Field(2, ge=1)
-    max_steps: int = Field(-1)
+    optim: OptimParams = Field(default_factory=lambda: OptimParams(
+        epochs=2, lr=5e-4, warmup_ratio=0.1, min_lr_ratio=0.1))
     batch_size: int = Field(8, ge=1)
-    accumulate_grad_batches: int = Field(1, ge=1)
-    lr: float = Field(5e-4, gt=0)
     val_prompts: int = Field(128, ge=0, description=(
         "val prompts sampled at each validation for macro BNG, Len W1 and response length (0: none)"))
     select: Literal["last", "val_loss", "val_bng"] = Field(
@@ -516,10 +522,6 @@ class HdpoParams(Section):
                                    "subset per round (0: all)")
     refit_critic: bool = Field(False, description="refit the critic each round after the first with the policy's "
                                "samples as 'human < model sample' negatives")
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    gradient_clip_val: float = Field(1.0, ge=0)
     checkpoint_every_n_steps: int = Field(50, ge=1)
     lora: LoraParams = Field(default_factory=LoraParams)
 

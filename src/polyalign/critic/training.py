@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from polyalign.critic.corruptions import corrupt
 from polyalign.critic.model import critic_prompt
+from polyalign.training.optim import make_optimizer
 
 PAIR_TYPES = ("corruption", "conditional", "model", "prompt")
 
@@ -138,9 +139,12 @@ def critic_loss(s_lo, s_hi, d_lo, d_hi, types, margin: float, weights: dict[str,
 
 
 class CriticModule(L.LightningModule):
-    def __init__(self, net, cfg):
+    """The critic's training: its losses on a batch of ordered pairs, optimised by `critic.optim` over
+    `total_steps` optimizer steps."""
+
+    def __init__(self, net, cfg, total_steps: int):
         super().__init__()
-        self.net, self.cfg = net, cfg
+        self.net, self.cfg, self.total_steps = net, cfg, total_steps
         self.weights = {"regression": cfg.weight_regression, "conditional": cfg.weight_conditional,
                         "corruption": cfg.weight_corruption, "model": cfg.weight_model_samples,
                         "prompt": cfg.weight_prompt}
@@ -161,4 +165,4 @@ class CriticModule(L.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        return make_optimizer(self, self.cfg.optim, self.total_steps)

@@ -27,7 +27,7 @@ from polyalign.errors import UserError, shown
 from polyalign.io import atomic_path, write_json
 from polyalign.log import console
 from polyalign.params import Params
-from polyalign.training.trainer import build_trainer, finish_loggers
+from polyalign.training.trainer import build_trainer, finish_loggers, total_optimizer_steps
 
 
 def read_split(path: Path) -> list[dict]:
@@ -186,11 +186,11 @@ def fit(params: Params, root: Path, extra_samples: list[dict] | None = None,
 
     torch.manual_seed(params.seed)
     net = CriticNet(config["in_dim"], len(config["buckets"]), cfg.bucket_dim, cfg.hidden_size)
-    module = CriticModule(net, cfg)
-    trainer = build_trainer(params, root, "critic", label, max_epochs=cfg.epochs, max_steps=-1, accumulate=1,
-                            clip=1.0, val_every_n_steps=0, checkpoint_every=10**9)
-    trainer.fit(module, pair_loader(*arrays["train"], data["train"], cfg.batch_size, True, params.seed),
-                pair_loader(*arrays["val"], data["val"], cfg.batch_size, False, params.seed))
+    train_loader = pair_loader(*arrays["train"], data["train"], cfg.batch_size, True, params.seed)
+    module = CriticModule(net, cfg, total_optimizer_steps(len(train_loader), cfg.optim))
+    trainer = build_trainer(params, root, "critic", label, optim=cfg.optim, val_every_n_steps=0,
+                            checkpoint_every=10**9)  # trains in seconds: no checkpoints to resume from
+    trainer.fit(module, train_loader, pair_loader(*arrays["val"], data["val"], cfg.batch_size, False, params.seed))
     if not trainer.is_global_zero:
         return None
 

@@ -270,8 +270,7 @@ def fit_round(params: Params, variant: str, v: HdpoVariant, label: str, root: Pa
     collate = PairCollator(renderer.pad_id, {b: i for i, b in enumerate(buckets)}, uniform=v.weighting == "uniform",
                            anchor=anchor)
     ckpt = root / params.paths.checkpoints / "hdpo" / label / "last.ckpt"
-    trainer = build_trainer(params, root, "hdpo", label, max_epochs=h.epochs, max_steps=h.max_steps,
-                            accumulate=h.accumulate_grad_batches, clip=h.gradient_clip_val, val_every_n_steps=0,
+    trainer = build_trainer(params, root, "hdpo", label, optim=h.optim, val_every_n_steps=0,
                             checkpoint_every=h.checkpoint_every_n_steps)
     identity = run_identity(params, "hdpo", variant, trainer.world_size, root, inputs)
     # only now, with every input checked, may a fresh run remove the previous run's checkpoints
@@ -279,14 +278,14 @@ def fit_round(params: Params, variant: str, v: HdpoVariant, label: str, root: Pa
                                       resume=resume, resume_anyway=resume_anyway, command=f"hdpo --variant {variant}")
     train_loader = pair_dataloader(train, collate, h.batch_size, train=True, seed=params.seed, trainer=trainer)
     val_loader = pair_dataloader(val, collate, h.batch_size, train=False, seed=params.seed, trainer=trainer)
-    total_steps = total_optimizer_steps(len(train_loader), h.epochs, h.accumulate_grad_batches, h.max_steps)
+    total_steps = total_optimizer_steps(len(train_loader), h.optim)
     module = PreferenceModule(str(start), h, v, buckets, total_steps, probe=probe)
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
     trainer.save_checkpoint(ckpt, weights_only=False)  # the final state, as sft keeps it
     validate_at_end(trainer, module, dataloaders=val_loader)
     if not trainer.is_global_zero:
         return None
-    check_finite(f"hdpo@{variant}", module.history, module.last_val, "hdpo.lr")
+    check_finite(f"hdpo@{variant}", module.history, module.last_val, "hdpo.optim.lr")
     selected = module.selection.apply(module.model, trainer.global_step)
     finish_loggers(trainer)
     history = module.history["train"]

@@ -78,13 +78,12 @@ def _train(params: Params, variant: str, resume: bool, root: Path, resume_anyway
     check_devices(params.trainer)
 
     sft = params.sft
-    epochs, lr = v.epochs or sft.epochs, v.lr or sft.lr
+    optim = sft.optim.model_copy(update={k: getattr(v, k) for k in ("epochs", "lr") if getattr(v, k) is not None})
     data = SFTDataModule(root / params.paths.buckets, start, params.prompt, sft, v, params.seed,
                          params.trainer.num_workers, best_of_k=best_of_k)
     data.setup()
-    trainer = build_trainer(params, root, "sft", variant, max_epochs=epochs, max_steps=sft.max_steps,
-                            accumulate=sft.accumulate_grad_batches, clip=sft.gradient_clip_val,
-                            val_every_n_steps=sft.val_every_n_steps, checkpoint_every=sft.checkpoint_every_n_steps)
+    trainer = build_trainer(params, root, "sft", variant, optim=optim, val_every_n_steps=sft.val_every_n_steps,
+                            checkpoint_every=sft.checkpoint_every_n_steps)
     inputs = [root / params.paths.buckets / f"{split}.parquet" for split in ("train", "val")] + [start]
     if best_of_k is not None:
         inputs.append(best_of_k)
@@ -92,18 +91,17 @@ def _train(params: Params, variant: str, resume: bool, root: Path, resume_anyway
     # only now, with every input checked, may a fresh run remove the previous run's checkpoints
     resume_from = prepare_checkpoints(trainer, ckpt, root / params.paths.logs / "sft" / variant, identity,
                                       resume=resume, resume_anyway=resume_anyway, command=f"sft --variant {variant}")
-    total_steps = total_optimizer_steps(len(data.train_sampler(world_size=trainer.world_size)), epochs,
-                                        sft.accumulate_grad_batches, sft.max_steps)
+    total_steps = total_optimizer_steps(len(data.train_sampler(world_size=trainer.world_size)), optim)
     tokenizer = load_tokenizer(start, "the starting model")
     renderer = PromptRenderer.from_params(tokenizer, params.prompt)
     probe = naturalness_probe(params, root, sft.val_prompts, start, tokenizer, renderer, "sft.val_prompts")
-    module = SFTModule(str(start), sft, v.balance, data.bucket_names, total_steps, lr=lr, probe=probe)
+    module = SFTModule(str(start), sft, v.balance, data.bucket_names, total_steps, optim, probe=probe)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     trainer.save_checkpoint(ckpt, weights_only=False)  # last.ckpt = the final state (the step checkpoints fire every n steps only)
     validate_at_end(trainer, module, datamodule=data)
     if not trainer.is_global_zero:
         return None
-    check_finite(f"sft@{variant}", module.history, module.last_val, "sft.lr")
+    check_finite(f"sft@{variant}", module.history, module.last_val, "sft.optim.lr")
 
     out = root / params.paths.models / "sft" / variant
     reports = root / params.paths.reports / "sft"
@@ -127,7 +125,7 @@ def _train(params: Params, variant: str, resume: bool, root: Path, resume_anyway
         "alpha": v.alpha,
         "init": v.init,
         "data": v.data,
-        "lr": lr,
+        "lr": optim.lr,
         "conditioning": params.prompt.conditioning,
         "oracle": params.prompt.conditioning == "oracle_length",
         "lora": sft.lora.enabled,

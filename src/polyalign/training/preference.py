@@ -27,9 +27,10 @@ from polyalign.modeling.scoring import padded_batch, response_logits, score_exam
 from polyalign.training.objectives import base_loss
 from polyalign.training.objectives.batch import PairBatch
 from polyalign.training.objectives.compose import preference_loss
+from polyalign.training.optim import make_optimizer
 from polyalign.training.samplers import EpochBatchSampler, ResumableDataLoader
 from polyalign.training.selection import PROBED, Selection, probe_and_select
-from polyalign.training.sft import lora_wrap, make_optimizer
+from polyalign.training.sft import lora_wrap
 
 FINGERPRINT = "fingerprint.json"  # beside the pairs: what their precomputed reference log-probs were computed with
 
@@ -303,8 +304,7 @@ class PreferenceModule(L.LightningModule):
                                     *(means[k] for k in self.SUMS), *(probed[k] for k in PROBED)))
 
     def configure_optimizers(self):
-        h = self.hdpo
-        return make_optimizer(self, h.lr, h.weight_decay, h.warmup_ratio, h.min_lr_ratio, self.total_steps)
+        return make_optimizer(self, self.hdpo.optim, self.total_steps)
 
     def export(self, folder: Path, tokenizer) -> None:
         model = self.model.merge_and_unload() if self.hdpo.lora.enabled and self.hdpo.lora.merge else self.model

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 
-from polyalign.training.sft import make_optimizer
+from polyalign.training.optim import make_optimizer
 from polyalign.training.trainer import TrainingProgress
 
 
@@ -41,8 +41,11 @@ class PretrainModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return make_optimizer(self, self.lr, weight_decay=0.01, warmup_ratio=0.05, min_lr_ratio=0.1,
-                              total_steps=self.total_steps)
+        from polyalign.params import OptimParams
+
+        # model.pretrain_lr, with SFT's default decay and schedule
+        schedule = OptimParams(lr=self.lr, weight_decay=0.01, warmup_ratio=0.05, min_lr_ratio=0.1)
+        return make_optimizer(self, schedule, self.total_steps)
 
 
 def pretrain(model, tokenizer, texts: Sequence[str], *, epochs: int, lr: float, block_size: int, batch_size: int,

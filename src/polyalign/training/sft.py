@@ -19,6 +19,7 @@ import torch
 from polyalign.modeling.model import load_model_weights, save_model
 from polyalign.modeling.scoring import response_logits
 from polyalign.training.losses import per_example_loss, sft_loss
+from polyalign.training.optim import make_optimizer
 from polyalign.training.selection import PROBED, Selection, probe_and_select
 
 
@@ -30,43 +31,15 @@ def lora_wrap(model, lora):
     return get_peft_model(model, config)
 
 
-def warmup_cosine(total_steps: int, warmup_ratio: float, min_ratio: float):
-    warmup = max(1, int(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def make_optimizer(module: L.LightningModule, lr: float, weight_decay: float, warmup_ratio: float,
-                   min_lr_ratio: float, total_steps: int):
-    """AdamW (no decay on biases and norms) with linear warm-up and cosine decay over `total_steps` optimizer
-    steps. (Lightning's `estimated_stepping_batches` is not used: it loads the train dataloader before a
-    checkpoint's state is restored, which would break mid-epoch resume.)"""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(max(1, total_steps), warmup_ratio,
-                                                                           min_lr_ratio))
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
 class SFTModule(L.LightningModule):
     """Starts from the weights in `model_dir` (the base model, or another variant's with `init`). `probe(model)`,
     when given, samples val responses at each validation (`sft.val_prompts`); with `sft.select` other than
     `last` the best validation's weights are kept (`Selection`) and the stage loads them before export."""
 
     def __init__(self, model_dir: str, sft, balance: str, bucket_names: list[str], total_steps: int,
-                 lr: float | None = None, probe=None):
+                 optim, probe=None):
         super().__init__()
-        self.total_steps, self.lr, self.probe = total_steps, lr or sft.lr, probe  # lr: the variant's own
+        self.total_steps, self.optim, self.probe = total_steps, optim, probe  # sft.optim, the variant's epochs and lr
         self.model_dir = str(model_dir)
         self.sft = sft
         self.balance = balance
@@ -174,8 +147,7 @@ class SFTModule(L.LightningModule):
         self.history["val"].append((self.trainer.global_step, float(overall), *(probed[k] for k in PROBED)))
 
     def configure_optimizers(self):
-        return make_optimizer(self, self.lr, self.sft.weight_decay, self.sft.warmup_ratio, self.sft.min_lr_ratio,
-                              self.total_steps)
+        return make_optimizer(self, self.optim, self.total_steps)
 
     def export(self, folder: Path, tokenizer, merge_lora: bool) -> None:
         """save_pretrained form (safetensors) with its checksum manifest, loadable with plain AutoModelForCausalLM."""

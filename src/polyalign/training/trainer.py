@@ -126,8 +126,10 @@ def wandb_logger(params: Params, stage: str, variant: str, save_dir: Path) -> Wa
     return logger
 
 
-def build_trainer(params: Params, root: Path, stage: str, variant: str, *, max_epochs: int, max_steps: int,
-                  accumulate: int, clip: float, val_every_n_steps: int, checkpoint_every: int) -> StageTrainer:
+def build_trainer(params: Params, root: Path, stage: str, variant: str, *, optim, val_every_n_steps: int,
+                  checkpoint_every: int) -> StageTrainer:
+    """The Lightning trainer of one training run: `optim` (an `OptimParams`) gives its length, accumulation and
+    gradient clipping, `params.trainer` the hardware, and the loggers and checkpoints go under `paths`."""
     tp = params.trainer
     check_devices(tp)
     L.seed_everything(params.seed, workers=True, verbose=False)
@@ -149,8 +151,9 @@ def build_trainer(params: Params, root: Path, stage: str, variant: str, *, max_e
     try:
         trainer = StageTrainer(
             accelerator=tp.accelerator, devices=tp.devices, strategy=tp.strategy, num_nodes=tp.num_nodes,
-            precision=tp.precision, logger=loggers, callbacks=callbacks, max_epochs=max_epochs,
-            max_steps=max_steps, accumulate_grad_batches=accumulate, gradient_clip_val=clip or None,
+            precision=tp.precision, logger=loggers, callbacks=callbacks, max_epochs=optim.epochs,
+            max_steps=optim.max_steps, accumulate_grad_batches=optim.accumulate_grad_batches,
+            gradient_clip_val=optim.gradient_clip_val or None,
             val_check_interval=val_every_n_steps or None, log_every_n_steps=tp.log_every_n_steps,
             deterministic="warn", use_distributed_sampler=False, enable_progress_bar=False,
             enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(logs),
@@ -161,10 +164,10 @@ def build_trainer(params: Params, root: Path, stage: str, variant: str, *, max_e
     return trainer
 
 
-def total_optimizer_steps(batches_per_epoch: int, epochs: int, accumulate: int, max_steps: int) -> int:
+def total_optimizer_steps(batches_per_epoch: int, optim) -> int:
     """Length of the LR schedule, from the dataloader we built (see `make_optimizer` for why not Lightning's)."""
-    total = epochs * math.ceil(batches_per_epoch / accumulate)
-    return min(total, max_steps) if max_steps > 0 else total
+    total = optim.epochs * math.ceil(batches_per_epoch / optim.accumulate_grad_batches)
+    return min(total, optim.max_steps) if optim.max_steps > 0 else total
 
 
 def finish_loggers(trainer: L.Trainer) -> None:
