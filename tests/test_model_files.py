@@ -54,7 +54,7 @@ def test_every_model_folder_a_stage_writes_has_a_manifest_of_all_its_files(proje
     tokenizer = load_tokenizer(base)
     sft = SFTModule(str(base), params.sft, "none", ["b"], total_steps=1, optim=params.sft.optim)
     sft.configure_model()
-    sft.export(project / "models/sft/bucket", tokenizer, merge_lora=False)
+    sft.export(project / "models/sft/bucket", tokenizer)
     dpo = PreferenceModule(str(base), params.hdpo, params.hdpo.variants["dpo"], ["b"], total_steps=1)
     dpo.configure_model()
     dpo.export(project / "models/hdpo/dpo", tokenizer)

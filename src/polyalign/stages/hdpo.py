@@ -61,9 +61,9 @@ from polyalign.training.selection import PROBED
 from polyalign.training.trainer import (
     build_trainer,
     check_devices,
-    check_finite,
     figure,
     finish_loggers,
+    fit_and_export,
     identity_changes,
     identity_sha256,
     last_checkpoint,
@@ -71,7 +71,6 @@ from polyalign.training.trainer import (
     run_identity,
     sigterm_stops,
     total_optimizer_steps,
-    validate_at_end,
 )
 
 REQUIRED = ("question", "chosen", "rejected", "bucket_id", "d_chosen", "d_rejected", "weight", "language",
@@ -186,12 +185,10 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
     inputs = [pairs_dir / "train.parquet", pairs_dir / "val.parquet", start]
     if h.rounds == 1:
         fitted = fit_round(params, variant, v, variant, root, start, train, val, tokenizer, renderer, probe,
-                           inputs, resume, resume_anyway)
+                           inputs, resume, resume_anyway, out=root / params.paths.models / "hdpo" / variant)
         if fitted is None:
             return None
         module, summary = fitted
-        with atomic_path(root / params.paths.models / "hdpo" / variant, directory=True) as tmp:
-            module.export(tmp, tokenizer)
         curve = [(s, loss, acc) for s, loss, acc in module.history["train"]]
         report = {"variant": variant, **v.model_dump(), "rounds": 1, **summary}
         return write_report(params, root, variant, report, curve)
@@ -226,12 +223,10 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
             label = f"{variant}/round{r}"
             fitted = fit_round(params, variant, v, label, root, current, rows, round_val, tokenizer, renderer,
                                probe, round_inputs, resume and (ckpts / f"round{r}" / "last.ckpt").is_file(),
-                               resume_anyway)
+                               resume_anyway, out=ckpts / f"round{r}-model")
             if fitted is None:
                 return None
             module, summary = fitted
-            with atomic_path(ckpts / f"round{r}-model", directory=True) as tmp:
-                module.export(tmp, tokenizer)
             summary["train_curve"] = [list(row) for row in module.history["train"]]
             if r > 1:
                 summary["sampling"] = sampling
@@ -256,9 +251,9 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
 
 def fit_round(params: Params, variant: str, v: HdpoVariant, label: str, root: Path, start: Path,
               train: list[dict], val: list[dict], tokenizer, renderer: PromptRenderer, probe, inputs: list[Path],
-              resume: bool, resume_anyway: bool):
-    """Train one round of variant `v` (its reference resolved) from `start` on `train` pairs (validated on `val`);
-    returns the module with the selected weights loaded and the round's summary, or None in a DDP child
+              resume: bool, resume_anyway: bool, out: Path):
+    """Train one round of variant `v` (its reference resolved) from `start` on `train` pairs (validated on `val`)
+    and export the selected weights to `out`; returns the module and the round's summary, or None in a DDP child
     process. `label` is the variant, or `<variant>/round<r>`: it names the round's checkpoints, logs and W&B run."""
     h = params.hdpo
     # sampled chosen sides (pairs.chosen: nearest_sample | mixed): the NLL anchor scores the human answers apart
@@ -280,13 +275,10 @@ def fit_round(params: Params, variant: str, v: HdpoVariant, label: str, root: Pa
     val_loader = pair_dataloader(val, collate, h.batch_size, train=False, seed=params.seed, trainer=trainer)
     total_steps = total_optimizer_steps(len(train_loader), h.optim)
     module = PreferenceModule(str(start), h, v, buckets, total_steps, probe=probe)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
-    trainer.save_checkpoint(ckpt, weights_only=False)  # the final state, as sft keeps it
-    validate_at_end(trainer, module, dataloaders=val_loader)
-    if not trainer.is_global_zero:
+    selected = fit_and_export(trainer, module, out, tokenizer, ckpt=ckpt, resume_from=resume_from,
+                              lr_key="hdpo.optim.lr", train=train_loader, val=val_loader)
+    if selected is None:
         return None
-    check_finite(f"hdpo@{variant}", module.history, module.last_val, "hdpo.optim.lr")
-    selected = module.selection.apply(module.model, trainer.global_step)
     finish_loggers(trainer)
     history = module.history["train"]
     tail = history[-max(1, len(history) // 10):]

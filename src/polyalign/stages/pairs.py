@@ -147,7 +147,7 @@ def sampled_pairs(records: list[dict], flat: list[tuple[int, Sample, str]], crit
                       "chosen": chosen, "chosen_ids": None if c_sample is None else c_sample.ids,
                       "chosen_truncated": c_sample is not None and c_sample.truncated,
                       "rejected": rejected, "rejected_ids": r_sample.ids, "rejected_truncated": r_sample.truncated,
-                      "balance_weight": record["bucket_weight"], "d_chosen": d_c, "d_rejected": d_r})
+                      "bucket_weight": record["bucket_weight"], "d_chosen": d_c, "d_rejected": d_r})
     return pairs, best
 
 
@@ -211,7 +211,8 @@ def finish(pairs: list[dict], critic: Critic, model, renderer: PromptRenderer, p
         d_r = critic.score_responses([p["rejected"] for p in pairs], pairs)
         for p, c, r in zip(pairs, d_c, d_r):
             p.update(d_chosen=float(c), d_rejected=float(r))
-    raw = np.array([p.get("balance_weight") or np.nan for p in pairs], dtype=np.float64)
+    # bucketize's `bucket_weight` of each pair's prompt, normalised over the file into the pair weight `weight`
+    raw = np.array([p.get("bucket_weight") or np.nan for p in pairs], dtype=np.float64)
     if np.isnan(raw).any():  # user data or unseen buckets: balance over the file's own buckets
         counts = Counter(buckets)
         raw = np.array([len(pairs) / (len(counts) * counts[b]) for b in buckets])
@@ -219,7 +220,7 @@ def finish(pairs: list[dict], critic: Critic, model, renderer: PromptRenderer, p
     if precompute:
         ref_c, ref_r = reference_logps(model, renderer, pairs)
     for i, p in enumerate(pairs):
-        p.pop("balance_weight", None)
+        p.pop("bucket_weight", None)
         p["weight"] = float(weights[i])
         if precompute:
             p.update(ref_chosen_logp=float(ref_c[i]), ref_rejected_logp=float(ref_r[i]))

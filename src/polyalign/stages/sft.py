@@ -18,7 +18,7 @@ import numpy as np
 
 from polyalign.errors import UserError, shown
 from polyalign.evaluation.validation import naturalness_probe
-from polyalign.io import atomic_path, write_json, write_text
+from polyalign.io import write_json, write_text
 from polyalign.log import console
 from polyalign.modeling.model import load_tokenizer, model_dir
 from polyalign.modeling.prompts import PromptRenderer
@@ -29,15 +29,14 @@ from polyalign.training.sft import SFTModule
 from polyalign.training.trainer import (
     build_trainer,
     check_devices,
-    check_finite,
     figure,
     finish_loggers,
+    fit_and_export,
     last_checkpoint,
     prepare_checkpoints,
     run_identity,
     sigterm_stops,
     total_optimizer_steps,
-    validate_at_end,
 )
 
 
@@ -96,18 +95,12 @@ def _train(params: Params, variant: str, resume: bool, root: Path, resume_anyway
     renderer = PromptRenderer.from_params(tokenizer, params.prompt)
     probe = naturalness_probe(params, root, sft.val_prompts, start, tokenizer, renderer, "sft.val_prompts")
     module = SFTModule(str(start), sft, v.balance, data.bucket_names, total_steps, optim, probe=probe)
-    trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
-    trainer.save_checkpoint(ckpt, weights_only=False)  # last.ckpt = the final state (the step checkpoints fire every n steps only)
-    validate_at_end(trainer, module, datamodule=data)
-    if not trainer.is_global_zero:
-        return None
-    check_finite(f"sft@{variant}", module.history, module.last_val, "sft.optim.lr")
-
     out = root / params.paths.models / "sft" / variant
+    selected = fit_and_export(trainer, module, out, tokenizer, ckpt=ckpt, resume_from=resume_from,
+                              lr_key="sft.optim.lr", datamodule=data)
+    if selected is None:
+        return None
     reports = root / params.paths.reports / "sft"
-    selected = module.selection.apply(module.model, trainer.global_step)
-    with atomic_path(out, directory=True) as tmp:
-        module.export(tmp, tokenizer, merge_lora=sft.lora.merge)
 
     curves = module.history  # carried through checkpoints, so a resumed run has the whole curve
     for kind in ("train", "val"):

@@ -29,7 +29,7 @@ from polyalign.training.objectives.batch import PairBatch
 from polyalign.training.objectives.compose import preference_loss
 from polyalign.training.optim import make_optimizer
 from polyalign.training.samplers import EpochBatchSampler, ResumableDataLoader
-from polyalign.training.selection import PROBED, Selection, probe_and_select
+from polyalign.training.selection import PROBED, CheckpointedHistory, Selection, probe_and_select
 from polyalign.training.sft import lora_wrap
 
 FINGERPRINT = "fingerprint.json"  # beside the pairs: what their precomputed reference log-probs were computed with
@@ -154,7 +154,7 @@ def pair_dataloader(rows: list[dict], collate: PairCollator, batch_size: int, *,
                                consumed=lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
 
-class PreferenceModule(L.LightningModule):
+class PreferenceModule(CheckpointedHistory, L.LightningModule):
     """`variant` is an `HdpoVariant` whose `reference` is resolved (`objectives.resolve_reference`). `probe(model)`,
     when given, samples val responses at each validation and returns their naturalness
     (`evaluation.validation.naturalness_probe`). With `hdpo.select` other than `last`, the weights of the best
@@ -243,17 +243,6 @@ class PreferenceModule(L.LightningModule):
         self.history["train"].append((self.global_step + 1, float(loss.detach()),
                                       float(parts["rewards/accuracies"])))
         return loss
-
-    def on_save_checkpoint(self, checkpoint):
-        # the curve so far, so that a resumed run reports all of it, and the selected weights so far
-        checkpoint["polyalign_history"] = {k: [list(row) for row in v] for k, v in self.history.items()}
-        if self.selection.best is not None:
-            checkpoint["polyalign_best"] = self.selection.best
-
-    def on_load_checkpoint(self, checkpoint):
-        saved = checkpoint.get("polyalign_history", {})
-        self.history = {k: [tuple(row) for row in saved.get(k, [])] for k in ("train", "val")}
-        self.selection.best = checkpoint.get("polyalign_best")
 
     # per validation, summed over pairs: the policy's and the reference's log-probs of both sides and the reward
     # margin (the base loss's implicit rewards). A chosen log-prob falling below its reference value is likelihood

@@ -43,6 +43,21 @@ class Selection:
         return last if self.select == "last" or self.best is None else self.best["scores"]
 
 
+class CheckpointedHistory:
+    """For a LightningModule with a `history` ({"train": rows, "val": rows}) and a `selection`: both travel in its
+    checkpoints, so a resumed run reports its whole curve and keeps the best weights selected before the stop."""
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["polyalign_history"] = {k: [list(row) for row in v] for k, v in self.history.items()}
+        if self.selection.best is not None:
+            checkpoint["polyalign_best"] = self.selection.best
+
+    def on_load_checkpoint(self, checkpoint):
+        saved = checkpoint.get("polyalign_history", {})
+        self.history = {k: [tuple(row) for row in saved.get(k, [])] for k in ("train", "val")}
+        self.selection.best = checkpoint.get("polyalign_best")
+
+
 def probe_naturalness(model: torch.nn.Module, probe: Callable[[Any], dict[str, float]] | None) -> dict[str, float]:
     """Run the validation probe (sampled val responses, `evaluation.validation.naturalness_probe`) in eval mode.
     Sampling seeds torch's generator; forking it keeps the training run's own random stream (data order,

@@ -20,7 +20,7 @@ from polyalign.modeling.model import load_model_weights, save_model
 from polyalign.modeling.scoring import response_logits
 from polyalign.training.losses import per_example_loss, sft_loss
 from polyalign.training.optim import make_optimizer
-from polyalign.training.selection import PROBED, Selection, probe_and_select
+from polyalign.training.selection import PROBED, CheckpointedHistory, Selection, probe_and_select
 
 
 def lora_wrap(model, lora):
@@ -31,7 +31,7 @@ def lora_wrap(model, lora):
     return get_peft_model(model, config)
 
 
-class SFTModule(L.LightningModule):
+class SFTModule(CheckpointedHistory, L.LightningModule):
     """Starts from the weights in `model_dir` (the base model, or another variant's with `init`). `probe(model)`,
     when given, samples val responses at each validation (`sft.val_prompts`); with `sft.select` other than
     `last` the best validation's weights are kept (`Selection`) and the stage loads them before export."""
@@ -93,16 +93,6 @@ class SFTModule(L.LightningModule):
             self.history["train"].append((self.trainer.global_step + 1, sum(self._pending) / len(self._pending)))
         self._pending = []
 
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["polyalign_history"] = {k: [list(row) for row in v] for k, v in self.history.items()}
-        if self.selection.best is not None:
-            checkpoint["polyalign_best"] = self.selection.best
-
-    def on_load_checkpoint(self, checkpoint):
-        saved = checkpoint.get("polyalign_history", {})
-        self.history = {k: [tuple(row) for row in saved.get(k, [])] for k in ("train", "val")}
-        self.selection.best = checkpoint.get("polyalign_best")
-
     def on_train_start(self):
         self._train_started = time.perf_counter()
 
@@ -149,9 +139,10 @@ class SFTModule(L.LightningModule):
     def configure_optimizers(self):
         return make_optimizer(self, self.optim, self.total_steps)
 
-    def export(self, folder: Path, tokenizer, merge_lora: bool) -> None:
-        """save_pretrained form (safetensors) with its checksum manifest, loadable with plain AutoModelForCausalLM."""
+    def export(self, folder: Path, tokenizer) -> None:
+        """save_pretrained form (safetensors) with its checksum manifest, loadable with plain AutoModelForCausalLM
+        (a LoRA adapter merged into the weights with `sft.lora.merge`)."""
         model = self.model
-        if self.sft.lora.enabled and merge_lora:
+        if self.sft.lora.enabled and self.sft.lora.merge:
             model = model.merge_and_unload()
         save_model(model, tokenizer, folder)

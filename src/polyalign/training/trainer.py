@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from polyalign.errors import Terminated, UserError, sigterm_stops, terminated  # noqa: F401 - re-exported
+from polyalign.io import atomic_path
 from polyalign.log import announce_wandb_run, progress_bar, wandb_settings
 from polyalign.params import Params, flat_keys
 
@@ -187,6 +188,24 @@ def validate_at_end(trainer: L.Trainer, module: L.LightningModule, **data) -> No
     if not done or done[-1][0] != trainer.global_step:
         trainer.validate(module, verbose=False, **data)
 
+
+
+def fit_and_export(trainer: L.Trainer, module: L.LightningModule, out: Path, tokenizer, *, ckpt: Path,
+                   resume_from: str | None, lr_key: str, train=None, val=None, datamodule=None) -> dict | None:
+    """What every training stage does with its module: train (from `resume_from` when resuming), keep the final
+    state as `ckpt` for --resume, validate the last step if no validation did, refuse a diverged run (`lr_key`
+    names the setting to lower), load the weights `module.selection` kept and write them to `out` atomically
+    (`module.export`). Returns which weights were kept, or None in a DDP child process (rank 0 exports)."""
+    trainer.fit(module, train, val, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    trainer.save_checkpoint(ckpt, weights_only=False)  # the step checkpoints fire every n steps only
+    validate_at_end(trainer, module, **({"datamodule": datamodule} if datamodule is not None else {"dataloaders": val}))
+    if not trainer.is_global_zero:
+        return None
+    check_finite(trainer.label, module.history, module.last_val, lr_key)
+    selected = module.selection.apply(module.model, trainer.global_step)
+    with atomic_path(out, directory=True) as tmp:
+        module.export(tmp, tokenizer)
+    return selected
 
 
 def figure(value: float | None, digits: int = 3) -> str:

@@ -48,20 +48,26 @@ def _group_key(*parts: str) -> str:
 # ---------------------------------------------------------------------------------------------- polyalign
 
 
-class PolyalignRow(RowModel):
-    question: str
-    human_answer: str
-    context: str = ""
-    dialogue_history: list[Turn] = Field(default_factory=list)
+class BucketedRow(RowModel):
+    """The optional id and bucket fields that the PolyAlign and alpaca formats share (the paper's exports carry
+    them; our own rows may)."""
+
     id: str | None = None
-    dataset: str | None = None
-    split: Split | None = None
     language: Language | None = None
     track: Track | None = None
     family: Family | None = None
     style_bucket: str | None = None
     length_bin: str | None = None
     bucket_id: str | None = None
+
+
+class PolyalignRow(BucketedRow):
+    question: str
+    human_answer: str
+    context: str = ""
+    dialogue_history: list[Turn] = Field(default_factory=list)
+    dataset: str | None = None
+    split: Split | None = None
     group_id: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
 
@@ -91,7 +97,7 @@ def read_polyalign(cfg: PolyalignSource, root: Path) -> Iterator[Example | Probl
 # ------------------------------------------------------------------------------------------------- alpaca
 
 
-class AlpacaRow(RowModel):
+class AlpacaRow(BucketedRow):
     """LLaMA-Factory alpaca row; the paper's bucket fields are optional."""
 
     output: str
@@ -99,13 +105,6 @@ class AlpacaRow(RowModel):
     input: str = ""
     history: list[tuple[str, str]] = Field(default_factory=list)
     system: str = ""
-    id: str | None = None
-    language: Language | None = None
-    track: Track | None = None
-    family: Family | None = None
-    style_bucket: str | None = None
-    length_bin: str | None = None
-    bucket_id: str | None = None
 
 
 def read_alpaca(cfg: AlpacaSource, root: Path) -> Iterator[Example | Problem]:
