@@ -202,8 +202,8 @@ def test_drcd_reads_an_original_squad_format_json_file_given_as_data_files():
     assert dropped == Counter({"no_answer": 1})
     assert [(e.id, e.origin) for e in examples] == [
         ("4001-1-1", "hf:drcd/train[0]#0"), ("4001-1-2", "hf:drcd/train[0]#1"), ("4002-1-1", "hf:drcd/train[1]#0")]
-    assert (examples[0].question, examples[0].answer) == ("阿里山森林鐵路於哪一年通車？", "一九一二年")
-    assert examples[1].answer == "運送木材" and examples[2].context.startswith("臺北一零一大樓高五百零八公尺")
+    assert (examples[0].question, examples[0].human_answer) == ("阿里山森林鐵路於哪一年通車？", "一九一二年")
+    assert examples[1].human_answer == "運送木材" and examples[2].context.startswith("臺北一零一大樓高五百零八公尺")
     for seed in SEEDS:  # train only: any split, one paragraph's questions together
         recs, _ = records("drcd", seed=seed, **options)
         assert len(recs) == 3 and recs[0]["split"] == recs[1]["split"]

@@ -154,10 +154,10 @@ def test_squad_v2_takes_the_first_answer_and_the_row_id():
 def test_squad_v2_keeps_unanswerable_questions_with_an_empty_answer_for_prepare_to_decide():
     examples, dropped = read("squad_v2")
     assert dropped == Counter()
-    unanswerable = {ex.id: ex for ex in examples if ex.answer == ""}
+    unanswerable = {ex.id: ex for ex in examples if ex.human_answer == ""}
     assert sorted(unanswerable) == ["5733be284776f41900661183", "5ad39d53604f3c001a3fe8d1"]
     assert all(ex.meta["unanswerable"] is True for ex in unanswerable.values())
-    assert not any("unanswerable" in ex.meta for ex in examples if ex.answer)
+    assert not any("unanswerable" in ex.meta for ex in examples if ex.human_answer)
     kept = to_record(unanswerable["5733be284776f41900661183"], DataParams(drop_empty_answers=False))
     assert kept["human_answer"] == "" and kept["question"] == "How fast do glaciers melt in summer?"
     assert kept["group_id"] == group_key("Glacier") and kept["split"] in ("train", "test")
@@ -197,7 +197,7 @@ def test_natural_questions_leaves_out_html_tokens_and_accepts_a_list_of_annotati
         "annotations": [{"id": "1", "long_answer": {"start_token": -1, "end_token": -1, "candidate_index": -1}},
                         {"id": "2", "long_answer": {"start_token": 0, "end_token": 12, "candidate_index": 0}}]}
     [example] = list(adapter("natural_questions").map_rows([("nq[0]", row)]))
-    assert (example.question, example.answer, example.id) == ("how tall is jeddah light", "Jeddah Light 133 m", "17")
+    assert (example.question, example.human_answer, example.id) == ("how tall is jeddah light", "Jeddah Light 133 m", "17")
     row["annotations"] = row["annotations"][:1]
     [problem] = list(adapter("natural_questions").map_rows([("nq[0]", row)]))
     assert problem.reason == "no_long_answer" and problem.always_skip
@@ -288,7 +288,7 @@ def test_multiwoz_speaker_names_and_a_system_turn_without_a_user_turn_before_it(
                      {"turn_id": "1", "speaker": "USER", "utterance": "A hotel, please."},
                      {"turn_id": "2", "speaker": "SYSTEM", "utterance": "Which area?"}]}
     [example] = list(adapter("multiwoz22").map_rows([("woz[0]", row)]))
-    assert (example.id, example.question, example.answer) == ("SNG01.json/2", "A hotel, please.", "Which area?")
+    assert (example.id, example.question, example.human_answer) == ("SNG01.json/2", "A hotel, please.", "Which area?")
     assert example.history == [("assistant", "Welcome.")]
 
 

@@ -51,21 +51,21 @@ def test_messages_reads_openai_and_sharegpt_and_targets_every_assistant_turn():
     for e in examples:
         by_conv.setdefault(e.group_id, []).append(e)
     single, sharegpt, jokes = by_conv.values()
-    assert [(e.question, e.answer, e.track) for e in single] == [("What's the capital of France?", "Paris.", "single")]
+    assert [(e.question, e.human_answer, e.track) for e in single] == [("What's the capital of France?", "Paris.", "single")]
     assert single[0].meta["system"] == "Be brief."
-    assert [e.answer for e in sharegpt] == ["可以读读《活着》，很感人。", "余华。"]
+    assert [e.human_answer for e in sharegpt] == ["可以读读《活着》，很感人。", "余华。"]
     assert sharegpt[1].history == [("user", "你好，推荐一本书吧。"), ("assistant", "可以读读《活着》，很感人。")]
     assert all(e.track == "multi" for e in sharegpt + jokes) and jokes[0].family == "dialogue"
     last_only, _ = read(kind="messages", path="messages.jsonl", targets="last")
-    assert [e.answer for e in last_only if e.group_id == sharegpt[0].group_id] == ["余华。"]
+    assert [e.human_answer for e in last_only if e.group_id == sharegpt[0].group_id] == ["余华。"]
 
 
 def test_squad_v2_keeps_unanswerable_with_empty_answer_and_groups_by_article():
     examples, problems = read(kind="squad", path="squad.json", split="val")
     assert not problems and len(examples) == 4
-    assert examples[0].answer == "France" and examples[0].context.startswith("The Normans")
-    assert examples[1].answer == "The Normans" and examples[1].meta["n_answers"] == 2
-    assert examples[2].answer == "" and examples[2].meta["unanswerable"] is True
+    assert examples[0].human_answer == "France" and examples[0].context.startswith("The Normans")
+    assert examples[1].human_answer == "The Normans" and examples[1].meta["n_answers"] == 2
+    assert examples[2].human_answer == "" and examples[2].meta["unanswerable"] is True
     assert {e.track for e in examples} == {"single"} and {e.family for e in examples} == {"qa"}
     assert {e.split for e in examples} == {"val"}
     assert len({e.group_id for e in examples[:3]}) == 1 and examples[3].group_id != examples[0].group_id
@@ -74,7 +74,7 @@ def test_squad_v2_keeps_unanswerable_with_empty_answer_and_groups_by_article():
 def test_kdconv_targets_every_second_message_with_knowledge_in_meta():
     examples, problems = read(kind="kdconv", path="kdconv.json")
     assert not problems
-    assert [e.answer for e in examples] == ["看过，是陈凯歌导演的电影。", "张国荣和张丰毅。", "非常感人，葛优演得很好。"]
+    assert [e.human_answer for e in examples] == ["看过，是陈凯歌导演的电影。", "张国荣和张丰毅。", "非常感人，葛优演得很好。"]
     assert examples[1].question == "主演是谁呢？" and len(examples[1].history) == 2
     assert examples[1].meta["knowledge"][0]["attrvalue"] == "张国荣"
     assert [e.track for e in examples] == ["multi", "multi", "single"]
@@ -111,7 +111,7 @@ def test_every_packaged_category_has_a_documented_family():
 
 def test_broken_rows_become_problems_naming_file_line_and_field():
     examples, problems = read(kind="alpaca", path="broken.jsonl")
-    assert [e.answer for e in examples] == ["Hi!", "Blue."]
+    assert [e.human_answer for e in examples] == ["Hi!", "Blue."]
     bad_json, bad_type = problems
     assert bad_json.reason == "invalid_json" and bad_json.origin.endswith("broken.jsonl:2")
     assert bad_type.reason == "invalid_field" and bad_type.origin.endswith("broken.jsonl:3")
@@ -154,9 +154,9 @@ def test_messages_merges_consecutive_messages_of_one_speaker_and_loses_none(tmp_
     examples, problems = read(tmp_path, kind="messages", path="chat.jsonl")
     assert not problems
     first, *rest = examples
-    assert (first.answer, first.track, first.history) == ("Hello.\n\nHow can I help?", "single", [])
+    assert (first.human_answer, first.track, first.history) == ("Hello.\n\nHow can I help?", "single", [])
     assert first.meta["merged_messages"] == 1
-    assert [(e.question, e.answer) for e in rest] == [("One.\n\nTwo?", "Three."), ("Four?", "Five.")]
+    assert [(e.question, e.human_answer) for e in rest] == [("One.\n\nTwo?", "Three."), ("Four?", "Five.")]
     assert rest[1].history == [("user", "One.\n\nTwo?"), ("assistant", "Three.")]  # histories alternate
     assert all(e.track == "multi" for e in rest) and rest[0].meta["merged_messages"] == 1
 
@@ -164,7 +164,7 @@ def test_messages_merges_consecutive_messages_of_one_speaker_and_loses_none(tmp_
 def test_a_line_that_is_not_utf8_is_a_problem_naming_line_and_column(tmp_path):
     write_jsonl(tmp_path / "x.jsonl", [{"output": "fine"}, b'{"output": "caf\xe9"}', {"output": "also fine"}])
     examples, problems = read(tmp_path, kind="alpaca", path="x.jsonl")
-    assert [e.answer for e in examples] == ["fine", "also fine"]  # the lines after it are still read
+    assert [e.human_answer for e in examples] == ["fine", "also fine"]  # the lines after it are still read
     (problem,) = problems
     assert problem.reason == "invalid_utf8" and problem.origin.endswith("x.jsonl:2")
     assert problem.message == "not UTF-8 text (byte 0xe9 at column 16)"
@@ -180,8 +180,8 @@ def test_a_broken_jsonl_line_names_the_column_in_that_line(tmp_path):
 def test_a_utf8_byte_order_mark_is_not_an_error(tmp_path):
     (tmp_path / "x.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"output": "a"}).encode() + b"\n")
     (tmp_path / "x.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([{"output": "b"}]).encode())
-    assert [e.answer for e in read(tmp_path, kind="alpaca", path="x.jsonl")[0]] == ["a"]
-    assert [e.answer for e in read(tmp_path, kind="alpaca", path="x.json")[0]] == ["b"]
+    assert [e.human_answer for e in read(tmp_path, kind="alpaca", path="x.jsonl")[0]] == ["a"]
+    assert [e.human_answer for e in read(tmp_path, kind="alpaca", path="x.json")[0]] == ["b"]
 
 
 def test_a_json_file_that_is_not_utf8_names_its_line(tmp_path):
@@ -197,7 +197,7 @@ def test_json_nested_too_deeply_is_a_user_error_naming_the_file(tmp_path):
     write_jsonl(tmp_path / "deep.jsonl", [("[" * 100_000 + "]" * 100_000).encode(), {"output": "ok"}])
     examples, (problem,) = read(tmp_path, kind="alpaca", path="deep.jsonl")
     assert problem.origin.endswith("deep.jsonl:1") and "nested too deeply" in problem.message
-    assert [e.answer for e in examples] == ["ok"]
+    assert [e.human_answer for e in examples] == ["ok"]
 
 
 def test_a_folder_given_as_a_file_is_named_a_folder(tmp_path):

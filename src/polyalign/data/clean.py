@@ -94,7 +94,7 @@ def stratified_split(records: list[dict], pools: list[tuple[str, ...] | None], s
 
 def to_record(ex: Example, data: DataParams) -> dict | str:
     """The record for `ex`, or the reason it is dropped."""
-    question, answer, context = normalise(ex.question), normalise(ex.answer), normalise(ex.context)
+    question, answer, context = normalise(ex.question), normalise(ex.human_answer), normalise(ex.context)
     history = [{"role": role, "text": normalise(text)} for role, text in ex.history]
     if not question and not context:
         return "empty_question"

@@ -38,7 +38,7 @@ class Example:
     `None` labels are filled in by `prepare` (language by detection, track from the history)."""
 
     question: str
-    answer: str
+    human_answer: str
     dataset: str
     group_id: str  # conversation / document: all examples of a group land in one split
     origin: str  # file:line or file[index], for messages

@@ -73,7 +73,7 @@ def _read_file(path: Path, lang_dir: str) -> Iterator[Example | Problem]:
             yield Example(
                 id=f"{group}/{turn}",
                 question=question,
-                answer=answer,
+                human_answer=answer,
                 history=history,
                 dataset="chatterbot",
                 group_id=group,

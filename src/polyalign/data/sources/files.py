@@ -86,7 +86,7 @@ def read_polyalign(cfg: PolyalignSource, root: Path) -> Iterator[Example | Probl
             if getattr(row, key) is not None:
                 meta[f"source_{key}"] = getattr(row, key)
         yield Example(
-            id=row.id, question=row.question, answer=row.human_answer, context=row.context, history=history,
+            id=row.id, question=row.question, human_answer=row.human_answer, context=row.context, history=history,
             dataset=row.dataset or _dataset(cfg, path),
             group_id=f"{row.dataset or _dataset(cfg, path)}/{row.group_id or _group_key(row.context, first_user)}",
             origin=origin, language=cfg.language or row.language, track=row.track, family=row.family,
@@ -124,7 +124,7 @@ def read_alpaca(cfg: AlpacaSource, root: Path) -> Iterator[Example | Problem]:
             if getattr(row, key) is not None:
                 meta[f"source_{key}"] = getattr(row, key)
         yield Example(
-            id=row.id, question=question, answer=row.output, context=context, history=history,
+            id=row.id, question=question, human_answer=row.output, context=context, history=history,
             dataset=dataset, group_id=f"{dataset}/{_group_key(context, row.history[0][0] if row.history else question)}",
             origin=origin, language=cfg.language or row.language, track=row.track,
             family=row.family or cfg.family, style_bucket=row.style_bucket, split=cfg.split, meta=meta,
@@ -200,7 +200,7 @@ def read_messages(cfg: MessagesSource, root: Path) -> Iterator[Example | Problem
             meta["merged_messages"] = merged
         for turn, history, question, answer in targets:
             yield Example(
-                id=f"{group}/{turn}", question=question, answer=answer, history=history, dataset=dataset,
+                id=f"{group}/{turn}", question=question, human_answer=answer, history=history, dataset=dataset,
                 group_id=group, origin=origin, language=cfg.language or row.language,
                 track="single" if len(turns) <= 2 else "multi", family=row.family or cfg.family,
                 style_bucket=row.style_bucket, split=cfg.split, meta=meta,
@@ -253,7 +253,7 @@ def read_squad(cfg: SquadSource, root: Path) -> Iterator[Example | Problem]:
             for q_index, qa in enumerate(paragraph.qas):
                 answerable = bool(qa.answers) and not qa.is_impossible
                 yield Example(
-                    id=str(qa.id), question=qa.question, answer=qa.answers[0].text if answerable else "",
+                    id=str(qa.id), question=qa.question, human_answer=qa.answers[0].text if answerable else "",
                     context=paragraph.context, dataset=dataset, group_id=group,
                     origin=f"{origin}.paragraphs[{p_index}].qas[{q_index}]", language=cfg.language,
                     track="single", family="qa", split=cfg.split,
@@ -289,7 +289,7 @@ def read_kdconv(cfg: KdconvSource, root: Path) -> Iterator[Example | Problem]:
         group = f"{dataset}/{origin.rsplit('[', 1)[-1].rstrip(']')}"
         for turn, history, question, answer in conversation_targets(turns):
             yield Example(
-                id=f"{group}/{turn}", question=question, answer=answer, history=history, dataset=dataset,
+                id=f"{group}/{turn}", question=question, human_answer=answer, history=history, dataset=dataset,
                 group_id=group, origin=f"{origin}.messages[{turn}]", language=cfg.language,
                 track="single" if len(turns) <= 2 else "multi", family="dialogue", split=cfg.split,
                 meta={"topic": conv.name, "knowledge": conv.messages[turn].attrs},

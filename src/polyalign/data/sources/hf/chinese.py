@@ -34,7 +34,7 @@ def coig_cqia(origin: str, row: dict) -> Iterator[Example | Problem]:
         yield drop("not_human_verified", origin, "the row is not marked human_verified", "human_verified")
         return
     instruction = row.get("instruction") or ""
-    yield Example(question=instruction, answer=row.get("output") or "", context=row.get("input") or "",
+    yield Example(question=instruction, human_answer=row.get("output") or "", context=row.get("input") or "",
                   dataset="", group_id=group_key(instruction), origin=origin,
                   meta={"domain": row.get("domain"), "task_type": row.get("task_type")})
 
@@ -56,7 +56,7 @@ def hc3_zh(origin: str, row: dict) -> Iterator[Example | Problem]:
     if row.get("source"):
         meta["source"] = row["source"]
     for k, answer in enumerate(answers):
-        yield Example(question=question, answer=answer, dataset="", group_id=group_key(question),
+        yield Example(question=question, human_answer=answer, dataset="", group_id=group_key(question),
                       origin=f"{origin}#{k}", meta=dict(meta))
 
 
@@ -124,7 +124,7 @@ def oasst2(rows: Rows) -> Iterator[Example | Problem]:
             continue
         *earlier, parent = chain
         history = [("user" if m["role"] == "prompter" else "assistant", m.get("text") or "") for m in earlier]
-        yield Example(question=parent.get("text") or "", answer=row.get("text") or "", dataset="",
+        yield Example(question=parent.get("text") or "", human_answer=row.get("text") or "", dataset="",
                       group_id=group_key(row["message_tree_id"]), origin=origin, id=row["message_id"],
                       history=history, track="multi",
                       meta={"message_tree_id": row["message_tree_id"], "rank": row.get("rank")})
@@ -185,7 +185,7 @@ def _squad_question(origin: str, context: str, question: str, qid, answers, titl
     if answer is None:
         yield drop("no_answer", origin, "the question has no answer", "answers")
         return
-    yield Example(question=question or "", answer=answer, context=context or "", dataset="",
+    yield Example(question=question or "", human_answer=answer, context=context or "", dataset="",
                   group_id=group_key(context or ""), origin=origin, id=str(qid) if qid else None,
                   meta={"title": title} if title else {})
 

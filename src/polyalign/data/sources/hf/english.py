@@ -21,7 +21,7 @@ class DollyRow(HfRow):
 @per_row
 def dolly(origin: str, row: dict) -> Iterator[Example | Problem]:
     """databricks-dolly-15k: instruction (+ optional context) -> the human-written response."""
-    yield Example(question=row["instruction"], answer=row["response"], context=row.get("context") or "",
+    yield Example(question=row["instruction"], human_answer=row["response"], context=row.get("context") or "",
                   dataset="", group_id=group_key(row["instruction"]), origin=origin,
                   meta={"category": row.get("category")})
 
@@ -58,7 +58,7 @@ def eli5(origin: str, row: dict) -> Iterator[Example | Problem]:
         return
     best = max(answers, key=lambda a: a.get("score") if a.get("score") is not None else float("-inf"))
     selftext = (row.get("selftext") or "").strip()
-    yield Example(question=row.get("title") or "", answer=best["text"],
+    yield Example(question=row.get("title") or "", human_answer=best["text"],
                   context="" if selftext in ELI5_PLACEHOLDERS else selftext,
                   dataset="", group_id=group_key(str(row["q_id"])), origin=origin,
                   meta={"q_id": row["q_id"], "score": best.get("score"), "n_answers": len(every),
@@ -98,7 +98,7 @@ def ms_marco(origin: str, row: dict) -> Iterator[Example | Problem]:
         return
     passages = as_records(row.get("passages"))
     selected = [p["passage_text"] for p in passages if p.get("is_selected") == 1 and p.get("passage_text")]
-    yield Example(question=row["query"], answer=answer, context="\n\n".join(selected), dataset="",
+    yield Example(question=row["query"], human_answer=answer, context="\n\n".join(selected), dataset="",
                   group_id=group_key(str(row["query_id"])), origin=origin,
                   meta={"query_id": row["query_id"], "query_type": row.get("query_type"), "answer_source": source})
 
@@ -123,7 +123,8 @@ def squad_v2(origin: str, row: dict) -> Iterator[Example | Problem]:
     meta = {"title": row.get("title")}
     if not answers:
         meta["unanswerable"] = True
-    yield Example(question=row["question"], answer=answers[0] if answers else "", context=row.get("context") or "",
+    yield Example(question=row["question"], human_answer=answers[0] if answers else "",
+                  context=row.get("context") or "",
                   dataset="", group_id=group_key(row.get("title") or ""), origin=origin, id=row.get("id"),
                   meta=meta)
 
@@ -177,7 +178,7 @@ def natural_questions(origin: str, row: dict) -> Iterator[Example | Problem]:
     document = row.get("document") or {}
     tokens = as_records(document.get("tokens"))[long_answer["start_token"]:long_answer["end_token"]]
     answer = " ".join(t["token"] for t in tokens if not t.get("is_html") and t.get("token"))
-    yield Example(question=question, answer=answer, dataset="", group_id=group_key(question), origin=origin,
+    yield Example(question=question, human_answer=answer, dataset="", group_id=group_key(question), origin=origin,
                   id=str(row["id"]) if row.get("id") is not None else None, meta={"title": document.get("title")})
 
 
@@ -200,7 +201,7 @@ def coqa(origin: str, row: dict) -> Iterator[Example | Problem]:
     group = group_key(story)
     history: list[tuple[str, str]] = []
     for turn, (question, answer) in enumerate(zip(questions, answers)):
-        yield Example(question=question, answer=answer, context=story, history=list(history), dataset="",
+        yield Example(question=question, human_answer=answer, context=story, history=list(history), dataset="",
                       group_id=group, origin=f"{origin}#{turn}", track="multi",
                       meta={"source": row.get("source"), "turn": turn})
         history += [("user", question), ("assistant", answer)]
@@ -222,7 +223,7 @@ def daily_dialog(origin: str, row: dict) -> Iterator[Example | Problem]:
     group = group_key(*dialog)
     for turn in range(1, len(dialog), 2):
         history = [("user" if i % 2 == 0 else "assistant", text) for i, text in enumerate(dialog[:turn - 1])]
-        yield Example(question=dialog[turn - 1], answer=dialog[turn], history=history, dataset="", group_id=group,
+        yield Example(question=dialog[turn - 1], human_answer=dialog[turn], history=history, dataset="", group_id=group,
                       origin=f"{origin}#{turn}",
                       meta={"turn": turn, "emotion": _at(row.get("emotion"), turn), "act": _at(row.get("act"), turn)})
 
@@ -250,7 +251,7 @@ def multiwoz22(origin: str, row: dict) -> Iterator[Example | Problem]:
         if roles[i] != "assistant" or roles[i - 1] != "user":
             continue
         history = [(role, t.get("utterance") or "") for role, t in zip(roles[:i - 1], turns[:i - 1]) if role]
-        yield Example(question=turns[i - 1].get("utterance") or "", answer=turns[i].get("utterance") or "",
+        yield Example(question=turns[i - 1].get("utterance") or "", human_answer=turns[i].get("utterance") or "",
                       history=history, dataset="", group_id=group_key(dialogue_id), origin=f"{origin}#{i}",
                       id=f"{dialogue_id}/{turns[i].get('turn_id')}",
                       meta={"dialogue_id": dialogue_id, "services": list(row.get("services") or [])})
