@@ -21,7 +21,7 @@ TINY = {
               "num_kv_heads": 1, "max_position_embeddings": 128, "pretrain_epochs": 2, "pretrain_block_size": 64},
     "prompt": {"max_prompt_tokens": 64, "max_tokens": 96},
     "trainer": {"accelerator": "cpu", "log_every_n_steps": 1},
-    "sft": {"optim": {"epochs": 1, "lr": 0.005}, "batch_size": 8, "checkpoint_every_n_steps": 4},
+    "sft": {"optim": {"epochs": 1, "lr": 0.005, "checkpoint_every_n_steps": 4}, "batch_size": 8},
     "critic": {"optim": {"epochs": 3}},
     "logging": {"progress": False, "wandb": {"mode": "disabled", "project": "polyalign", "entity": None}},
 }

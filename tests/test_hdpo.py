@@ -374,7 +374,7 @@ def test_users_own_preference_file_replaces_sampling(paired_project, tmp_path):
 def test_lora_reference_trains_and_merges(paired_project, tmp_path):
     project = copy_project(paired_project, tmp_path / "p")
     cli(["hdpo", "--variant", "hdpo", "--set", "hdpo.variants.hdpo.reference=lora", "--set",
-         "hdpo.lora.enabled=true",
+         "hdpo.optim.lora.enabled=true",
          "--set", "hdpo.optim.max_steps=6", "--set", "hdpo.optim.lr=0.01"], project)
     out = project / "models/hdpo/hdpo"
     assert not (out / "adapter_config.json").exists()

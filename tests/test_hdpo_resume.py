@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from sft_project import cli, copy_project, read_curve
 from test_sft import signal_at_step, snapshot
 
-ARGS = ["hdpo", "--variant", "dpo", "--set", "hdpo.checkpoint_every_n_steps=3"]
+ARGS = ["hdpo", "--variant", "dpo", "--set", "hdpo.optim.checkpoint_every_n_steps=3"]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_a_run_shorter_than_an_epoch_validates_its_final_weights(paired_project,
 
 
 ROUNDS = ["hdpo", "--variant", "dpo", "--set", "hdpo.rounds=2", "--set", "hdpo.prompts_per_round=48",
-          "--set", "hdpo.refit_critic=true", "--set", "hdpo.checkpoint_every_n_steps=3", "--set", "hdpo.val_prompts=0"]
+          "--set", "hdpo.refit_critic=true", "--set", "hdpo.optim.checkpoint_every_n_steps=3", "--set", "hdpo.val_prompts=0"]
 
 
 @pytest.fixture(scope="module")

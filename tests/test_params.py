@@ -122,3 +122,10 @@ def test_the_pairs_policy_names_an_sft_variant_that_does_not_train_on_its_own_sa
     out = bad(["params", "--set", "pairs.policy=sft@rs"])  # rs trains on the pairs stage's samples
     assert "pairs.policy: sft@rs samples the pairs" in out and "best_of_k" in out
     assert load_params(None, ["pairs.policy=sft@global"]).pairs.policy == "sft@global"
+
+
+def test_the_critic_refuses_lora_and_every_stage_reads_one_optimisation_block(in_tmp):
+    assert "the critic is a small MLP" in bad(["params", "--set", "critic.optim.lora.enabled=true"])
+    params = load_params(None, ["sft.optim.lora.enabled=true", "hdpo.optim.checkpoint_every_n_steps=7"])
+    assert params.sft.optim.lora.enabled and params.hdpo.optim.checkpoint_every_n_steps == 7
+    assert (params.sft.optim.checkpoint_every_n_steps, params.critic.optim.min_lr_ratio) == (25, 1.0)

@@ -128,7 +128,7 @@ def signal_at_step(args, cwd, ckpt, min_step, signum, stderr=None):
 
 
 def test_resume_after_a_kill_reproduces_the_uninterrupted_losses(base_project, tmp_path):
-    args = ["sft", "--variant", "global", "--set", "sft.optim.epochs=2", "--set", "sft.checkpoint_every_n_steps=3"]
+    args = ["sft", "--variant", "global", "--set", "sft.optim.epochs=2", "--set", "sft.optim.checkpoint_every_n_steps=3"]
     straight = copy_project(base_project, tmp_path / "straight")
     cli(args, straight)
     expected = read_curve(straight / "reports/sft/global/train_loss.csv")
@@ -154,7 +154,7 @@ def snapshot(folder):
 def test_sigterm_exits_143_and_leaves_the_previous_outputs(project, tmp_path):
     cli(["sft", "--variant", "global", "--max-steps", "3"], project)
     outputs = {folder: snapshot(project / folder) for folder in ("models/sft", "reports/sft")}
-    args = ["sft", "--variant", "global", "--set", "sft.optim.epochs=3", "--set", "sft.checkpoint_every_n_steps=3"]
+    args = ["sft", "--variant", "global", "--set", "sft.optim.epochs=3", "--set", "sft.optim.checkpoint_every_n_steps=3"]
     log = tmp_path / "stderr.txt"
     with log.open("w") as stderr:  # a scheduler or `timeout` stops the run mid-training
         step, status = signal_at_step(args, project, project / "checkpoints/sft/global/last.ckpt", 6, signal.SIGTERM,
@@ -272,8 +272,8 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
 
 
 def test_lora_adapter_is_merged_into_plain_weights(project):
-    cli(["sft", "--variant", "global", "--max-steps", "6", "--set", "sft.lora.enabled=true",
-         "--set", "sft.lora.target_modules=[q_proj, v_proj]"], project)
+    cli(["sft", "--variant", "global", "--max-steps", "6", "--set", "sft.optim.lora.enabled=true",
+         "--set", "sft.optim.lora.target_modules=[q_proj, v_proj]"], project)
     out = project / "models/sft/global"
     assert not (out / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(out).state_dict()

@@ -271,10 +271,20 @@ class TrainerParams(Section):
     log_every_n_steps: int = Field(5, ge=1)
 
 
+class LoraParams(Section):
+    enabled: bool = False
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    merge: bool = Field(True, description="merge the adapter into full weights when saving")
+
+
 class OptimParams(Section):
     """One training run's optimisation (`sft.optim`, `hdpo.optim`, `critic.optim`, each with its own defaults):
-    AdamW without weight decay on biases and norms, a linear warm-up and a cosine decay (`training/optim.py`),
-    Lightning's gradient clipping and accumulation."""
+    what trains (all weights, or a LoRA adapter), AdamW without weight decay on biases and norms, a linear
+    warm-up and a cosine decay (`training/optim.py`), Lightning's gradient clipping and accumulation, and how
+    often a checkpoint for --resume is written."""
 
     epochs: int = Field(1, ge=1)
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
@@ -285,15 +295,9 @@ class OptimParams(Section):
                                 "(1: a constant learning rate)")
     gradient_clip_val: float = Field(1.0, ge=0, description="clip the gradient norm to this (0: no clipping)")
     accumulate_grad_batches: int = Field(1, ge=1, description="batches per optimizer step")
-
-
-class LoraParams(Section):
-    enabled: bool = False
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    merge: bool = Field(True, description="merge the adapter into full weights when saving")
+    checkpoint_every_n_steps: int = Field(50, ge=1, description="a checkpoint for --resume every this many "
+                                          "optimizer steps (a change does not make a run another one)")
+    lora: LoraParams = Field(default_factory=LoraParams)
 
 
 class SftVariant(Section):
@@ -317,7 +321,7 @@ class SftParams(Section):
         # rejection-sampling SFT (best-of-k distillation), the strong simple baseline of preference methods
         "rs": SftVariant(balance="sampler", alpha=0.0, init="sft@bucket", data="best_of_k", epochs=1, lr=5e-4)})
     optim: OptimParams = Field(default_factory=lambda: OptimParams(
-        epochs=4, lr=2e-3, weight_decay=0.01, warmup_ratio=0.05, min_lr_ratio=0.1))
+        epochs=4, lr=2e-3, weight_decay=0.01, warmup_ratio=0.05, min_lr_ratio=0.1, checkpoint_every_n_steps=25))
     batch_size: int = Field(16, ge=1, description="per device")
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
     val_every_n_steps: int = Field(0, ge=0, description="0: validate once per epoch")
@@ -326,8 +330,6 @@ class SftParams(Section):
     select: Literal["last", "val_loss", "val_bng"] = Field(
         "last", description="the weights exported: the last step's, or those of the validation with the lowest "
         "val loss or val macro BNG")
-    checkpoint_every_n_steps: int = Field(25, ge=1)
-    lora: LoraParams = Field(default_factory=LoraParams)
 
     @model_validator(mode="after")
     def _starts(self) -> SftParams:
@@ -379,9 +381,16 @@ class CriticParams(Section):
     weight_prompt: float = Field(1.0, ge=0, description="own prompt < another prompt (with use_prompt)")
     hidden_size: int = Field(128, ge=4)
     bucket_dim: int = Field(16, ge=1)
-    optim: OptimParams = Field(default_factory=lambda: OptimParams(epochs=20, lr=2e-3))  # constant lr
+    optim: OptimParams = Field(default_factory=lambda: OptimParams(epochs=20, lr=2e-3, checkpoint_every_n_steps=1000))
+    # a constant learning rate; no LoRA (the critic is a small MLP)
     batch_size: int = Field(256, ge=1)
     min_score_std: float = Field(0.01, ge=0, description="refuse to save a critic whose val scores are ~constant")
+
+    @model_validator(mode="after")
+    def _no_lora(self) -> CriticParams:
+        if self.optim.lora.enabled:
+            raise ValueError("critic.optim.lora: the critic is a small MLP with no attention projections to adapt")
+        return self
 
     @model_validator(mode="after")
     def _encoder(self) -> CriticParams:
@@ -522,14 +531,12 @@ class HdpoParams(Section):
                                    "subset per round (0: all)")
     refit_critic: bool = Field(False, description="refit the critic each round after the first with the policy's "
                                "samples as 'human < model sample' negatives")
-    checkpoint_every_n_steps: int = Field(50, ge=1)
-    lora: LoraParams = Field(default_factory=LoraParams)
 
     @model_validator(mode="after")
     def _reference(self) -> HdpoParams:
         for name, v in self.variants.items():
-            if v.reference == "lora" and not self.lora.enabled:
-                raise ValueError(f"hdpo.variants.{name}.reference is 'lora' but hdpo.lora.enabled is false")
+            if v.reference == "lora" and not self.optim.lora.enabled:
+                raise ValueError(f"hdpo.variants.{name}.reference is 'lora' but hdpo.optim.lora.enabled is false")
         return self
 
 

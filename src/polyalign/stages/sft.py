@@ -82,7 +82,7 @@ def _train(params: Params, variant: str, resume: bool, root: Path, resume_anyway
                          params.trainer.num_workers, best_of_k=best_of_k)
     data.setup()
     trainer = build_trainer(params, root, "sft", variant, optim=optim, val_every_n_steps=sft.val_every_n_steps,
-                            checkpoint_every=sft.checkpoint_every_n_steps)
+                            checkpoint_every=optim.checkpoint_every_n_steps)
     inputs = [root / params.paths.buckets / f"{split}.parquet" for split in ("train", "val")] + [start]
     if best_of_k is not None:
         inputs.append(best_of_k)
@@ -121,7 +121,7 @@ def _train(params: Params, variant: str, resume: bool, root: Path, resume_anyway
         "lr": optim.lr,
         "conditioning": params.prompt.conditioning,
         "oracle": params.prompt.conditioning == "oracle_length",
-        "lora": sft.lora.enabled,
+        "lora": optim.lora.enabled,
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
         "train_examples": len(data.train),

@@ -178,8 +178,9 @@ class PreferenceModule(CheckpointedHistory, L.LightningModule):
             return
         model = load_model_weights(self.model_dir, "the starting model")  # checked against its manifest
         model.train()
-        disable_dropout(model)  # before LoRA: an adapter's own dropout (hdpo.lora.dropout) stays as set
-        self.model = lora_wrap(model, self.hdpo.lora) if self.hdpo.lora.enabled else model
+        disable_dropout(model)  # before LoRA: an adapter's own dropout (hdpo.optim.lora.dropout) stays as set
+        lora = self.hdpo.optim.lora
+        self.model = lora_wrap(model, lora) if lora.enabled else model
         if self.variant.reference == "frozen":
             reference = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32,
                                                              use_safetensors=True).eval()
@@ -296,5 +297,6 @@ class PreferenceModule(CheckpointedHistory, L.LightningModule):
         return make_optimizer(self, self.hdpo.optim, self.total_steps)
 
     def export(self, folder: Path, tokenizer) -> None:
-        model = self.model.merge_and_unload() if self.hdpo.lora.enabled and self.hdpo.lora.merge else self.model
+        lora = self.hdpo.optim.lora
+        model = self.model.merge_and_unload() if lora.enabled and lora.merge else self.model
         save_model(model, tokenizer, folder)  # safetensors and the checksum manifest

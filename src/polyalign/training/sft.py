@@ -59,7 +59,7 @@ class SFTModule(CheckpointedHistory, L.LightningModule):
             return
         model = load_model_weights(self.model_dir, "base model")  # checked against its manifest, safetensors only
         model.train()  # from_pretrained returns eval mode
-        self.model = lora_wrap(model, self.sft.lora) if self.sft.lora.enabled else model
+        self.model = lora_wrap(model, self.optim.lora) if self.optim.lora.enabled else model
 
     def forward(self, batch):
         """Logits of the positions that predict response tokens, and the labels cut to match."""
@@ -141,8 +141,8 @@ class SFTModule(CheckpointedHistory, L.LightningModule):
 
     def export(self, folder: Path, tokenizer) -> None:
         """save_pretrained form (safetensors) with its checksum manifest, loadable with plain AutoModelForCausalLM
-        (a LoRA adapter merged into the weights with `sft.lora.merge`)."""
+        (a LoRA adapter merged into the weights with `sft.optim.lora.merge`)."""
         model = self.model
-        if self.sft.lora.enabled and self.sft.lora.merge:
+        if self.optim.lora.enabled and self.optim.lora.merge:
             model = model.merge_and_unload()
         save_model(model, tokenizer, folder)

@@ -226,7 +226,7 @@ def check_finite(label: str, history: dict[str, list], last_val: dict[str, Any],
 
 # --- what defines a run, recorded in its checkpoints and compared by --resume
 
-RUN_INDEPENDENT = {"variants", "checkpoint_every_n_steps", "val_every_n_steps"}  # cadence, or other variants
+RUN_INDEPENDENT = {"variants", "val_every_n_steps"}  # validation cadence, or other variants
 
 
 def _content_sha256(path: Path) -> str:
@@ -244,7 +244,8 @@ def run_identity(params: Params, section: str, variant: str, world_size: int, ro
     stage's section with its variant (not the other variants, the checkpoint or validation cadence, nor LoRA
     merging on save), the precision, the number of processes, and the content of every input."""
     stage = {k: v for k, v in getattr(params, section).model_dump(mode="json").items() if k not in RUN_INDEPENDENT}
-    stage["lora"].pop("merge", None)
+    stage["optim"].pop("checkpoint_every_n_steps", None)  # checkpoint cadence
+    stage["optim"]["lora"].pop("merge", None)
     stage["variants"] = {variant: getattr(params, section).variants[variant].model_dump(mode="json")}
     identity = {"seed": params.seed, **flat_keys(params.prompt.model_dump(mode="json"), "prompt"),
                 **flat_keys(stage, section), "trainer.precision": params.trainer.precision, "world_size": world_size}
