@@ -502,6 +502,13 @@ class HdpoVariant(Section):
         prefix = f"{self.loss}_"
         return {k.removeprefix(prefix): v for k, v in self.model_dump().items() if k.startswith(prefix)}
 
+    def settings(self) -> dict[str, Any]:
+        """The variant's settings without the other losses' knobs (what its report records)."""
+        from polyalign.training.objectives import BASE_LOSSES
+
+        return {k: v for k, v in self.model_dump().items()
+                if k.split("_", 1)[0] not in BASE_LOSSES or k.split("_", 1)[0] == self.loss}
+
     def extras(self) -> dict[str, float]:
         return {"hdpo_gamma": self.hdpo_gamma, "hdpo_m_max": self.hdpo_m_max, "hdpo_lam": self.hdpo_lam,
                 "alpha": self.alpha}

@@ -190,7 +190,7 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
             return None
         module, summary = fitted
         curve = [(s, loss, acc) for s, loss, acc in module.history["train"]]
-        report = {"variant": variant, **v.model_dump(), "rounds": 1, **summary}
+        report = {"variant": variant, **v.settings(), "rounds": 1, **summary}
         return write_report(params, root, variant, report, curve)
 
     # several rounds: what the stage as a whole was run with, recorded in every finished round
@@ -242,7 +242,7 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
         chosen = min(finite, key=lambda s: s["selected_score"]) if finite else chosen
     with atomic_path(root / params.paths.models / "hdpo" / variant, directory=True) as tmp:
         shutil.copytree(ckpts / f"round{chosen['round']}-model", tmp, dirs_exist_ok=True)
-    report = {"variant": variant, **v.model_dump(), "rounds": h.rounds, "selected_round": chosen["round"],
+    report = {"variant": variant, **v.settings(), "rounds": h.rounds, "selected_round": chosen["round"],
               **{k: val_ for k, val_ in chosen.items() if k not in ("train_curve", "round")},
               "steps": sum(s["steps"] for s in summaries),
               "per_round": [{k: val_ for k, val_ in s.items() if k != "train_curve"} for s in summaries]}
