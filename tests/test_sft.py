@@ -186,8 +186,8 @@ def test_a_signal_during_any_training_stage_is_never_a_success(tmp_path, signum,
     # fit-critic, like sft and hdpo, trains with build_trainer's trainer; Lightning turns SIGTERM into exit 0
     # and Ctrl-C into exit 1, which the CLI would neither report nor tell from a success or a failure
     params = load_params(write_tiny_params(tmp_path))
-    trainer = build_trainer(params, tmp_path, "critic", "default", optim=OptimParams(gradient_clip_val=0),
-                            val_every_n_steps=0, checkpoint_every=10**9)
+    trainer = build_trainer(params, tmp_path, "critic", "default",
+                            optim=OptimParams(gradient_clip_val=0, checkpoint_every_n_steps=10**9), val_every_n_steps=0)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 2)), batch_size=2)
     previous = signal.getsignal(signal.SIGINT)
     # as in a CLI process: Python's own Ctrl-C handler (an earlier test in this worker may have left another)

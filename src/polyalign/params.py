@@ -336,12 +336,18 @@ class SftParams(Section):
         """Every `init` names a variant, no chain of starts loops, and the model `pairs` samples from
         (`pairs.policy`) does not itself depend on those samples (checked by `Params`)."""
         for name, v in self.variants.items():
-            if v.init != "base" and v.init.removeprefix("sft@") not in self.variants:
-                raise ValueError(f"sft.variants.{name}.init: {v.init!r} names no variant of sft.variants "
-                                 f"({', '.join(self.variants)})")
+            if v.init != "base":
+                self.variant_of(f"sft.variants.{name}.init", v.init)
         for name in self.variants:
             self.start_chain(name)
         return self
+
+    def variant_of(self, key: str, model: str) -> str:
+        """The variant an `sft@<variant>` name at params key `key` names; ValueError where there is none."""
+        name = model.removeprefix("sft@")
+        if name not in self.variants:
+            raise ValueError(f"{key}: {model!r} names no variant of sft.variants ({', '.join(self.variants)})")
+        return name
 
     def start_chain(self, name: str) -> list[str]:
         """The variant and every SFT variant it starts from, in order (ValueError where the starts loop)."""
@@ -485,29 +491,34 @@ class HdpoVariant(Section):
     kto_desirable_weight: float = Field(1.0, gt=0, description="kto: weight of the chosen (desirable) side")
     kto_undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of the rejected side")
 
+    @staticmethod
+    def knob_owner(name: str) -> str | None:
+        """The base loss a field is a knob of (`simpo_gamma` -> simpo), None for a setting of every variant."""
+        from polyalign.training.objectives import BASE_LOSSES  # imports no torch
+
+        owner = name.split("_", 1)[0]
+        return owner if owner in BASE_LOSSES else None
+
     @model_validator(mode="after")
     def _loss_and_knobs(self) -> HdpoVariant:
-        from polyalign.training.objectives import BASE_LOSSES  # imports no torch
+        from polyalign.training.objectives import BASE_LOSSES
 
         if self.loss not in BASE_LOSSES:
             raise ValueError(f"loss {self.loss!r} is not a registered preference loss ({', '.join(BASE_LOSSES)})")
         for name, field in type(self).model_fields.items():  # another loss's knob must keep its default
-            owner = name.split("_", 1)[0]
-            if owner in BASE_LOSSES and owner != self.loss and getattr(self, name) != field.default:
+            owner = self.knob_owner(name)
+            if owner not in (None, self.loss) and getattr(self, name) != field.default:
                 raise ValueError(f"{name} applies to loss {owner} only, and this variant's loss is {self.loss}")
         return self
 
     def knobs(self) -> dict[str, float]:
         """The base loss's own settings, without their prefix (`simpo_gamma` -> `gamma`)."""
-        prefix = f"{self.loss}_"
-        return {k.removeprefix(prefix): v for k, v in self.model_dump().items() if k.startswith(prefix)}
+        return {k.removeprefix(f"{self.loss}_"): v for k, v in self.model_dump().items()
+                if self.knob_owner(k) == self.loss}
 
     def settings(self) -> dict[str, Any]:
         """The variant's settings without the other losses' knobs (what its report records)."""
-        from polyalign.training.objectives import BASE_LOSSES
-
-        return {k: v for k, v in self.model_dump().items()
-                if k.split("_", 1)[0] not in BASE_LOSSES or k.split("_", 1)[0] == self.loss}
+        return {k: v for k, v in self.model_dump().items() if self.knob_owner(k) in (None, self.loss)}
 
     def extras(self) -> dict[str, float]:
         return {"hdpo_gamma": self.hdpo_gamma, "hdpo_m_max": self.hdpo_m_max, "hdpo_lam": self.hdpo_lam,
@@ -637,18 +648,13 @@ class Params(Section):
     def _starts(self) -> Params:
         """Every hdpo variant starts from an SFT variant."""
         for name, v in self.hdpo.variants.items():
-            if v.init.removeprefix("sft@") not in self.sft.variants:
-                raise ValueError(f"hdpo.variants.{name}.init: {v.init!r} names no variant of sft.variants "
-                                 f"({', '.join(self.sft.variants)})")
+            self.sft.variant_of(f"hdpo.variants.{name}.init", v.init)
         return self
 
     @model_validator(mode="after")
     def _policy(self) -> Params:
         """`pairs.policy` names an SFT variant, and neither it nor a model it starts from trains on its samples."""
-        name = self.pairs.policy.removeprefix("sft@")
-        if name not in self.sft.variants:
-            raise ValueError(f"pairs.policy: {self.pairs.policy!r} names no variant of sft.variants "
-                             f"({', '.join(self.sft.variants)})")
+        name = self.sft.variant_of("pairs.policy", self.pairs.policy)
         if any(self.sft.variants[c].data == "best_of_k" for c in self.sft.start_chain(name)):
             raise ValueError(f"pairs.policy: {self.pairs.policy} samples the pairs, so neither it nor a model it "
                              "starts from can train on them (data: best_of_k)")

@@ -127,9 +127,6 @@ class BucketRows:
     def multi_turn(self) -> bool:
         return self.bucket.split("|")[1] == "multi"
 
-    def standardised(self, features: np.ndarray) -> np.ndarray:
-        return standardised(features, self.reference)
-
 
 def standardised(features: np.ndarray, ref) -> np.ndarray:
     """Features scaled by a reference bucket's statistics, its constant features left out (MAUVE's inputs)."""
@@ -154,7 +151,8 @@ def _truncated_share(r: BucketRows) -> float:
 def _mauve(r: BucketRows) -> float:
     if not r.mauve or len(r.rows) < r.cfg.mauve_min_n or not r.reference.active.any():
         return float("nan")
-    return naturalness.mauve_score(r.standardised(r.human_features), r.standardised(r.gen_features), r.seed)
+    return naturalness.mauve_score(standardised(r.human_features, r.reference),
+                                   standardised(r.gen_features, r.reference), r.seed)
 
 
 def _distinct(n: int) -> Callable[[BucketRows], float]:
@@ -239,6 +237,11 @@ def by_name(name: str) -> Metric:
 def bucket_metrics(bootstrap_only: bool = False) -> list[Metric]:
     """The metrics computed on a bucket's rows (not from a group's values), in table order."""
     return [m for m in METRICS if m.group is None and (m.bootstrap or not bootstrap_only)]
+
+
+def human_targets() -> list[Metric]:
+    """The bucket metrics the human answers get too."""
+    return [m for m in bucket_metrics() if m.human_target]
 
 
 def group_metrics() -> list[Metric]:

@@ -119,13 +119,13 @@ def weighted_coverage(per_bucket: dict[str, dict]) -> dict[str, float]:
 
 
 def human_metrics() -> list[str]:
-    return [m.name for m in metrics.bucket_metrics() if m.human_target]
+    return [m.name for m in metrics.human_targets()]
 
 
 def human_values(test: EvalRows, human: Side, params) -> dict[str, dict[str, float]]:
     """The human answers' own values of the `human_target` metrics per bucket (the target the methods aim at),
     with their coverage per feature."""
-    targets = [m for m in metrics.bucket_metrics() if m.human_target]
+    targets = metrics.human_targets()
     out = {}
     for bucket, rows in sorted(test.rows.items()):
         view = BucketRows(test, bucket, rows, human, human, {}, params.evaluate, params.seed, False)

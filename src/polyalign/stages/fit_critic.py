@@ -188,8 +188,7 @@ def fit(params: Params, root: Path, extra_samples: list[dict] | None = None,
     net = CriticNet(config["in_dim"], len(config["buckets"]), cfg.bucket_dim, cfg.hidden_size)
     train_loader = pair_loader(*arrays["train"], data["train"], cfg.batch_size, True, params.seed)
     module = CriticModule(net, cfg, total_optimizer_steps(len(train_loader), cfg.optim))
-    trainer = build_trainer(params, root, "critic", label, optim=cfg.optim, val_every_n_steps=0,
-                            checkpoint_every=cfg.optim.checkpoint_every_n_steps)
+    trainer = build_trainer(params, root, "critic", label, optim=cfg.optim, val_every_n_steps=0)
     trainer.fit(module, train_loader, pair_loader(*arrays["val"], data["val"], cfg.batch_size, False, params.seed))
     if not trainer.is_global_zero:
         return None

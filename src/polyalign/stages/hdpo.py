@@ -265,8 +265,7 @@ def fit_round(params: Params, variant: str, v: HdpoVariant, label: str, root: Pa
     collate = PairCollator(renderer.pad_id, {b: i for i, b in enumerate(buckets)}, uniform=v.weighting == "uniform",
                            anchor=anchor)
     ckpt = root / params.paths.checkpoints / "hdpo" / label / "last.ckpt"
-    trainer = build_trainer(params, root, "hdpo", label, optim=h.optim, val_every_n_steps=0,
-                            checkpoint_every=h.optim.checkpoint_every_n_steps)
+    trainer = build_trainer(params, root, "hdpo", label, optim=h.optim, val_every_n_steps=0)
     identity = run_identity(params, "hdpo", variant, trainer.world_size, root, inputs)
     # only now, with every input checked, may a fresh run remove the previous run's checkpoints
     resume_from = prepare_checkpoints(trainer, ckpt, root / params.paths.logs / "hdpo" / label, identity,

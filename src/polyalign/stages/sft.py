@@ -81,8 +81,7 @@ def _train(params: Params, variant: str, resume: bool, root: Path, resume_anyway
     data = SFTDataModule(root / params.paths.buckets, start, params.prompt, sft, v, params.seed,
                          params.trainer.num_workers, best_of_k=best_of_k)
     data.setup()
-    trainer = build_trainer(params, root, "sft", variant, optim=optim, val_every_n_steps=sft.val_every_n_steps,
-                            checkpoint_every=optim.checkpoint_every_n_steps)
+    trainer = build_trainer(params, root, "sft", variant, optim=optim, val_every_n_steps=sft.val_every_n_steps)
     inputs = [root / params.paths.buckets / f"{split}.parquet" for split in ("train", "val")] + [start]
     if best_of_k is not None:
         inputs.append(best_of_k)

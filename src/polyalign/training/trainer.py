@@ -127,10 +127,11 @@ def wandb_logger(params: Params, stage: str, variant: str, save_dir: Path) -> Wa
     return logger
 
 
-def build_trainer(params: Params, root: Path, stage: str, variant: str, *, optim, val_every_n_steps: int,
-                  checkpoint_every: int) -> StageTrainer:
-    """The Lightning trainer of one training run: `optim` (an `OptimParams`) gives its length, accumulation and
-    gradient clipping, `params.trainer` the hardware, and the loggers and checkpoints go under `paths`."""
+def build_trainer(params: Params, root: Path, stage: str, variant: str, *, optim,
+                  val_every_n_steps: int) -> StageTrainer:
+    """The Lightning trainer of one training run: `optim` (an `OptimParams`) gives its length, accumulation,
+    gradient clipping and checkpoint cadence, `params.trainer` the hardware, and the loggers and checkpoints go
+    under `paths`."""
     tp = params.trainer
     check_devices(tp)
     L.seed_everything(params.seed, workers=True, verbose=False)
@@ -142,7 +143,7 @@ def build_trainer(params: Params, root: Path, stage: str, variant: str, *, optim
     ckpt_dir = root / params.paths.checkpoints / stage / variant
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", auto_insert_metric_name=False, save_top_k=0,
-                        save_last=True, every_n_train_steps=checkpoint_every),
+                        save_last=True, every_n_train_steps=optim.checkpoint_every_n_steps),
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                         auto_insert_metric_name=False),
         LearningRateMonitor(logging_interval="step"),
