@@ -62,7 +62,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         if cfg.pretrain_epochs:
             pretrained = pretrain(model, tokenizer, record_texts(train, with_profiles=False),
                                   epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, block_size=cfg.pretrain_block_size,
-                                  batch_size=cfg.pretrain_batch_size, seed=params.seed,
+                                  batch_size=cfg.pretrain_batch_size, precision=cfg.pretrain_precision,
+                                  seed=params.seed,
                                   accelerator=params.trainer.accelerator, progress=params.logging.progress)
     else:
         model, tokenizer = load_pretrained(cfg.name_or_path, cfg.trust_remote_code, cfg.chat_template,

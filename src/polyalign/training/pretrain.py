@@ -49,7 +49,7 @@ class PretrainModule(L.LightningModule):
 
 
 def pretrain(model, tokenizer, texts: Sequence[str], *, epochs: int, lr: float, block_size: int, batch_size: int,
-             seed: int, accelerator: str, progress: bool) -> dict:
+             seed: int, accelerator: str, progress: bool, precision: str = "32-true") -> dict:
     """Train `model` in place on `texts` (each distinct text once per epoch); returns what the report needs."""
     distinct = sorted(set(texts))
     rows = tokenizer(distinct, add_special_tokens=False)["input_ids"]
@@ -59,7 +59,7 @@ def pretrain(model, tokenizer, texts: Sequence[str], *, epochs: int, lr: float, 
     total_steps = epochs * math.ceil(len(blocks) / batch_size)
     module = PretrainModule(model, lr, total_steps)
     L.seed_everything(seed, workers=True, verbose=False)
-    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=epochs, logger=False,
+    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=epochs, logger=False, precision=precision,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[TrainingProgress("init: pretraining")] if progress else [], num_sanity_val_steps=0)
     start = time.perf_counter()
