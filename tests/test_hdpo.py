@@ -26,14 +26,14 @@ def renderer_for(path):
     return tokenizer, PromptRenderer(tokenizer, "observable", 64, 96)
 
 
-def talkative_model(path, seed: int = 3):
+def talkative_model(path, seed: int = 3, hidden_size: int = 32):
     """A freshly initialised model on the project's tokenizer: unlike the tiny SFT model (which ends its turn at
     once), it writes non-empty, varied responses, so padding and budget bugs show in the output."""
     from polyalign.modeling.model import create_scratch_model
     from polyalign.params import ModelParams
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    cfg = ModelParams(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+    cfg = ModelParams(hidden_size=hidden_size, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
                       max_position_embeddings=128)
     model = create_scratch_model(tokenizer, cfg, seed).eval()
     with torch.no_grad():  # large random weights: greedy decoding follows the context instead of repeating one token
@@ -403,7 +403,7 @@ def test_best_of_k_keeps_exactly_the_sample_nearest_to_human_support(paired_proj
     critic = Critic.load(paired_project / "models/critic")
     records = pq.read_table(paired_project / "data/buckets/train.parquet").to_pylist()[:10]
     budgets = [12] * len(records)
-    flat = draw_samples(records, model, tokenizer, renderer, params, budgets, 7)
+    flat = draw_samples(records, path, model, tokenizer, renderer, params, budgets, 7)
     _, best = sampled_pairs(records, flat, critic, params, 7, Counter(), {})
 
     again = generate(model, tokenizer, [renderer.prompt_ids(r) for r in records], stop_ids=renderer.eot_ids,

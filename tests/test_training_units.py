@@ -235,7 +235,8 @@ def test_sft_module_normalises_the_batch_loss_by_its_own_rule(tokenizer, balance
             for r, w in zip(EVAL_RECORDS, [0.5, 2.0, 1.0, 3.0, 0.25, 1.5])]
     batches = [rows[:4], rows[4:]]  # nominal batch size 4; the last batch has 2
     collate = Collator(tokenizer.pad_token_id, {"b": 0})
-    shape = ModelParams(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1)
+    shape = ModelParams(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                        attention_dropout=0.0)  # the hand-computed NLLs below see no dropout
     model = create_scratch_model(tokenizer, shape, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     sft = SftParams(batch_size=4, optim=OptimParams(lr=1e-30))  # steps too small to move float32 weights

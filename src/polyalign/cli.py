@@ -17,7 +17,7 @@ from rich.markup import escape
 from polyalign.errors import UserError, describe, sigterm_stops, use_paths
 from polyalign.errors import shown as shown_path
 from polyalign.log import console, quiet_libraries
-from polyalign.params import Params, dump_params, load_params
+from polyalign.params import Params, dump_params, load_params, set_flags
 from polyalign.threads import limit_for_queue
 
 app = typer.Typer(
@@ -31,7 +31,9 @@ app = typer.Typer(
 )
 
 ParamsFile = Annotated[
-    Path, typer.Option("--params", help="parameters file; without one the built-in defaults are used")
+    list[Path], typer.Option("--params", help="parameters file; without one the built-in defaults are used. "
+                             "Repeat it to lay files over the first, e.g. --params params.yaml --params "
+                             "configs/qwen2.5-0.5b.yaml")
 ]
 Overrides = Annotated[
     list[str],
@@ -56,7 +58,7 @@ def options(
     _options["verbose"] = verbose
 
 
-def _setup(params_file: Path, overrides: list[str]) -> Params:
+def _setup(params_file: list[Path], overrides: list[str]) -> Params:
     if _options["verbose"]:
         overrides = [*overrides, "logging.level=debug"]
     params = load_params(params_file, overrides)
@@ -101,10 +103,17 @@ def _run(action: Callable[[], object]) -> None:
 
 @app.command()
 def params(
-    params_file: ParamsFile = Path("params.yaml"),
+    params_file: ParamsFile = [Path("params.yaml")],  # noqa: B006
     overrides: Overrides = [],  # noqa: B006 - typer needs a literal default
+    dvc_flags: Annotated[Path | None, typer.Option(
+        "--dvc-flags", metavar="FILE", help="print the values FILE sets as -S flags, e.g. "
+        "dvc exp run $(polyalign params --dvc-flags configs/qwen2.5-0.5b.yaml)")] = None,
 ) -> None:
-    """Print the effective, validated parameters (params.yaml plus overrides) as YAML."""
+    """Print the effective, validated parameters (params.yaml plus overrides) as YAML; with --dvc-flags, the
+    values a file (a recipe) sets as `-S` flags for `dvc exp run`."""
+    if dvc_flags is not None:
+        _run(lambda: sys.stdout.write(" ".join(set_flags(dvc_flags)) + "\n"))
+        return
     _run(lambda: sys.stdout.write(dump_params(load_params(params_file, overrides))))
 
 
@@ -115,7 +124,7 @@ def prepare(
         help="data.split_seed: seed of the hashed train/val/test split")] = None,
     preset: Annotated[str | None, typer.Option(
         help="data.preset: default (data.sources) | paper-en | paper-zh | paper-all (the paper's hub corpora)")] = None,
-    params_file: ParamsFile = Path("params.yaml"),
+    params_file: ParamsFile = [Path("params.yaml")],  # noqa: B006
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
     """Read the data sources (params: data.sources, or a data.preset), clean, deduplicate and split them into
@@ -135,7 +144,7 @@ def prepare(
 @app.command()
 def bucketize(
     min_bucket_size: Annotated[int | None, typer.Option(help="smaller buckets back off to a parent")] = None,
-    params_file: ParamsFile = Path("params.yaml"),
+    params_file: ParamsFile = [Path("params.yaml")],  # noqa: B006
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
     """Assign buckets (language|track|family|length_bin), compute bilingual response features and build the
@@ -152,7 +161,7 @@ def bucketize(
 
 @app.command()
 def init(
-    params_file: ParamsFile = Path("params.yaml"),
+    params_file: ParamsFile = [Path("params.yaml")],  # noqa: B006
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
     """Create the base model in models/base/ (params: model): train a tokenizer and a small Qwen3-style LM from
@@ -176,7 +185,7 @@ def sft(
     max_steps: Annotated[int | None, typer.Option(help="sft.optim.max_steps (-1: all epochs)")] = None,
     lr: Annotated[float | None, typer.Option(help="sft.optim.lr")] = None,
     batch_size: Annotated[int | None, typer.Option(help="sft.batch_size (per device)")] = None,
-    params_file: ParamsFile = Path("params.yaml"),
+    params_file: ParamsFile = [Path("params.yaml")],  # noqa: B006
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
     """Bucket-Aware SFT (balance: sampler or loss_weight) or the global-SFT baseline (balance: none) from
@@ -197,7 +206,7 @@ def sft(
 def fit_critic(
     encoder: Annotated[str | None, typer.Option(help="critic.encoder: ngram | hf")] = None,
     epochs: Annotated[int | None, typer.Option(help="critic.optim.epochs")] = None,
-    params_file: ParamsFile = Path("params.yaml"),
+    params_file: ParamsFile = [Path("params.yaml")],  # noqa: B006
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
     """Train the bucket-conditioned critic of distance to human support into models/critic/ and validate it
@@ -215,7 +224,7 @@ def fit_critic(
 @app.command()
 def pairs(
     k: Annotated[int | None, typer.Option(help="pairs.k: samples per prompt")] = None,
-    params_file: ParamsFile = Path("params.yaml"),
+    params_file: ParamsFile = [Path("params.yaml")],  # noqa: B006
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
     """Preference pairs into data/pairs/ from samples of the pairs.policy SFT model (default sft@bucket): chosen
@@ -240,7 +249,7 @@ def hdpo(
     resume: Annotated[bool, typer.Option("--resume", help="continue from checkpoints/hdpo/<variant>/last.ckpt")] = False,
     resume_anyway: Annotated[bool, typer.Option(
         "--resume-anyway", help="--resume even from a checkpoint that other settings or inputs wrote")] = False,
-    params_file: ParamsFile = Path("params.yaml"),
+    params_file: ParamsFile = [Path("params.yaml")],  # noqa: B006
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
     """Preference optimisation of one variant of hdpo.variants (dpo, hdpo, hdpo_simpo, ...: a base loss with
@@ -262,7 +271,7 @@ def hdpo(
 @app.command()
 def evaluate(
     max_prompts: Annotated[int | None, typer.Option(help="evaluate.max_prompts (0: the full test split)")] = None,
-    params_file: ParamsFile = Path("params.yaml"),
+    params_file: ParamsFile = [Path("params.yaml")],  # noqa: B006
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
     """Generate with every method of evaluate.methods on the same test prompts and decoding, score naturalness,
@@ -279,7 +288,7 @@ def evaluate(
 
 @app.command()
 def report(
-    params_file: ParamsFile = Path("params.yaml"),
+    params_file: ParamsFile = [Path("params.yaml")],  # noqa: B006
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
     """Rebuild reports/eval/report.md, its plots, reports/metrics.json and the per-bucket CSVs from the JSON files
@@ -304,7 +313,7 @@ def compare(
         help="val | test: keep the runs evaluated on this split (without it, a mix of splits is refused)")] = None,
     from_json: Annotated[Path | None, typer.Option(
         "--from-json", help="read a file that `dvc exp show --json` wrote instead of this project's experiments")] = None,
-    params_file: ParamsFile = Path("params.yaml"),
+    params_file: ParamsFile = [Path("params.yaml")],  # noqa: B006
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
     """Methods over seeds across DVC experiments (e.g. `dvc exp run --queue -S 'seed=1,2,3'`): runs that differ

@@ -109,37 +109,52 @@ def nucleus(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return scores.masked_fill(remove.scatter(-1, order, remove), -math.inf)
 
 
+def batch_plan(prompts: Sequence[Sequence[int]], budgets: Sequence[int], batch_size: int) -> list[list[int]]:
+    """The batches `generate` forms: prompt indices sorted by budget and length, so that batches waste little
+    padding and few steps, cut into runs of `batch_size`. Batch j is sampled with seed + j * batch_size."""
+    order = sorted(range(len(prompts)), key=lambda i: (budgets[i], len(prompts[i])))
+    return [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def per_prompt(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
+    budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != n:
+        raise ValueError("max_new_tokens must be one int or one budget per prompt")
+    return budgets
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, stop_ids: Sequence[int],
              max_new_tokens: int | Sequence[int], temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              repetition_penalty: float = 1.0, num_samples: int = 1, batch_size: int = 32, seed: int = 0,
-             progress: bool = True, description: str = "generating") -> list[list[Sample]]:
+             progress: bool = True, description: str = "generating",
+             batches: Sequence[int] | None = None) -> list[list[Sample]]:
     """For each prompt (token ids), `num_samples` samples (ids without the end-of-turn token, truncated flag).
 
     `max_new_tokens` is one budget for all prompts or one per prompt. temperature 0 decodes greedily. Prompts
-    are sorted by budget and length so that batches waste little padding and few steps; the output keeps the
-    input order. A batch runs to its largest budget and each row is then cut to its own: sampling is
-    autoregressive, so the tokens before a row's cut do not depend on how far the batch ran."""
+    are batched by `batch_plan`; the output keeps the input order. A batch runs to its largest budget and each
+    row is then cut to its own: sampling is autoregressive, so the tokens before a row's cut do not depend on
+    how far the batch ran. `batches` (numbers in the plan) samples only those, leaving the other prompts' lists
+    empty: a process's share when several generate together (`sharded_generate`)."""
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     device = next(model.parameters()).device
-    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    if len(budgets) != len(prompts):
-        raise ValueError("max_new_tokens must be one int or one budget per prompt")
-    order = sorted(range(len(prompts)), key=lambda i: (budgets[i], len(prompts[i])))
+    budgets = per_prompt(max_new_tokens, len(prompts))
+    plan = batch_plan(prompts, budgets, batch_size)
+    todo = range(len(plan)) if batches is None else batches
     out: list[list[Sample]] = [[] for _ in prompts]
     sampling = temperature > 0
     with progress_bar(progress) as bar:
-        task = bar.add_task(description, total=len(prompts))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start: start + batch_size]
+        task = bar.add_task(description, total=sum(len(plan[j]) for j in todo))
+        for j in todo:
+            chunk = plan[j]
             width = max(len(prompts[i]) for i in chunk)
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for row, i in enumerate(chunk):  # left padding: every prompt ends where generation starts
                 ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
                 mask[row, width - len(prompts[i]):] = 1
-            torch.manual_seed(seed + start)
+            torch.manual_seed(seed + j * batch_size)
             result = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device),
                 max_new_tokens=max(budgets[i] for i in chunk), do_sample=sampling,
@@ -153,8 +168,12 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, stop_ids: Se
             new = result[:, width:].tolist()
             for row, i in enumerate(chunk):
                 for sample in new[row * num_samples: (row + 1) * num_samples]:
-                    sample = sample[:budgets[i]]
-                    stop = next((k for k, t in enumerate(sample) if t in stop_ids), None)
-                    out[i].append(Sample(sample if stop is None else sample[:stop], truncated=stop is None))
+                    out[i].append(cut_at_stop(sample[:budgets[i]], stop_ids))
             bar.advance(task, len(chunk))
     return out
+
+
+def cut_at_stop(tokens: Sequence[int], stop_ids: Sequence[int]) -> Sample:
+    """A sample ends at its first end-of-turn token (left out); without one it was cut by its budget."""
+    stop = next((k for k, t in enumerate(tokens) if t in stop_ids), None)
+    return Sample(list(tokens) if stop is None else list(tokens[:stop]), truncated=stop is None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -235,6 +235,12 @@ class ModelParams(Section):
     pretrain_precision: Literal["32-true", "bf16-mixed"] = Field(
         "bf16-mixed", description="scratch: Lightning precision of pretraining (bf16-mixed: faster on CPUs with bf16 "
         "instructions; the saved weights stay float32)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="the dtype every stage loads a model in (auto: the dtype its folder was saved in; "
+        "the scratch model is saved in float32)")
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = Field(
+        "sdpa", description="the attention kernel of every loaded model (flash_attention_2: CUDA with the "
+        "flash-attn package)")
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelParams:
@@ -269,7 +275,10 @@ class TrainerParams(Section):
     devices: int | str = Field(1, description="number of devices (or 'auto')")
     strategy: str = Field("auto", description="auto | ddp | fsdp | deepspeed | ...")
     num_nodes: int = Field(1, ge=1)
-    precision: str = Field("32-true", description="32-true | bf16-mixed | 16-mixed | ...")
+    precision: str = Field("32-true", description="32-true | bf16-mixed | 16-mixed | bf16-true | ... (precomputed "
+                           "reference log-probs are computed in it too)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass of sft and "
+                                         "hdpo: less memory, about a third more compute")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     log_every_n_steps: int = Field(5, ge=1)
 
@@ -436,7 +445,13 @@ class GenerationParams(Section):
     top_p: float = Field(0.95, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0: no top-k cut")
     repetition_penalty: float = Field(1.0, gt=0)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="hf: prompts per batch")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: Hugging Face generate on the loaded model (one process per device with "
+        "trainer.devices > 1) | vllm: a vLLM engine on the model folder (optional install, `make venv-vllm`)")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one engine spreads the model over")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vllm: the share of GPU memory the engine "
+                                          "may take (the stage's own copy of the model needs the rest)")
 
     @model_validator(mode="after")
     def _budget(self) -> GenerationParams:
@@ -804,25 +819,45 @@ def _read_params_file(p: Path) -> str:
                         "UTF-8") from None
 
 
-def load_params(path: str | Path | None = "params.yaml", overrides: list[str] = ()) -> Params:
-    """Read params.yaml (or the built-in defaults when it is absent and was not asked for), apply overrides,
-    validate. Raises UserError with a message that names the key, the bad value and what is allowed."""
+def _read_params(p: Path) -> dict:
+    try:
+        raw = load_yaml(_read_params_file(p)) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{p}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{p}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def overlay(base: dict, top: dict) -> dict:
+    """`top` laid over `base`: mappings merge key by key, anything else (lists too) replaces."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = overlay(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_params(path: str | Path | Sequence[str | Path] | None = "params.yaml", overrides: Sequence[str] = ()
+                ) -> Params:
+    """Read params.yaml (or the built-in defaults when it is absent and was not asked for), lay any further
+    files over it (several `--params`: a recipe such as configs/qwen2.5-0.5b.yaml sets only what it changes),
+    apply overrides, validate. Raises UserError with a message that names the key, the bad value and what is
+    allowed."""
+    paths = [path] if path is None or isinstance(path, (str, Path)) else list(path) or ["params.yaml"]
     raw: dict = Params().model_dump(mode="json")
-    origin = "built-in defaults"
-    if path is not None:
-        p = Path(path)
+    origins = []
+    for i, one in enumerate(paths):
+        if one is None:
+            continue
+        p = Path(one)
         if p.exists():
-            origin = str(p)
-            try:
-                raw = load_yaml(_read_params_file(p)) or {}
-            except yaml.YAMLError as exc:
-                mark = getattr(exc, "problem_mark", None)
-                where = f" line {mark.line + 1}" if mark else ""
-                raise UserError(f"{p}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
-            if not isinstance(raw, dict):
-                raise UserError(f"{p}: expected a mapping of sections, got {type(raw).__name__}")
-        elif str(path) != "params.yaml":
+            raw = _read_params(p) if i == 0 else overlay(raw, _read_params(p))
+            origins.append(str(p))
+        elif i > 0 or str(one) != "params.yaml":
             raise UserError(f"params file not found: {p}")
+    origin = " + ".join(origins) or "built-in defaults"
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(raw, keys, value)
@@ -832,6 +867,19 @@ def load_params(path: str | Path | None = "params.yaml", overrides: list[str] = 
         return Params.model_validate(raw)
     except ValidationError as err:
         raise UserError(format_validation_error(err, raw, origin)) from None
+
+
+def set_flags(path: str | Path) -> list[str]:
+    """Every value a parameters file sets, as `-S section.key=value` flags for `dvc exp run` (values in YAML
+    flow style without spaces, so that a shell's word splitting keeps each flag whole)."""
+    def leaves(node: Any, prefix: str) -> list[str]:
+        if isinstance(node, dict) and node:
+            return [flag for key, value in node.items() for flag in leaves(value, f"{prefix}{key}.")]
+        return [f"{prefix[:-1]}={json.dumps(node, separators=(',', ':'), ensure_ascii=False)}"]
+    flags = []
+    for leaf in leaves(_read_params(Path(path)), ""):
+        flags += ["-S", leaf]
+    return flags
 
 
 def dump_params(params: Params) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +27,45 @@ from polyalign.manifest import PICKLE_SUFFIXES, verify_manifest, write_manifest
 from polyalign.modeling.tokenizer import CHATML_TEMPLATE
 
 
+@dataclass(frozen=True)
+class Loading:
+    """How every stage loads a model: its dtype (`model.dtype`; auto keeps the dtype the folder was saved in),
+    its attention kernel (`model.attn_implementation`), and whether training recomputes activations in the
+    backward pass (`trainer.gradient_checkpointing`)."""
+
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+
+    @classmethod
+    def from_params(cls, params) -> Loading:
+        return cls(params.model.dtype, params.model.attn_implementation, params.trainer.gradient_checkpointing)
+
+    def kwargs(self) -> dict:
+        """`from_pretrained`'s dtype and attention arguments."""
+        return {"dtype": "auto" if self.dtype == "auto" else getattr(torch, self.dtype),
+                "attn_implementation": self.attn_implementation}
+
+    def prepare_for_training(self, model: PreTrainedModel) -> None:
+        """Gradient checkpointing, when asked for (before any adapter wraps the model); generation during
+        validation runs in eval mode, where nothing is recomputed."""
+        if not self.gradient_checkpointing:
+            return
+        if not model.supports_gradient_checkpointing:
+            raise UserError(f"trainer.gradient_checkpointing: {type(model).__name__} does not support it")
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+
+
+AS_SAVED = Loading()  # the defaults: each folder's own dtype, sdpa attention, no gradient checkpointing
+
+
+def folder_dtype(path: str | Path) -> str:
+    """The dtype a model folder's weights were saved in (its config's `dtype`; float32 when it names none)."""
+    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32")
+
+
 def create_scratch_model(tokenizer: PreTrainedTokenizerBase, cfg, seed: int) -> Qwen3ForCausalLM:
     """A small Qwen3-style causal LM from config (no download), initialised from `seed`.
 
@@ -38,6 +78,7 @@ def create_scratch_model(tokenizer: PreTrainedTokenizerBase, cfg, seed: int) -> 
         head_dim=cfg.hidden_size // cfg.num_heads, max_position_embeddings=cfg.max_position_embeddings,
         tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, attention_dropout=cfg.attention_dropout,
+        attn_implementation=cfg.attn_implementation,
     )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config)
@@ -60,7 +101,7 @@ def _refuse_pickle_only(folder: Path) -> None:
 
 
 def load_pretrained(name_or_path: str, trust_remote_code: bool = False, chat_template: str | None = None,
-                    torch_dtype: str = "auto", allow_pickle: bool = False,
+                    loading: Loading = AS_SAVED, allow_pickle: bool = False,
                     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Any Hugging Face causal LM (hub id or local directory) through the Auto classes.
 
@@ -74,7 +115,11 @@ def load_pretrained(name_or_path: str, trust_remote_code: bool = False, chat_tem
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
-                                                     dtype=torch_dtype, use_safetensors=None if allow_pickle else True)
+                                                     use_safetensors=None if allow_pickle else True,
+                                                     **loading.kwargs())
+    except ImportError as exc:  # e.g. flash_attention_2 without the flash-attn package or without CUDA
+        raise UserError(f"model.attn_implementation={loading.attn_implementation!r} cannot be used here: "
+                        f"{str(exc).splitlines()[0]}") from None
     except (OSError, ValueError) as exc:
         where = "local directory" if _exists_locally(name_or_path) else "hub id"
         hint = (" HF_HUB_OFFLINE=1 is set, so only local directories and already-cached models load."
@@ -113,6 +158,9 @@ def _loading(path: Path, what: str, load):
     """Run `load`; a library's complaint about the folder becomes one line naming it and what rewrites it."""
     try:
         return load()
+    except ImportError as exc:  # e.g. flash_attention_2 without the flash-attn package or without CUDA
+        raise UserError(f"{what} in {shown(path)} cannot be loaded with model.attn_implementation as set: "
+                        f"{str(exc).splitlines()[0]}") from None
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{what} in {shown(path)} cannot be loaded ({reason}); {rerun_hint(path)}") from None
@@ -124,20 +172,22 @@ def load_tokenizer(path: str | Path, what: str = "model") -> PreTrainedTokenizer
     return _loading(path, what, lambda: AutoTokenizer.from_pretrained(path))
 
 
-def load_model_weights(path: str | Path, what: str = "model") -> PreTrainedModel:
-    """The causal LM of a model folder an earlier stage wrote, in float32, from safetensors only."""
-    path = check_model_dir(path, what)
-    return _loading(path, what, lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                                            use_safetensors=True))
+def load_model_weights(path: str | Path, what: str = "model", loading: Loading = AS_SAVED) -> PreTrainedModel:
+    """The causal LM of a model folder an earlier stage wrote, from safetensors only, as `loading` says."""
+    return _weights(check_model_dir(path, what), what, loading)
 
 
-def load_model_dir(path: str | Path, what: str = "model") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _weights(path: Path, what: str, loading: Loading) -> PreTrainedModel:
+    return _loading(path, what, lambda: AutoModelForCausalLM.from_pretrained(path, use_safetensors=True,
+                                                                            **loading.kwargs()))
+
+
+def load_model_dir(path: str | Path, what: str = "model",
+                   loading: Loading = AS_SAVED) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A model folder written by an earlier stage, verified against its manifest before anything is read."""
     path = check_model_dir(path, what)
     tokenizer = _loading(path, what, lambda: AutoTokenizer.from_pretrained(path))
-    model = _loading(path, what, lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                                             use_safetensors=True))
-    return model, tokenizer
+    return _weights(path, what, loading), tokenizer
 
 
 TOKENIZER_PROBE = "Hello,  world!\n\n你好吗？ It's 2026."

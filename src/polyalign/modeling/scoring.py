@@ -4,7 +4,10 @@ summed response log-probs. Shared by training (SFT, preference pairs) and by the
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -86,3 +89,33 @@ def response_logps(model, examples: list[dict[str, Any]], pad_id: int,
 def score_examples(model, examples: list[dict[str, Any]], pad_id: int, batch_size: int = 16) -> np.ndarray:
     """Summed response log-probs of examples (input_ids + labels) under `model`, batched."""
     return response_logps(model, examples, pad_id, batch_size)[0]
+
+
+HALF_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
+
+
+def _half(precision: str) -> torch.dtype | None:
+    return HALF_DTYPES.get(str(precision).split("-")[0])
+
+
+def compute_dtype(precision: str, loaded: str) -> str:
+    """The dtype training's matrix products run in under Lightning's `precision` (bf16-mixed, bf16-true: bfloat16;
+    16-mixed, 16-true: float16), for a model loaded in `loaded` (32-true: that dtype)."""
+    half = _half(precision)
+    return str(half).removeprefix("torch.") if half is not None else loaded
+
+
+@contextlib.contextmanager
+def training_precision(model, precision: str) -> Iterator[Any]:
+    """`model` as training under Lightning's `precision` computes with it: autocast for *-mixed, a half-precision
+    copy for *-true, the model itself otherwise. Reference log-probs scored in it match the policy's at step 0,
+    where float32 ones would differ by the rounding of half precision alone."""
+    half = _half(precision)
+    if half is None:
+        yield model
+    elif str(precision).endswith("-true"):
+        yield copy.deepcopy(model).to(half)
+    else:
+        device = next(model.parameters()).device
+        with torch.autocast(device.type, dtype=half):
+            yield model

@@ -43,14 +43,22 @@ from polyalign.evaluation.suite import (
 )
 from polyalign.evaluation.summary import aggregate
 from polyalign.evaluation.utility import score_utility
-from polyalign.generation import generate, prompt_budgets, read_train_answers
+from polyalign.generation import prompt_budgets, read_train_answers
 from polyalign.io import atomic_path, json_safe, write_json
 from polyalign.log import console
-from polyalign.modeling.model import folder_digest, inference_device, load_model_dir, model_context, model_dir
+from polyalign.modeling.model import (
+    Loading,
+    folder_digest,
+    inference_device,
+    load_model_dir,
+    model_context,
+    model_dir,
+)
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.scoring import response_logps
 from polyalign.modeling.tokenizer import decode_response
 from polyalign.params import Params
+from polyalign.sampling import sample_responses
 
 PROMPT_FIELDS = ("id", "language", "track", "family", "question", "context", "dialogue_history")
 TDM_ENCODER_TEXTS = 20_000  # train texts the latent space of the turn-coupling metric is fit on
@@ -107,8 +115,10 @@ def generations(method: str, records: list[dict], train: dict[str, list[str]], p
     budgets = prompt_budgets(g, tokenizer, train["answers"], train["buckets"], [r["bucket_id"] for r in records],
                              [len(x) for x in prompts], model_context(folder))
     answers = [r["human_answer"] for r in records]
+    loading = Loading.from_params(params)
     key = _sha({"model": folder_digest(folder), "prompts": prompts, "answers": answers, "decoding": g.model_dump(),
-                "budgets": budgets, "seed": params.seed, "max_tokens": p.max_tokens})
+                "budgets": budgets, "seed": params.seed, "max_tokens": p.max_tokens,
+                "loading": [loading.dtype, loading.attn_implementation]})
     cache = root / params.paths.cache / "eval" / method / f"{key[:24]}.json"
     if cache.is_file():
         try:
@@ -119,13 +129,12 @@ def generations(method: str, records: list[dict], train: dict[str, list[str]], p
             cached = {}
         if cached.get("key") == key:
             return {**cached, "cache": "hit", "model_dir": folder, "timing_s": {"generation": 0.0, "nll": 0.0}}
-    model, tokenizer = load_model_dir(folder, f"the model of {method}")
+    model, tokenizer = load_model_dir(folder, f"the model of {method}", loading)
     model.to(inference_device(params.trainer.accelerator))
     start = time.perf_counter()
-    samples = generate(model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=budgets,
-                       temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                       repetition_penalty=g.repetition_penalty, batch_size=g.batch_size, seed=params.seed,
-                       progress=params.logging.progress, description=f"evaluate: generating ({method})")
+    samples = sample_responses(g, params, folder, model, tokenizer, prompts, stop_ids=renderer.eot_ids,
+                               budgets=budgets, num_samples=1, seed=params.seed,
+                               description=f"evaluate: generating ({method})")
     generated_s = time.perf_counter() - start
     responses = [decode_response(tokenizer, s[0].ids, s[0].truncated) for s in samples]
     start = time.perf_counter()

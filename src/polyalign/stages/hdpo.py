@@ -39,9 +39,16 @@ from polyalign.evaluation.validation import naturalness_probe
 from polyalign.generation import prompt_budgets
 from polyalign.io import atomic_path, write_json, write_text
 from polyalign.log import console
-from polyalign.modeling.model import inference_device, load_model_dir, model_context, model_dir
+from polyalign.modeling.model import (
+    AS_SAVED,
+    Loading,
+    inference_device,
+    load_model_dir,
+    model_context,
+    model_dir,
+)
 from polyalign.modeling.prompts import PromptRenderer
-from polyalign.modeling.scoring import score_examples
+from polyalign.modeling.scoring import score_examples, training_precision
 from polyalign.params import HdpoVariant, Params
 from polyalign.stages.pairs import draw_samples, sampled_pairs
 from polyalign.stages.pairs import finish as finish_pairs
@@ -91,8 +98,10 @@ def read_pairs(path: Path, need_ref: bool) -> list[dict]:
     return table.to_pylist()
 
 
-def check_reference(pairs_dir: Path, start: Path, sampler: Path, renderer: PromptRenderer) -> bool:
-    """Precomputed reference log-probs are only valid for the model and prompt format they were computed with.
+def check_reference(pairs_dir: Path, start: Path, sampler: Path, renderer: PromptRenderer,
+                    how: tuple[Loading, str] = (AS_SAVED, "32-true")) -> bool:
+    """Precomputed reference log-probs are only valid for the model, prompt format and precision (`how`: the
+    loading and the training precision) they were computed with.
     They are refused when the prompt format or the model that sampled the pairs (`sampler`) changed since
     `pairs` ran. Returns whether they hold for `start`; when a variant starts from another model than the
     sampler (`init: sft@global`), they do not, and the caller recomputes them with `start`."""
@@ -104,21 +113,21 @@ def check_reference(pairs_dir: Path, start: Path, sampler: Path, renderer: Promp
         stored = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"hdpo: {path} is not valid JSON ({exc}); rerun `polyalign pairs`") from None
-    if start != sampler and not fingerprint_changes(stored, reference_fingerprint(sampler, renderer)):
+    if start != sampler and not fingerprint_changes(stored, reference_fingerprint(sampler, renderer, *how)):
         return False
-    changes = fingerprint_changes(stored, reference_fingerprint(start, renderer))
+    changes = fingerprint_changes(stored, reference_fingerprint(start, renderer, *how))
     if changes:
-        raise UserError(f"hdpo: the reference log-probs in {pairs_dir} were computed with another model or prompt "
-                        f"format than hdpo uses now ({'; '.join(changes)}); rerun `polyalign pairs`, or set "
+        raise UserError(f"hdpo: the reference log-probs in {pairs_dir} were computed with another model, prompt "
+                        f"format or precision than hdpo uses now ({'; '.join(changes)}); rerun `polyalign pairs`, or set "
                         "the variant's reference: frozen")
     return True
 
 
-def recompute_reference(rows: list[dict], start: Path, renderer: PromptRenderer, accelerator: str) -> None:
+def recompute_reference(rows: list[dict], start: Path, renderer: PromptRenderer, params: Params) -> None:
     """Replace the pairs' reference log-probs with those of `start`, the variant's own starting model."""
-    model, _ = load_model_dir(start, f"the starting model {start}")
-    model.to(inference_device(accelerator))
-    ref_c, ref_r = reference_logps(model, renderer, rows)
+    model, _ = load_model_dir(start, f"the starting model {start}", Loading.from_params(params))
+    model.to(inference_device(params.trainer.accelerator))
+    ref_c, ref_r = reference_logps(model, renderer, rows, params.trainer.precision)
     for r, c, rj in zip(rows, ref_c, ref_r):
         r.update(ref_chosen_logp=float(c), ref_rejected_logp=float(rj))
 
@@ -142,10 +151,12 @@ def add_unpaired_reference(train: list[dict], val: list[dict], start: Path, rend
     add_kl_examples(renderer, train, params.seed)
     add_kl_examples(renderer, val, params.seed + 1)
     if precomputed:
-        model, _ = load_model_dir(start, f"the starting model {start}")
+        model, _ = load_model_dir(start, f"the starting model {start}", Loading.from_params(params))
         model.to(inference_device(params.trainer.accelerator))
         examples = [{"input_ids": r["kl_input_ids"], "labels": r["kl_labels"]} for r in train + val]
-        for row, logp in zip(train + val, score_examples(model, examples, renderer.pad_id)):
+        with training_precision(model, params.trainer.precision) as scorer:
+            logps = score_examples(scorer, examples, renderer.pad_id)
+        for row, logp in zip(train + val, logps):
             row["ref_kl_logp"] = float(logp)
 
 
@@ -177,8 +188,9 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
 
     tokenizer = AutoTokenizer.from_pretrained(start)
     renderer = PromptRenderer.from_params(tokenizer, params.prompt)
-    if need_ref and not check_reference(pairs_dir, start, model_dir(params.pairs.policy, params, root), renderer):
-        recompute_reference(train + val, start, renderer, params.trainer.accelerator)
+    if need_ref and not check_reference(pairs_dir, start, model_dir(params.pairs.policy, params, root), renderer,
+                                        (Loading.from_params(params), params.trainer.precision)):
+        recompute_reference(train + val, start, renderer, params)
         console.print(f"hdpo@{variant}: reference log-probs recomputed with {v.init} (the pairs were sampled "
                       f"from {params.pairs.policy})", highlight=False)
     probe = naturalness_probe(params, root, h.val_prompts, start, tokenizer, renderer, "hdpo.val_prompts")
@@ -218,7 +230,7 @@ def _train(params: Params, variant: str, root: Path, resume: bool, resume_anyway
                                              need_ref)
                 round_val = [dict(x) for x in val]
                 if need_ref:  # the round's reference is the policy it starts from
-                    recompute_reference(round_val, current, renderer, params.trainer.accelerator)
+                    recompute_reference(round_val, current, renderer, params)
                 round_inputs = [ckpts / f"round{r}-pairs.parquet", pairs_dir / "val.parquet", current]
             label = f"{variant}/round{r}"
             fitted = fit_round(params, variant, v, label, root, current, rows, round_val, tokenizer, renderer,
@@ -273,7 +285,7 @@ def fit_round(params: Params, variant: str, v: HdpoVariant, label: str, root: Pa
     train_loader = pair_dataloader(train, collate, h.batch_size, train=True, seed=params.seed, trainer=trainer)
     val_loader = pair_dataloader(val, collate, h.batch_size, train=False, seed=params.seed, trainer=trainer)
     total_steps = total_optimizer_steps(len(train_loader), h.optim)
-    module = PreferenceModule(str(start), h, v, buckets, total_steps, probe=probe)
+    module = PreferenceModule(str(start), h, v, buckets, total_steps, probe=probe, loading=Loading.from_params(params))
     selected = fit_and_export(trainer, module, out, tokenizer, ckpt=ckpt, resume_from=resume_from,
                               lr_key="hdpo.optim.lr", train=train_loader, val=val_loader)
     if selected is None:
@@ -318,13 +330,13 @@ def round_pairs(params: Params, root: Path, variant: str, r: int, policy: Path, 
     if n < len(records):
         pick = np.random.default_rng(params.seed + r).choice(len(records), n, replace=False)
         records = [records[i] for i in np.sort(pick)]
-    model, _ = load_model_dir(policy, f"the round {r - 1} policy")
+    model, _ = load_model_dir(policy, f"the round {r - 1} policy", Loading.from_params(params))
     model.to(inference_device(params.trainer.accelerator))
     budgets = prompt_budgets(params.generation, tokenizer, answers, answer_buckets,
                              [x["bucket_id"] for x in records], [len(renderer.prompt_ids(x)) for x in records],
                              model_context(policy))
     seed = params.seed + 1000 * r
-    flat = draw_samples(records, model, tokenizer, renderer, params, budgets, seed)
+    flat = draw_samples(records, policy, model, tokenizer, renderer, params, budgets, seed)
     if h.refit_critic:
         from polyalign.stages.fit_critic import fit as fit_critic  # here: scikit-learn only for refits
 
@@ -339,7 +351,7 @@ def round_pairs(params: Params, root: Path, variant: str, r: int, policy: Path, 
     rows, _ = sampled_pairs(records, flat, critic, params, seed, dropped, info)
     if not rows:
         raise UserError(f"hdpo@{variant}: round {r} has no usable pair ({dict(dropped)})")
-    finish_pairs(rows, critic, model, renderer, need_ref)
+    finish_pairs(rows, critic, model, renderer, need_ref, params.trainer.precision)
     info.update(pairs=len(rows), dropped=dict(dropped),
                 rejected_farther=float(np.mean([p["d_rejected"] > p["d_chosen"] for p in rows])),
                 critic_refit=fitted[1] if h.refit_critic else None)

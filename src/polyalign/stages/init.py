@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from polyalign.errors import UserError, rerun_hint, shown
 from polyalign.io import atomic_path, write_json
 from polyalign.log import console
-from polyalign.modeling.model import create_scratch_model, load_pretrained, save_model
+from polyalign.modeling.model import Loading, create_scratch_model, load_pretrained, save_model
 from polyalign.modeling.prompts import system_profile
 from polyalign.modeling.tokenizer import train_tokenizer, unknown_share
 from polyalign.params import Params
@@ -67,7 +67,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
                                   accelerator=params.trainer.accelerator, progress=params.logging.progress)
     else:
         model, tokenizer = load_pretrained(cfg.name_or_path, cfg.trust_remote_code, cfg.chat_template,
-                                           allow_pickle=cfg.allow_pickle)
+                                           Loading.from_params(params), allow_pickle=cfg.allow_pickle)
     vocab = tokenizer.get_vocab()
     multi_cjk = sum(len(CJK_RE.findall(tokenizer.convert_tokens_to_string([t]))) > 1 for t in vocab)
     report = {

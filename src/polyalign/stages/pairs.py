@@ -31,13 +31,14 @@ from polyalign.critic.model import Critic
 from polyalign.data.record import Problem
 from polyalign.data.sources.base import RowModel, Track, Turn, resolve, validated_rows
 from polyalign.errors import UserError, shown
-from polyalign.generation import Sample, generate, prompt_budgets, read_train_answers
+from polyalign.generation import Sample, prompt_budgets, read_train_answers
 from polyalign.io import atomic_path, write_json
 from polyalign.log import console
-from polyalign.modeling.model import inference_device, load_model_dir, model_dir
+from polyalign.modeling.model import Loading, inference_device, load_model_dir, model_dir
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.tokenizer import decode_response
 from polyalign.params import Family, Language, Params
+from polyalign.sampling import sample_responses
 from polyalign.training.data import BEST_OF_K
 from polyalign.training.preference import FINGERPRINT, reference_fingerprint, reference_logps
 
@@ -88,17 +89,15 @@ def read_preference_file(path: str, root: Path) -> list[dict]:
     return rows
 
 
-def draw_samples(records: list[dict], model, tokenizer, renderer: PromptRenderer, params: Params,
+def draw_samples(records: list[dict], folder: Path, model, tokenizer, renderer: PromptRenderer, params: Params,
                  budgets: list[int], seed: int) -> list[tuple[int, Sample, str]]:
-    """`pairs.k` samples per prompt with the `generation` settings, as (record index, sample, decoded text).
-    Samples keep the token ids the model generated and their `truncated` flag (cut by the budget, no end of
-    turn)."""
-    g = params.generation
+    """`pairs.k` samples per prompt of the model (loaded from `folder`) with the `generation` settings, as
+    (record index, sample, decoded text). Samples keep the token ids the model generated and their `truncated`
+    flag (cut by the budget, no end of turn)."""
     prompts = [renderer.prompt_ids(r) for r in records]
-    samples = generate(model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=budgets,
-                       temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                       repetition_penalty=g.repetition_penalty, num_samples=params.pairs.k, batch_size=g.batch_size,
-                       seed=seed, progress=params.logging.progress, description="sampling responses")
+    samples = sample_responses(params.generation, params, folder, model, tokenizer, prompts,
+                               stop_ids=renderer.eot_ids, budgets=budgets, num_samples=params.pairs.k, seed=seed,
+                               description="sampling responses")
     return [(i, s, decode_response(tokenizer, s.ids, s.truncated)) for i, outs in enumerate(samples) for s in outs]
 
 
@@ -202,9 +201,10 @@ def critic_separation(records: list[dict], human_d: np.ndarray, samples: list[tu
     return out
 
 
-def finish(pairs: list[dict], critic: Critic, model, renderer: PromptRenderer, precompute: bool) -> None:
+def finish(pairs: list[dict], critic: Critic, model, renderer: PromptRenderer, precompute: bool,
+           precision: str = "32-true") -> None:
     """Critic distances (sampled pairs already have them), weights normalised over the file, and optionally
-    reference log-probs."""
+    reference log-probs, in the training `precision`."""
     buckets = [p["bucket_id"] for p in pairs]
     if "d_chosen" not in pairs[0]:  # the user's own pairs
         d_c = critic.score_responses([p["chosen"] for p in pairs], pairs)
@@ -218,7 +218,7 @@ def finish(pairs: list[dict], critic: Critic, model, renderer: PromptRenderer, p
         raw = np.array([len(pairs) / (len(counts) * counts[b]) for b in buckets])
     weights = raw / raw.mean()
     if precompute:
-        ref_c, ref_r = reference_logps(model, renderer, pairs)
+        ref_c, ref_r = reference_logps(model, renderer, pairs, precision)
     for i, p in enumerate(pairs):
         p.pop("bucket_weight", None)
         p["weight"] = float(weights[i])
@@ -234,7 +234,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     cfg = params.pairs
     models = root / params.paths.models
     start = model_dir(params.pairs.policy, params, root)
-    model, tokenizer = load_model_dir(start, f"the sampling policy {params.pairs.policy} (pairs.policy)")
+    loading = Loading.from_params(params)
+    model, tokenizer = load_model_dir(start, f"the sampling policy {params.pairs.policy} (pairs.policy)", loading)
     model.to(inference_device(params.trainer.accelerator))
     critic = Critic.load(models / "critic")
     renderer = PromptRenderer.from_params(tokenizer, params.prompt)
@@ -261,7 +262,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
                                      [r["bucket_id"] for r in records],
                                      [len(renderer.prompt_ids(r)) for r in records], model_context(model))
             sample_report: dict = {}
-            flat = draw_samples(records, model, tokenizer, renderer, params, budgets, params.seed + offset)
+            flat = draw_samples(records, start, model, tokenizer, renderer, params, budgets, params.seed + offset)
             pairs, best = sampled_pairs(records, flat, critic, params, params.seed + offset, dropped, sample_report)
             if split == "train":
                 out[BEST_OF_K.removesuffix(".parquet")] = best
@@ -272,7 +273,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
             report[f"{split}_budget_mean"] = float(np.mean(budgets)) if budgets else 0.0
         if not pairs:
             raise UserError(f"pairs: no usable {split} pair ({dict(dropped)})")
-        finish(pairs, critic, model, renderer, cfg.precompute_ref)
+        finish(pairs, critic, model, renderer, cfg.precompute_ref, params.trainer.precision)
         out[split] = pairs
         report[f"{split}_pairs"] = len(pairs)
         report[f"{split}_dropped"] = dict(dropped)
@@ -284,7 +285,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         for split, pairs in out.items():
             pq.write_table(pa.Table.from_pylist(pairs), tmp / f"{split}.parquet")
         if cfg.precompute_ref:
-            write_json(tmp / FINGERPRINT, reference_fingerprint(start, renderer))
+            write_json(tmp / FINGERPRINT, reference_fingerprint(start, renderer, loading, params.trainer.precision))
     write_json(root / params.paths.reports / "pairs.json", report)
     auroc = report.get("val_critic_auroc_human_vs_sample")
     console.print(f"pairs: {report['train_pairs']} train / {report['val_pairs']} val pairs; the rejected side is "

@@ -20,7 +20,7 @@ from polyalign.errors import UserError, shown
 from polyalign.evaluation.validation import naturalness_probe
 from polyalign.io import write_json, write_text
 from polyalign.log import console
-from polyalign.modeling.model import load_tokenizer, model_dir
+from polyalign.modeling.model import Loading, load_tokenizer, model_dir
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.params import Params
 from polyalign.training.data import BEST_OF_K, SFTDataModule
@@ -93,7 +93,8 @@ def _train(params: Params, variant: str, resume: bool, root: Path, resume_anyway
     tokenizer = load_tokenizer(start, "the starting model")
     renderer = PromptRenderer.from_params(tokenizer, params.prompt)
     probe = naturalness_probe(params, root, sft.val_prompts, start, tokenizer, renderer, "sft.val_prompts")
-    module = SFTModule(str(start), sft, v.balance, data.bucket_names, total_steps, optim, probe=probe)
+    module = SFTModule(str(start), sft, v.balance, data.bucket_names, total_steps, optim, probe=probe,
+                       loading=Loading.from_params(params))
     out = root / params.paths.models / "sft" / variant
     selected = fit_and_export(trainer, module, out, tokenizer, ckpt=ckpt, resume_from=resume_from,
                               lr_key="sft.optim.lr", datamodule=data)

@@ -125,4 +125,4 @@ class SFTDataModule(L.LightningDataModule):
         sampler = EpochBatchSampler([len(x) for x in self.val["input_ids"]], self.sft.batch_size, mode="sequential",
                                     world_size=world, rank=rank)
         return torch.utils.data.DataLoader(self.val, batch_sampler=sampler, collate_fn=self.collate,
-                                           num_workers=self.num_workers)
+                                           num_workers=self.num_workers, generator=torch.Generator().manual_seed(0))

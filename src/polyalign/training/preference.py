@@ -21,9 +21,24 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from polyalign.modeling.model import disable_dropout, folder_digest, load_model_weights, save_model
+from polyalign.modeling.model import (
+    AS_SAVED,
+    Loading,
+    disable_dropout,
+    folder_digest,
+    folder_dtype,
+    load_model_weights,
+    save_model,
+)
 from polyalign.modeling.prompts import PromptRenderer
-from polyalign.modeling.scoring import padded_batch, response_logits, score_examples, sequence_logps
+from polyalign.modeling.scoring import (
+    compute_dtype,
+    padded_batch,
+    response_logits,
+    score_examples,
+    sequence_logps,
+    training_precision,
+)
 from polyalign.training.objectives import base_loss
 from polyalign.training.objectives.batch import PairBatch
 from polyalign.training.objectives.compose import preference_loss
@@ -81,14 +96,17 @@ def add_kl_examples(renderer: PromptRenderer, rows: list[dict[str, Any]], seed: 
         row.update(kl_input_ids=example["input_ids"], kl_labels=example["labels"])
 
 
-def reference_fingerprint(model_dir: Path, renderer: PromptRenderer) -> dict[str, Any]:
+def reference_fingerprint(model_dir: Path, renderer: PromptRenderer, loading: Loading = AS_SAVED,
+                          precision: str = "32-true") -> dict[str, Any]:
     """What precomputed reference log-probs depend on: the exact model files, the prompt format and the dtype
-    they were computed in. `hdpo` compares it with its own before trusting them."""
+    they were computed in (the training precision's, `training_precision`). `hdpo` compares it with its own
+    before trusting them."""
     template = renderer.tokenizer.chat_template or ""
+    loaded = folder_dtype(model_dir) if loading.dtype == "auto" else loading.dtype
     return {"model_files_sha256": folder_digest(model_dir), "conditioning": renderer.conditioning,
             "max_prompt_tokens": renderer.max_prompt_tokens, "max_tokens": renderer.max_tokens,
             "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
-            "end_of_turn_ids": list(renderer.eot_ids), "dtype": "float32"}
+            "end_of_turn_ids": list(renderer.eot_ids), "dtype": compute_dtype(precision, loaded)}
 
 
 def fingerprint_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -104,12 +122,14 @@ def fingerprint_changes(stored: dict[str, Any], current: dict[str, Any]) -> list
     return changes
 
 
-def reference_logps(model, renderer: PromptRenderer, pairs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+def reference_logps(model, renderer: PromptRenderer, pairs: list[dict[str, Any]],
+                    precision: str = "32-true") -> tuple[np.ndarray, np.ndarray]:
     """The reference log-probs of both sides of every pair under `model` (what `hdpo.reference: precomputed`
-    trains against)."""
+    trains against), computed in the training `precision`."""
     examples = [pair_examples(renderer, p) for p in pairs]
-    return (score_examples(model, [c for c, _ in examples], renderer.pad_id),
-            score_examples(model, [r for _, r in examples], renderer.pad_id))
+    with training_precision(model, precision) as scorer:
+        return (score_examples(scorer, [c for c, _ in examples], renderer.pad_id),
+                score_examples(scorer, [r for _, r in examples], renderer.pad_id))
 
 
 class PairCollator:
@@ -149,7 +169,8 @@ def pair_dataloader(rows: list[dict], collate: PairCollator, batch_size: int, *,
     sampler = EpochBatchSampler(lengths, batch_size, mode="shuffle" if train else "sequential", seed=seed,
                                 world_size=world, rank=rank)
     if not train:
-        return torch.utils.data.DataLoader(rows, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+        return torch.utils.data.DataLoader(rows, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                                           generator=torch.Generator().manual_seed(0))  # not torch's global stream
     return ResumableDataLoader(rows, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                                consumed=lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
@@ -161,8 +182,9 @@ class PreferenceModule(CheckpointedHistory, L.LightningModule):
     validation so far are kept (`Selection`, in memory and in checkpoints); the stage loads them before export."""
 
     def __init__(self, model_dir: str, hdpo, variant, bucket_names: list[str], total_steps: int,
-                 probe: Callable[[Any], dict[str, float]] | None = None):
+                 probe: Callable[[Any], dict[str, float]] | None = None, loading: Loading = AS_SAVED):
         super().__init__()
+        self.loading = loading
         if variant.reference is None:
             raise ValueError("PreferenceModule needs the variant's reference resolved (resolve_reference)")
         self.model_dir, self.hdpo, self.variant = str(model_dir), hdpo, variant
@@ -176,14 +198,15 @@ class PreferenceModule(CheckpointedHistory, L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        model = load_model_weights(self.model_dir, "the starting model")  # checked against its manifest
+        model = load_model_weights(self.model_dir, "the starting model", self.loading)  # checked against its manifest
         model.train()
         disable_dropout(model)  # before LoRA: an adapter's own dropout (hdpo.optim.lora.dropout) stays as set
+        self.loading.prepare_for_training(model)
         lora = self.hdpo.optim.lora
         self.model = lora_wrap(model, lora) if lora.enabled else model
         if self.variant.reference == "frozen":
-            reference = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32,
-                                                             use_safetensors=True).eval()
+            reference = AutoModelForCausalLM.from_pretrained(self.model_dir, use_safetensors=True,
+                                                             **self.loading.kwargs()).eval()
             reference.requires_grad_(False)
             object.__setattr__(self, "reference", reference)  # not a submodule: not trained, not checkpointed
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Sampler
 
 MEGABATCH = 50  # length grouping sorts windows of this many global batches
@@ -118,6 +119,9 @@ class ResumableDataLoader(DataLoader):
     continues mid-epoch with the very next batch instead of restarting the epoch."""
 
     def __init__(self, *args, consumed: Callable[[], int], **kwargs):
+        # a generator of its own: a DataLoader draws its workers' base seed when an epoch starts, and drawn from
+        # torch's global stream that would shift the dropout masks of a resumed run by one draw
+        kwargs.setdefault("generator", torch.Generator().manual_seed(0))
         super().__init__(*args, **kwargs)
         self._consumed = consumed
 

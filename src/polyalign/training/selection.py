@@ -45,17 +45,26 @@ class Selection:
 
 class CheckpointedHistory:
     """For a LightningModule with a `history` ({"train": rows, "val": rows}) and a `selection`: both travel in its
-    checkpoints, so a resumed run reports its whole curve and keeps the best weights selected before the stop."""
+    checkpoints, so a resumed run reports its whole curve and keeps the best weights selected before the stop.
+    So does torch's random state: dropout draws from it, and a resumed run must draw what the uninterrupted one
+    drew from the next step on (Lightning's checkpoints do not keep it)."""
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["polyalign_history"] = {k: [list(row) for row in v] for k, v in self.history.items()}
         if self.selection.best is not None:
             checkpoint["polyalign_best"] = self.selection.best
+        checkpoint["polyalign_rng"] = {"cpu": torch.get_rng_state(),
+                                       "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint):
         saved = checkpoint.get("polyalign_history", {})
         self.history = {k: [tuple(row) for row in saved.get(k, [])] for k in ("train", "val")}
         self.selection.best = checkpoint.get("polyalign_best")
+        rng = checkpoint.get("polyalign_rng")
+        if rng is not None:
+            torch.set_rng_state(rng["cpu"])
+            if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def probe_naturalness(model: torch.nn.Module, probe: Callable[[Any], dict[str, float]] | None) -> dict[str, float]:

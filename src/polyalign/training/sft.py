@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from polyalign.modeling.model import load_model_weights, save_model
+from polyalign.modeling.model import AS_SAVED, Loading, load_model_weights, save_model
 from polyalign.modeling.scoring import response_logits
 from polyalign.training.losses import per_example_loss, sft_loss
 from polyalign.training.optim import make_optimizer
@@ -37,8 +37,9 @@ class SFTModule(CheckpointedHistory, L.LightningModule):
     `last` the best validation's weights are kept (`Selection`) and the stage loads them before export."""
 
     def __init__(self, model_dir: str, sft, balance: str, bucket_names: list[str], total_steps: int,
-                 optim, probe=None):
+                 optim, probe=None, loading: Loading = AS_SAVED):
         super().__init__()
+        self.loading = loading
         self.total_steps, self.optim, self.probe = total_steps, optim, probe  # sft.optim, the variant's epochs and lr
         self.model_dir = str(model_dir)
         self.sft = sft
@@ -57,8 +58,9 @@ class SFTModule(CheckpointedHistory, L.LightningModule):
         """Load weights here (not in __init__) so that FSDP/DeepSpeed can shard them as they are created."""
         if self.model is not None:
             return
-        model = load_model_weights(self.model_dir, "base model")  # checked against its manifest, safetensors only
+        model = load_model_weights(self.model_dir, "base model", self.loading)  # checked against its manifest
         model.train()  # from_pretrained returns eval mode
+        self.loading.prepare_for_training(model)
         self.model = lora_wrap(model, self.optim.lora) if self.optim.lora.enabled else model
 
     def forward(self, batch):
