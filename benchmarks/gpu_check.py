@@ -36,9 +36,9 @@ def peak_tflops(name: str) -> float | None:
 
 def build(smoke: bool, workdir: Path):
     """The tokenizer (trained on the default corpus's train split), the model, and 512 rendered prompts."""
+    from common import default_project
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from common import default_project
     from polyalign.modeling.prompts import PromptRenderer
     from polyalign.modeling.tokenizer import train_tokenizer
     from polyalign.stages.init import read_split, record_texts
@@ -46,10 +46,10 @@ def build(smoke: bool, workdir: Path):
     params = default_project(workdir, with_model=False)
     train = read_split(params, workdir, "train")
     tokenizer = train_tokenizer(record_texts(train), params.model.vocab_size, params.model.tokenizer_min_frequency)
-    shape = (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                  num_key_value_heads=1, vocab_size=len(tokenizer)) if smoke else
-             dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                  num_key_value_heads=2, vocab_size=151936))
+    shape = ({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "num_key_value_heads": 1, "vocab_size": len(tokenizer)} if smoke else
+             {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+              "num_key_value_heads": 2, "vocab_size": 151936})
     config = Qwen2Config(**shape, max_position_embeddings=2048, tie_word_embeddings=True,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
@@ -97,7 +97,6 @@ def sft_steps(model, device, vocab: int, batch: int, length: int, steps: int) ->
         optimizer.zero_grad(set_to_none=True)
 
     seconds = timed(step, steps)
-    del optimizer
     n_params = sum(p.numel() for p in model.parameters())
     tokens_per_s = batch * length / seconds
     peak = peak_tflops(torch.cuda.get_device_name()) if device.type == "cuda" else None
@@ -144,7 +143,6 @@ def preference_steps(model, device, vocab: int, pairs: int, length: int, steps: 
         optimizer.zero_grad(set_to_none=True)
 
     seconds = timed(step, steps)
-    del optimizer, reference
     return {"pairs": pairs, "tokens": length, "step_s": round(seconds, 4), "peak_memory_gib": peak_memory_gib()}
 
 
@@ -189,6 +187,7 @@ def main() -> None:
         return
     sys.path.insert(0, str(Path(__file__).parent))
     from common import write_result
+
     from polyalign.manifest import write_manifest
 
     started = time.perf_counter()

@@ -60,7 +60,7 @@ def vllm_generate(folder: Path, prompts: Sequence[Sequence[int]], dtype: str, g,
                     for i, budget in enumerate(budgets)]
         outputs = engine.generate([tokens_prompt(prompt_token_ids=list(p)) for p in prompts], requests,
                                   use_tqdm=progress)
-    except Exception as exc:  # the engine runs in processes of its own: its errors arrive as vLLM's
+    except Exception as exc:  # noqa: BLE001 - the engine runs in processes of its own: its errors arrive as vLLM's
         raise UserError(f"vLLM failed on the model in {shown(folder)} in dtype {dtype!r} ({type(exc).__name__}: "
                         f"{_first_line(exc)}); its log above says why (e.g. an attention head size its CPU "
                         "kernels do not support); set generation.backend: hf") from None
