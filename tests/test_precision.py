@@ -111,7 +111,7 @@ def test_gradient_checkpointing_trains_the_same_weights(paired_tiny, tmp_path):
     sft = load_params(a / "params.yaml").sft
     module = SFTModule(str(a / "models/base"), sft, "none", [], 1, sft.optim, loading=Loading(gradient_checkpointing=True))
     module.configure_model()
-    assert module.model.is_activation_checkpointing
+    assert module.model.is_gradient_checkpointing
     np.testing.assert_allclose([x[1] for x in read_curve(a / "reports/sft/global/train_loss.csv")],
                                [x[1] for x in read_curve(b / "reports/sft/global/train_loss.csv")], rtol=1e-5)
 

@@ -91,3 +91,16 @@ def test_vllm_greedy_gives_the_hf_backends_ids_and_flags(talkative, paired_tiny,
                          stop_ids=stop, **decoding)
     assert vllm == hf
     assert any(s[0].truncated for s in hf) and any(not s[0].truncated for s in hf)
+
+
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (`make venv-vllm` makes an environment with it)")
+def test_a_model_vllm_cannot_run_is_a_clear_error(talkative):
+    from polyalign.errors import UserError
+    from polyalign.params import GenerationParams
+    from polyalign.vllm_backend import vllm_generate
+
+    folder, _, _, renderer, prompts, budgets = talkative  # attention heads of 16: too small for vLLM's CPU kernels
+    with pytest.raises(UserError, match="vLLM failed on the model .* set generation.backend: hf"):
+        vllm_generate(folder, prompts[:2], "float32", GenerationParams(backend="vllm"), stop_ids=renderer.eot_ids,
+                      max_new_tokens=budgets[:2], temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
+                      num_samples=1, seed=0, progress=False)

@@ -53,7 +53,10 @@ class Loading:
             return
         if not model.supports_gradient_checkpointing:
             raise UserError(f"trainer.gradient_checkpointing: {type(model).__name__} does not support it")
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.20
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
 
 
