@@ -339,6 +339,73 @@ def compare(
     _run(action)
 
 
+annotate_app = typer.Typer(help="Blind human evaluation: draw a rating set from the evaluation reports into "
+                            "human_eval/ratings.sqlite, and export the ratings with their figures.",
+                            no_args_is_help=True)
+app.add_typer(annotate_app, name="annotate")
+Database = Annotated[Path, typer.Option("--db", help="the rating database (your data, not a DVC output)")]
+
+
+@annotate_app.command("build")
+def annotate_build(
+    methods: Annotated[list[str], typer.Option(
+        "--methods", help="methods to rate (repeatable; default: every method with a report in reports/eval)")] = [],  # noqa: B006
+    items_per_bucket: Annotated[int, typer.Option(min=0, help="pairwise items per bucket")] = 6,
+    spot_per_bucket: Annotated[int, typer.Option(min=0, help="spot-the-human items per bucket")] = 3,
+    raters: Annotated[int, typer.Option(min=1, help="raters, each with a personal link")] = 3,
+    overlap: Annotated[int, typer.Option(min=1, help="raters per item (2 or more gives agreement figures)")] = 2,
+    attention_share: Annotated[float, typer.Option(min=0.0, max=0.5, help="share of attention checks")] = 0.05,
+    force: Annotated[bool, typer.Option(help="replace a database that already holds ratings")] = False,
+    db: Database = Path("human_eval/ratings.sqlite"),
+    params_file: ParamsFile = [Path("params.yaml")],  # noqa: B006
+    overrides: Overrides = [],  # noqa: B006
+) -> None:
+    """Draw a blind rating set (stratified per bucket, seeded by `seed`) from reports/eval/*.json: pairwise items,
+    spot-the-human items and attention checks, assigned to raters with --overlap raters per item."""
+
+    def action() -> None:
+        from polyalign.annotate.build import build
+
+        params = _setup(params_file, overrides)
+        result = build(Path(params.paths.reports), Path(params.paths.buckets), db, methods=methods or None,
+                       items_per_bucket=items_per_bucket, spot_per_bucket=spot_per_bucket, raters=raters,
+                       overlap=overlap, attention_share=attention_share, seed=params.seed, force=force)
+        console.print(f"annotate build: {result['items']} items ({result['pairwise']} pairwise, {result['spot']} "
+                      f"spot the human, {result['attention']} attention checks) from {result['buckets']} buckets "
+                      f"of the {result['split']} split, {len(result['raters'])} raters → {shown_path(db)}",
+                      highlight=False)
+        for rater, token in result["raters"].items():
+            console.print(f"  {rater}: token {token} ({result['per_rater'][rater]} items)", highlight=False)
+
+    _run(action)
+
+
+@annotate_app.command("export")
+def annotate_export(
+    attention_threshold: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="raters passing fewer attention checks than this are left out, and counted")] = 0.8,
+    db: Database = Path("human_eval/ratings.sqlite"),
+    params_file: ParamsFile = [Path("params.yaml")],  # noqa: B006
+    overrides: Overrides = [],  # noqa: B006
+) -> None:
+    """Write reports/human_eval.json: every rating, and win rates per method pair (overall, per slice, per bucket;
+    bootstrap over items and raters), Bradley-Terry strengths, spot-the-human accuracy, inter-rater agreement
+    and attention-check exclusions."""
+
+    def action() -> None:
+        from polyalign.annotate.export import export
+
+        params = _setup(params_file, overrides)
+        out = Path(params.paths.reports) / "human_eval.json"
+        result = export(db, out, attention_threshold=attention_threshold,
+                        resamples=params.evaluate.bootstrap_resamples, seed=params.seed)
+        console.print(f"annotate export: {len(result['ratings'])} ratings from {len(result['raters'])} raters "
+                      f"({result['excluded_raters']} left out by the attention checks) → {shown_path(out)}",
+                      highlight=False)
+
+    _run(action)
+
+
 def main() -> None:
     # Offline unless the user says otherwise: nothing may reach the hub or telemetry behind their back.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
