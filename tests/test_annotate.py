@@ -96,3 +96,63 @@ def test_export_computes_the_figures_without_the_raters_who_fail_attention_check
     assert report["summary"]["agreement"] == {"measure": "cohen_kappa", "value": 1.0, "raters": 2,
                                               "items": len([i for i in items if i[1] == "pairwise"])}
     assert set(report["summary"]["win_rates"]["slice"]) == {"en/single", "zh/multi"}
+
+
+@pytest.fixture
+def served(evaluated):
+    """The rating app on a built database (3 raters, 2 per item), through Starlette's test client."""
+    from starlette.testclient import TestClient
+
+    from polyalign.annotate.serve import create_app
+
+    cli(["annotate", "build", "--items-per-bucket", "3", "--spot-per-bucket", "1", "--raters", "3", "--overlap", "2"],
+        evaluated)
+    db = evaluated / "human_eval/ratings.sqlite"
+    tokens = dict(sqlite3.connect(db).execute("SELECT id, token FROM raters").fetchall())
+    return TestClient(create_app(db)), tokens, db
+
+
+def current_item(page: str) -> str:
+    return page.split('name="item" value="')[1].split('"')[0]
+
+
+def test_a_rater_rates_undoes_and_resumes_through_the_page(served):
+    client, tokens, db = served
+    token = tokens["r01"]
+    page = client.get(f"/r/{token}")
+    assert page.status_code == 200 and "0 of" in page.text and "(1)" in page.text
+    first = current_item(page.text)
+    after = client.post(f"/r/{token}/rate", data={"item": first, "choice": "a", "score_a": "4"})
+    assert after.status_code == 200 and "1 of" in after.text and current_item(after.text) != first
+    second = current_item(after.text)
+    client.post(f"/r/{token}/rate", data={"item": second, "choice": "skip"})
+    undone = client.post(f"/r/{token}/undo")
+    assert current_item(undone.text) == second  # the last rating is gone, its item comes back
+    rows = sqlite3.connect(db).execute("SELECT item, choice, score_a FROM ratings WHERE rater = 'r01'").fetchall()
+    assert rows == [(first, "a", 4)]
+
+
+def test_tokens_double_submits_and_other_raters_items_are_refused(served):
+    client, tokens, db = served
+    assert client.get("/r/not-a-token").status_code == 404
+    assert client.post("/r/not-a-token/rate", data={"item": "p00000", "choice": "a"}).status_code == 404
+    con = sqlite3.connect(db)
+    mine = current_item(client.get(f"/r/{tokens['r01']}").text)
+    others = {i for (i,) in con.execute("SELECT item FROM assignments WHERE rater = 'r02'")}
+    foreign = sorted(others - {i for (i,) in con.execute("SELECT item FROM assignments WHERE rater = 'r01'")})[0]
+    assert client.post(f"/r/{tokens['r01']}/rate", data={"item": foreign, "choice": "a"}).status_code == 404
+    assert client.post(f"/r/{tokens['r01']}/rate", data={"item": mine, "choice": "maybe"}).status_code == 400
+    assert client.post(f"/r/{tokens['r01']}/rate", data={"item": mine, "choice": "b"}).status_code == 200
+    assert client.post(f"/r/{tokens['r01']}/rate", data={"item": mine, "choice": "a"},
+                       follow_redirects=False).status_code == 409
+    assert con.execute("SELECT COUNT(*) FROM ratings").fetchone()[0] == 1
+
+
+def test_a_responses_markup_is_shown_as_text(served):
+    client, tokens, db = served
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE items SET a_text = '<script>alert(1)</script>', b_text = '<img src=x onerror=alert(1)>'")
+    page = client.get(f"/r/{tokens['r01']}").text
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page

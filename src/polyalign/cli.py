@@ -380,6 +380,32 @@ def annotate_build(
     _run(action)
 
 
+@annotate_app.command("serve")
+def annotate_serve(
+    host: Annotated[str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8765,
+    db: Database = Path("human_eval/ratings.sqlite"),
+) -> None:
+    """Serve the rating page: each rater opens http://HOST:PORT/r/<token> (the tokens `annotate build` printed).
+    Every rating is committed at once; a restarted server resumes each rater where they stopped."""
+
+    def action() -> None:
+        from polyalign.annotate.serve import serve
+
+        if not db.is_file():
+            raise UserError(f"annotate serve: no rating database at {shown_path(db)} (run `polyalign annotate "
+                            "build` first)")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            console.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach this address and holds a "
+                          "rater's token can rate; the page has no TLS (put it behind an HTTPS proxy)",
+                          highlight=False)
+        console.print(f"annotate serve: http://{host}:{port}/r/<token> (Ctrl+C stops; ratings are already saved)",
+                      highlight=False)
+        serve(db, host, port)
+
+    _run(action)
+
+
 @annotate_app.command("export")
 def annotate_export(
     attention_threshold: Annotated[float, typer.Option(
