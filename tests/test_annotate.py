@@ -3,6 +3,7 @@ CLI), with ratings inserted as the rating server stores them."""
 
 import json
 import sqlite3
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,18 +17,23 @@ METHODS = ("sft@bucket", "hdpo@hdpo", "hdpo@dpo")
 @pytest.fixture
 def evaluated(in_tmp):
     """Two buckets of six test prompts each and three methods' reports on them."""
+    return write_evaluated(in_tmp, 6)
+
+
+def write_evaluated(root, per_bucket: int):
+    in_tmp = root
     records = []
     for b, (language, track) in enumerate([("en", "single"), ("zh", "multi")]):
-        for k in range(6):
+        for k in range(per_bucket):
             records.append({
                 "id": f"q{b}{k}", "language": language, "track": track, "bucket_id": f"{language}|{track}|qa|short",
                 "question": f"question {b}{k}?" if language == "en" else f"问题{b}{k}？",
                 "context": "", "dialogue_history": [{"role": "user", "text": "hi"}, {"role": "assistant",
                                                                                       "text": "hello"}],
                 "human_answer": "I think so. It is fine." if language == "en" else "我觉得可以。没问题。"})
-    (in_tmp / "data/buckets").mkdir(parents=True)
+    (in_tmp / "data/buckets").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(records), in_tmp / "data/buckets/test.parquet")
-    (in_tmp / "reports/eval").mkdir(parents=True)
+    (in_tmp / "reports/eval").mkdir(parents=True, exist_ok=True)
     for method in METHODS:
         examples = [{"id": r["id"], "bucket_id": r["bucket_id"], "response": f"<b>{method}</b> on {r['id']}"}
                     for r in records]
@@ -139,7 +145,7 @@ def test_tokens_double_submits_and_other_raters_items_are_refused(served):
     con = sqlite3.connect(db)
     mine = current_item(client.get(f"/r/{tokens['r01']}").text)
     others = {i for (i,) in con.execute("SELECT item FROM assignments WHERE rater = 'r02'")}
-    foreign = sorted(others - {i for (i,) in con.execute("SELECT item FROM assignments WHERE rater = 'r01'")})[0]
+    foreign = min(others - {i for (i,) in con.execute("SELECT item FROM assignments WHERE rater = 'r01'")})
     assert client.post(f"/r/{tokens['r01']}/rate", data={"item": foreign, "choice": "a"}).status_code == 404
     assert client.post(f"/r/{tokens['r01']}/rate", data={"item": mine, "choice": "maybe"}).status_code == 400
     assert client.post(f"/r/{tokens['r01']}/rate", data={"item": mine, "choice": "b"}).status_code == 200
@@ -156,3 +162,167 @@ def test_a_responses_markup_is_shown_as_text(served):
     page = client.get(f"/r/{tokens['r01']}").text
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def start_server(project, port: int):
+    """`polyalign annotate serve` as its own process (the real uvicorn server), once it answers."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    process = subprocess.Popen([sys.executable, "-m", "polyalign", "annotate", "serve", "--port", str(port)],
+                               cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/r/none", timeout=1)
+        except urllib.error.HTTPError:
+            return process  # 404 for an unknown token: it serves
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"the server did not start: {process.stderr.read().decode()}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_four_raters_rating_at_once_lose_nothing_and_duplicate_nothing(evaluated):
+    import threading
+
+    import httpx
+
+    write_evaluated(evaluated, 30)  # 60 pairwise items, each rated by all 4 raters
+    cli(["annotate", "build", "--items-per-bucket", "30", "--spot-per-bucket", "0", "--raters", "4", "--overlap", "4",
+         "--attention-share", "0"], evaluated)
+    db = evaluated / "human_eval/ratings.sqlite"
+    con = sqlite3.connect(db)
+    tokens = dict(con.execute("SELECT id, token FROM raters").fetchall())
+    items = {r: [i for (i,) in con.execute("SELECT item FROM assignments WHERE rater = ? ORDER BY position", (r,))]
+             for r in tokens}
+    assert all(len(v) == 60 for v in items.values())
+    port = free_port()
+    server = start_server(evaluated, port)
+    failures = []
+
+    def rater(name: str) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            for item in items[name][:50]:
+                status = client.post(f"/r/{tokens[name]}/rate", data={"item": item, "choice": "tie"}).status_code
+                if status != 303:
+                    failures.append((name, item, status))
+
+    try:
+        threads = [threading.Thread(target=rater, args=(name,)) for name in tokens]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert failures == []
+    assert con.execute("SELECT COUNT(*) FROM ratings").fetchone()[0] == 200
+    assert con.execute("SELECT COUNT(*) FROM (SELECT DISTINCT rater, item FROM ratings)").fetchone()[0] == 200
+
+
+def test_a_killed_server_loses_no_rating_and_resumes_at_the_next_item(evaluated):
+    import signal
+
+    import httpx
+
+    cli(["annotate", "build", "--items-per-bucket", "3", "--raters", "1", "--overlap", "1"], evaluated)
+    db = evaluated / "human_eval/ratings.sqlite"
+    token = sqlite3.connect(db).execute("SELECT token FROM raters").fetchone()[0]
+    port = free_port()
+    server = start_server(evaluated, port)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=True) as client:
+        rated = []
+        for _ in range(3):
+            item = current_item(client.get(f"/r/{token}").text)
+            client.post(f"/r/{token}/rate", data={"item": item, "choice": "a"})
+            rated.append(item)
+        upcoming = current_item(client.get(f"/r/{token}").text)
+    server.send_signal(signal.SIGKILL)
+    server.wait(timeout=30)
+    server = start_server(evaluated, port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            page = client.get(f"/r/{token}").text
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert current_item(page) == upcoming and "3 of" in page
+    assert [i for (i,) in sqlite3.connect(db).execute("SELECT item FROM ratings ORDER BY created_at")] == rated
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                    reason="headless Chromium is not installed (Debian: apt-get install chromium chromium-driver; "
+                           ".ci/run installs them)")
+def test_a_rater_in_a_real_browser_rates_with_keys_and_mouse_undoes_and_reloads(evaluated, tmp_path):
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[dev]')")
+    from selenium import webdriver
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    cli(["annotate", "build", "--items-per-bucket", "6", "--spot-per-bucket", "2", "--raters", "1", "--overlap", "1"],
+        evaluated)
+    db = evaluated / "human_eval/ratings.sqlite"
+    token = sqlite3.connect(db).execute("SELECT token FROM raters").fetchone()[0]
+    port = free_port()
+    server = start_server(evaluated, port)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=420,900"):
+        options.add_argument(flag)  # a phone-sized window
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        driver.get(f"http://127.0.0.1:{port}/r/{token}")
+
+        def rated(n: int) -> None:
+            def shows(d) -> bool:
+                try:
+                    return d.find_element(By.CLASS_NAME, "progress").text.startswith(f"{n} of")
+                except (NoSuchElementException, StaleElementReferenceException):  # the next page is loading
+                    return False
+            WebDriverWait(driver, 20).until(shows)
+
+        for n, key in enumerate("123s12", start=1):  # six ratings with the keyboard
+            driver.find_element(By.TAG_NAME, "body").send_keys(key)
+            rated(n)
+        driver.find_element(By.ID, "choose-a").click()  # two with the mouse
+        rated(7)
+        shown_zh = "问题" in driver.find_element(By.ID, "question").text
+        driver.find_element(By.ID, "choose-tie").click()
+        rated(8)
+        driver.find_element(By.ID, "undo-last").click()
+        rated(7)
+        driver.refresh()
+        rated(7)
+        choices = [c for (c,) in sqlite3.connect(db).execute("SELECT choice FROM ratings ORDER BY created_at")]
+        assert choices == ["a", "b", "tie", "skip", "a", "b", "a"]  # exactly the 7 kept
+        for n in range(8, 18):  # a screenshot of a Chinese item
+            if "问题" in driver.find_element(By.ID, "question").text:
+                break
+            driver.find_element(By.ID, "choose-skip").click()
+            rated(n)
+        driver.save_screenshot(str(tmp_path / "rating-page.png"))
+        assert (tmp_path / "rating-page.png").stat().st_size > 10_000
+        assert shown_zh or "问题" in driver.find_element(By.ID, "question").text
+    finally:
+        driver.quit()
+        server.terminate()
+        server.wait(timeout=30)
