@@ -152,3 +152,26 @@ def test_a_missing_model_or_unknown_method_exits_2_with_the_reason(project, tmp_
     result = cli(["evaluate", "--set", "evaluate.methods=[hdpo@nope]", "--set", "evaluate.compare=[]"], project,
                  check=False)
     assert result.returncode == 2 and "hdpo@nope" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_report_gains_a_human_evaluation_section_from_human_eval_json(project, tmp_path):
+    import sqlite3
+
+    root = copy_project(project, tmp_path / "p")
+    before = (root / "reports/eval/report.md").read_text()
+    assert "## Human evaluation" not in before
+    cli(["annotate", "build", "--items-per-bucket", "2", "--spot-per-bucket", "1", "--raters", "2", "--overlap", "2"],
+        root)
+    db = sqlite3.connect(root / "human_eval/ratings.sqlite")
+    with db:  # both raters always prefer sft@bucket's response, and tell the human answer from base's
+        for rater, item, task, a, b in db.execute("SELECT a.rater, i.id, i.task, i.a_method, i.b_method FROM "
+                                                  "assignments a JOIN items i ON i.id = a.item").fetchall():
+            choice = "a" if a in ("sft@bucket", "human") else "b" if b in ("sft@bucket", "human") else "tie"
+            db.execute("INSERT INTO ratings (rater, item, choice) VALUES (?, ?, ?)", (rater, item, choice))
+    cli(["annotate", "export"], root)
+    cli(["report"], root)
+    report = (root / "reports/eval/report.md").read_text()
+    assert "## Human evaluation" in report and "| base | sft@bucket |" in report
+    assert "| sft@bucket | +" in report  # the stronger Bradley-Terry strength comes first
+    assert "cohen kappa: 1.00" in report and "Spearman's rho" in report
+    assert report.replace(report[report.index("## Human evaluation"):report.index("## Diagnostics")], "") == before

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from polyalign.errors import UserError
+from polyalign.evaluation import human_report
 from polyalign.evaluation import metrics as registry
 from polyalign.evaluation.summary import GROUPS, SLICES, interval, naturalness_score, pareto_front, slice_of
 from polyalign.io import atomic_path, json_safe, write_json, write_text
@@ -223,13 +224,16 @@ def budget_text(decoding: dict, results: Sequence[dict]) -> str:
             f"(model tokens{cap}; responses cut by their budget: {cut})")
 
 
-def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[str]]) -> str:
-    """The report: one function per section, in this order."""
+def markdown(human: dict, results: Sequence[dict], compare: Sequence[Sequence[str]],
+             ratings: dict | None = None) -> str:
+    """The report: one function per section, in this order (`ratings`: reports/human_eval.json, when there is
+    one, gives the human-evaluation section)."""
     split = results[0].get("split", "test")
     sections = [
         _intro(results), _group_tables(results), _differences(results, compare), _best_per_metric(results),
         _diversity(human, results, split), _coverage(human, results, split), _mauve(results), _frontier(results),
-        _per_bucket(human, results), _diagnostics(results), METRIC_NOTES + _metric_list(),
+        _per_bucket(human, results), human_report.section(ratings, results) if ratings else "",
+        _diagnostics(results), METRIC_NOTES + _metric_list(),
     ]
     return "\n".join(section for section in sections if section)
 
@@ -529,8 +533,10 @@ def build(folder: Path, reports: Path, compare: Sequence[Sequence[str]]) -> dict
     _plot_lengths(human, results, folder / "lengths.png")
     _plot_per_bucket(results, folder / "per_bucket.png")
     _plot_frontier(results, folder / "frontier.png")
-    write_text(folder / "report.md", markdown(human, results, compare))
-    return {"metrics": metrics, "human": human, "results": results}
+    ratings_path = reports / "human_eval.json"
+    ratings = json.loads(ratings_path.read_text(encoding="utf-8")) if ratings_path.is_file() else None
+    write_text(folder / "report.md", markdown(human, results, compare, ratings))
+    return {"metrics": metrics, "human": human, "results": results, "ratings": ratings}
 
 
 def log_to_wandb(params, root: Path, built: dict) -> None:
@@ -559,4 +565,16 @@ def log_to_wandb(params, root: Path, built: dict) -> None:
                         and method != "compare" for k, v in flat.items() if not math.isnan(v)})
     run.summary.update({"split": split, "rows_sha256": built["metrics"]["rows_sha256"]})
     run.finish()
+    ratings = built.get("ratings")
+    if ratings:  # the human evaluation's tables beside the automatic ones
+        summary = ratings["summary"]
+        run.log({"human/win_rates": wandb.Table(
+                     columns=["level", "group", "method_a", "method_b", "n", "win_rate", "low", "high"],
+                     data=[[level, group, r["a"], r["b"], r["n"], r["win_rate"], r["low"], r["high"]]
+                           for level, groups in summary["win_rates"].items() for group, rows in groups.items()
+                           for r in rows]),
+                 "human/bradley_terry": wandb.Table(columns=["method", "strength"],
+                                                    data=[[m, v] for m, v in summary["bradley_terry"].items()]),
+                 "human/spot_the_human": wandb.Table(columns=["method", "accuracy", "n"], data=[
+                     [m, v["accuracy"], v["n"]] for m, v in summary["spot_the_human"].items()])})
     announce_wandb_run(run, cfg.mode)
