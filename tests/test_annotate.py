@@ -126,7 +126,7 @@ def test_a_rater_rates_undoes_and_resumes_through_the_page(served):
     client, tokens, db = served
     token = tokens["r01"]
     page = client.get(f"/r/{token}")
-    assert page.status_code == 200 and "0 of" in page.text and "(1)" in page.text
+    assert page.status_code == 200 and "0 of" in page.text and "(1)" in page.text and 'name="score_a"' in page.text
     first = current_item(page.text)
     after = client.post(f"/r/{token}/rate", data={"item": first, "choice": "a", "score_a": "4"})
     assert after.status_code == 200 and "1 of" in after.text and current_item(after.text) != first
