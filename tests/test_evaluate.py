@@ -168,10 +168,17 @@ def test_the_report_gains_a_human_evaluation_section_from_human_eval_json(projec
                                                   "assignments a JOIN items i ON i.id = a.item").fetchall():
             choice = "a" if a in ("sft@bucket", "human") else "b" if b in ("sft@bucket", "human") else "tie"
             db.execute("INSERT INTO ratings (rater, item, choice) VALUES (?, ?, ?)", (rater, item, choice))
-    cli(["annotate", "export"], root)
+    cli(["annotate", "export", "--set", "logging.wandb.mode=offline"], root, WANDB_MODE=None)
+    (run,) = (root / "logs/wandb").glob("offline-run-*")  # the human evaluation's W&B run, with its tables
+    log = next(run.glob("run-*.wandb")).read_bytes()
+    assert all(key in log for key in (b"human/win_rates", b"human/bradley_terry", b"human_eval"))
+    cli(["evaluate", "--set", "logging.wandb.mode=offline"], root, WANDB_MODE=None)  # its run gets them too
+    (evaluated,) = set((root / "logs/wandb").glob("offline-run-*")) - {run}
+    assert b"human/win_rates" in next(evaluated.glob("run-*.wandb")).read_bytes()
     cli(["report"], root)
     report = (root / "reports/eval/report.md").read_text()
     assert "## Human evaluation" in report and "| base | sft@bucket |" in report
     assert "| sft@bucket | +" in report  # the stronger Bradley-Terry strength comes first
     assert "cohen kappa: 1.00" in report and "Spearman's rho" in report
-    assert report.replace(report[report.index("## Human evaluation"):report.index("## Diagnostics")], "") == before
+    # the section comes before the diagnostics, and the sections above it are as they were
+    assert report[:report.index("## Human evaluation")] == before[:before.index("## Diagnostics")]

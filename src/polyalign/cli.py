@@ -425,6 +425,9 @@ def annotate_export(
         out = Path(params.paths.reports) / "human_eval.json"
         result = export(db, out, attention_threshold=attention_threshold,
                         resamples=params.evaluate.bootstrap_resamples, seed=params.seed)
+        from polyalign.evaluation.human_report import log_to_wandb
+
+        log_to_wandb(params, Path("."), result)
         console.print(f"annotate export: {len(result['ratings'])} ratings from {len(result['raters'])} raters "
                       f"({result['excluded_raters']} left out by the attention checks) → {shown_path(out)}",
                       highlight=False)

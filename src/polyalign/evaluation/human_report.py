@@ -90,3 +90,40 @@ def section(evaluation: dict, results: Sequence[dict]) -> str:
     lines += ["", "Where a lower-is-better metric follows the raters, rho is negative; a higher-is-better one, positive.",
               ""]
     return "\n".join(lines)
+
+
+def wandb_tables(evaluation: dict) -> dict:
+    """The section's tables as W&B tables (win rates at every level, Bradley–Terry, spot the human)."""
+    import wandb
+
+    summary = evaluation["summary"]
+    return {
+        "human/win_rates": wandb.Table(
+            columns=["level", "group", "method_a", "method_b", "n", "win_rate", "low", "high"],
+            data=[[level, group, r["a"], r["b"], r["n"], r["win_rate"], r["low"], r["high"]]
+                  for level, groups in summary["win_rates"].items() for group, rows in groups.items() for r in rows]),
+        "human/bradley_terry": wandb.Table(columns=["method", "strength"],
+                                           data=[[m, v] for m, v in summary["bradley_terry"].items()]),
+        "human/spot_the_human": wandb.Table(columns=["method", "accuracy", "n"], data=[
+            [m, v["accuracy"], v["n"]] for m, v in summary["spot_the_human"].items()]),
+    }
+
+
+def log_to_wandb(params, root, evaluation: dict) -> None:
+    """The human evaluation as a W&B run of its own (offline by default), when `annotate export` writes it."""
+    cfg = params.logging.wandb
+    if cfg.mode == "disabled":
+        return
+    import wandb
+
+    from polyalign.log import announce_wandb_run, wandb_settings
+
+    logs = root / params.paths.logs
+    logs.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(logs), job_type="human_eval",
+                     group=params.configuration_id(), name=f"human-eval-{evaluation['split']}",
+                     tags=["human_eval", str(evaluation["split"])], settings=wandb_settings(params.logging.level))
+    run.log(wandb_tables(evaluation))
+    run.summary.update({"ratings": len(evaluation["ratings"]), "excluded_raters": evaluation["excluded_raters"]})
+    run.finish()
+    announce_wandb_run(run, cfg.mode)

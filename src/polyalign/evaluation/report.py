@@ -564,17 +564,7 @@ def log_to_wandb(params, root: Path, built: dict) -> None:
     run.summary.update({f"{method}/{k}": v for method, flat in built["metrics"].items() if isinstance(flat, dict)
                         and method != "compare" for k, v in flat.items() if not math.isnan(v)})
     run.summary.update({"split": split, "rows_sha256": built["metrics"]["rows_sha256"]})
+    if built.get("ratings"):  # the human evaluation's tables beside the automatic ones
+        run.log(human_report.wandb_tables(built["ratings"]))
     run.finish()
-    ratings = built.get("ratings")
-    if ratings:  # the human evaluation's tables beside the automatic ones
-        summary = ratings["summary"]
-        run.log({"human/win_rates": wandb.Table(
-                     columns=["level", "group", "method_a", "method_b", "n", "win_rate", "low", "high"],
-                     data=[[level, group, r["a"], r["b"], r["n"], r["win_rate"], r["low"], r["high"]]
-                           for level, groups in summary["win_rates"].items() for group, rows in groups.items()
-                           for r in rows]),
-                 "human/bradley_terry": wandb.Table(columns=["method", "strength"],
-                                                    data=[[m, v] for m, v in summary["bradley_terry"].items()]),
-                 "human/spot_the_human": wandb.Table(columns=["method", "accuracy", "n"], data=[
-                     [m, v["accuracy"], v["n"]] for m, v in summary["spot_the_human"].items()])})
     announce_wandb_run(run, cfg.mode)
