@@ -326,3 +326,63 @@ def test_a_rater_in_a_real_browser_rates_with_keys_and_mouse_undoes_and_reloads(
         driver.quit()
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture
+def stub_endpoint():
+    """A local OpenAI-compatible chat endpoint that answers deterministically: the response that mentions
+    hdpo@hdpo wins, a tie when neither does."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            text = body["messages"][-1]["content"]
+            seen.append(body)
+            a, b = text.split("Response A:")[1].split("Response B:")
+            answer = "A" if "hdpo@hdpo" in a else "B" if "hdpo@hdpo" in b.split("Which response")[0] else "tie"
+            payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": f"{answer}."}}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(payload.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    server.shutdown()
+
+
+def test_an_automatic_rater_answers_on_the_same_protocol_and_gets_its_agreement_with_the_humans(
+        evaluated, stub_endpoint):
+    url, seen = stub_endpoint
+    cli(["annotate", "build", "--items-per-bucket", "6", "--spot-per-bucket", "0", "--raters", "2", "--overlap", "2",
+         "--attention-share", "0"], evaluated)
+    db = evaluated / "human_eval/ratings.sqlite"
+    con = sqlite3.connect(db)
+    with con:  # both humans prefer hdpo@hdpo too
+        for rater, item, a, b in con.execute(
+                "SELECT s.rater, i.id, i.a_method, i.b_method FROM assignments s JOIN items i ON i.id = s.item "
+                "ORDER BY s.rater, i.id").fetchall():
+            choice = "a" if a == "hdpo@hdpo" else "b" if b == "hdpo@hdpo" else "tie"
+            con.execute("INSERT INTO ratings (rater, item, choice) VALUES (?, ?, ?)", (rater, item, choice))
+    out = cli(["annotate", "judge", "--endpoint", url, "--model", "stub"], evaluated)
+    assert "12 items judged by judge:stub" in out.stderr and "unreadable answers 0" in out.stderr
+    assert len(seen) == 12 and all(body["temperature"] == 0 and body["model"] == "stub" for body in seen)
+    assert con.execute("SELECT kind FROM raters WHERE id = 'judge:stub'").fetchone() == ("model",)
+    again = cli(["annotate", "judge", "--endpoint", url, "--model", "stub"], evaluated)  # nothing left to judge
+    assert "0 items judged" in again.stderr and len(seen) == 12
+    cli(["annotate", "export"], evaluated)
+    report = json.loads((evaluated / "reports/human_eval.json").read_text())
+    assert report["judges"]["judge:stub"] == {"items": 12, "agreement": 1.0, "cohen_kappa": 1.0}
+    assert report["summary"]["agreement"]["raters"] == 2  # the human figures leave the model rater out
+    refused = cli(["annotate", "judge", "--endpoint", "http://127.0.0.1:9/v1", "--model", "stub", "--rater", "x"],
+                  evaluated, check=False)
+    assert refused.returncode == 2 and "did not answer" in refused.stderr

@@ -406,6 +406,29 @@ def annotate_serve(
     _run(action)
 
 
+@annotate_app.command("judge")
+def annotate_judge(
+    endpoint: Annotated[str, typer.Option(help="an OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1")],
+    model: Annotated[str, typer.Option(help="the model name the endpoint serves")],
+    rater: Annotated[str | None, typer.Option(help="the rater's name (default: judge:<model>)")] = None,
+    limit: Annotated[int, typer.Option(min=0, help="judge at most this many items now (0: all)")] = 0,
+    db: Database = Path("human_eval/ratings.sqlite"),
+) -> None:
+    """An automatic rater on the same protocol: every pairwise item (and attention check) goes to the endpoint's
+    chat completions at temperature 0; its answers are stored as a rater of kind `model`. The API key, if the
+    endpoint needs one, is read from OPENAI_API_KEY."""
+
+    def action() -> None:
+        from polyalign.annotate.judge import judge
+
+        result = judge(db, endpoint, model, rater=rater, api_key=os.environ.get("OPENAI_API_KEY"), limit=limit)
+        console.print(f"annotate judge: {result['judged']} items judged by {result['rater']} (A {result['a']}, B "
+                      f"{result['b']}, tie {result['tie']}, unreadable answers {result['skip']}) → {shown_path(db)}",
+                      highlight=False)
+
+    _run(action)
+
+
 @annotate_app.command("export")
 def annotate_export(
     attention_threshold: Annotated[float, typer.Option(

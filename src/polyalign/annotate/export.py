@@ -1,5 +1,6 @@
 """`polyalign annotate export`: the ratings of the database, with the figures computed from them
 (`evaluation.human`), into `reports/human_eval.json`, which the report's human-evaluation section reads alone.
+The figures are the human raters'; automatic raters (`annotate judge`) get their agreement with the humans.
 
 Raters whose attention-check pass rate is below the threshold are left out of every figure and counted; their
 ratings stay in the file, marked.
@@ -58,7 +59,7 @@ def export(database: Path, out: Path, *, attention_threshold: float = 0.8, resam
     for r in ratings:
         r["rater_kind"] = kinds.get(r["rater"], "human")
         r["excluded"] = r["rater"] not in kept
-    counted = [r for r in ratings if not r["excluded"]]
+    counted = [r for r in ratings if not r["excluded"] and r["rater_kind"] == "human"]  # the human figures
     result = {
         "database": str(database), "split": meta.get("split"), "methods": json.loads(meta.get("methods", "[]")),
         "attention_threshold": attention_threshold,
@@ -68,6 +69,9 @@ def export(database: Path, out: Path, *, attention_threshold: float = 0.8, resam
                    for rater, kind in sorted(kinds.items())},
         "excluded_raters": len(excluded),
         "summary": summary(counted, resamples, seed),
+        # automatic raters (`annotate judge`), against the kept human raters' majority
+        "judges": {rater: human.agreement_with_humans(counted + [r for r in ratings if r["rater"] == rater], rater)
+                   for rater, kind in sorted(kinds.items()) if kind != "human"},
         "ratings": ratings,
     }
     write_json(out, result)

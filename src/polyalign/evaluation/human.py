@@ -148,3 +148,28 @@ def agreement(ratings: Sequence[dict]) -> dict | None:
     value = krippendorff.alpha(reliability_data=matrix, level_of_measurement="nominal",
                                value_domain=list(code.values()))
     return {"measure": "krippendorff_alpha", "value": float(value), "raters": len(raters), "items": len(shared)}
+
+
+def agreement_with_humans(ratings: Sequence[dict], rater: str) -> dict | None:
+    """How often a (model) rater chose what the human raters' majority chose on the pairwise items both answered:
+    the share of equal choices and Cohen's kappa (a, b, tie). Items where the humans split evenly are left out.
+    `ratings` carry `rater_kind`; None without shared items."""
+    from sklearn.metrics import cohen_kappa_score
+
+    votes: dict[str, Counter] = defaultdict(Counter)
+    theirs: dict[str, str] = {}
+    for r in answered(ratings, "pairwise"):
+        if r["rater"] == rater:
+            theirs[r["item"]] = r["choice"]
+        elif r.get("rater_kind", "human") == "human":
+            votes[r["item"]][r["choice"]] += 1
+    pairs = []
+    for item, choice in theirs.items():
+        ranked = votes[item].most_common(2)
+        if ranked and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]):
+            pairs.append((ranked[0][0], choice))
+    if not pairs:
+        return None
+    kappa = cohen_kappa_score([h for h, _ in pairs], [m for _, m in pairs], labels=list(CHOICES))
+    return {"items": len(pairs), "agreement": sum(h == m for h, m in pairs) / len(pairs),
+            "cohen_kappa": float(kappa) if not np.isnan(kappa) else None}

@@ -18,7 +18,8 @@ def human_scores(ratings: Sequence[dict]) -> dict[tuple[str, str], float]:
     """Per (method, bucket): the mean pairwise score of the method's responses (1 judged more natural, 0.5 a
     tie, 0 less natural), over the kept raters' ratings."""
     sums: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for r in answered([r for r in ratings if not r.get("excluded")], "pairwise"):
+    for r in answered([r for r in ratings if not r.get("excluded") and r.get("rater_kind", "human") == "human"],
+                      "pairwise"):
         first, second, score = oriented(r)
         sums[(first, r["bucket"])].append(score)
         sums[(second, r["bucket"])].append(1.0 - score)
@@ -57,9 +58,10 @@ def _win_table(rows: Sequence[dict]) -> list[str]:
 def section(evaluation: dict, results: Sequence[dict]) -> str:
     s = evaluation["summary"]
     raters = evaluation["raters"]
-    kept = sum(not r["excluded"] for r in raters.values())
+    kept = sum(not r["excluded"] and r["kind"] == "human" for r in raters.values())
+    counted = sum(not r["excluded"] and r.get("rater_kind", "human") == "human" for r in evaluation["ratings"])
     intro = (f"Blind ratings from `polyalign annotate` (`{evaluation['database']}`, {evaluation['split']} split): "
-             f"{sum(not r['excluded'] for r in evaluation['ratings'])} ratings from {kept} raters; "
+             f"{counted} ratings from {kept} human raters; "
              f"{evaluation['excluded_raters']} rater(s) left out for passing fewer than "
              f"{evaluation['attention_threshold']:.0%} of their attention checks. Win rates count a tie as half; "
              "the intervals come from a bootstrap over items and raters together.")
@@ -81,6 +83,16 @@ def section(evaluation: dict, results: Sequence[dict]) -> str:
     lines += ["", "| rater | kind | ratings | attention checks passed | left out |", "| --- | --- | ---: | ---: | --- |"]
     lines += [f"| {name} | {r['kind']} | {r['ratings']} | {r['attention_passed']} / {r['attention_checks']} | "
               f"{'yes' if r['excluded'] else 'no'} |" for name, r in raters.items()]
+    judges = {name: j for name, j in (evaluation.get("judges") or {}).items()}
+    if judges:
+        lines += ["", "### Automatic raters against the human majority (`annotate judge`)", "",
+                  "| rater | items | same choice | Cohen's kappa |", "| --- | ---: | ---: | ---: |"]
+        for name, j in judges.items():
+            if j is None:
+                lines.append(f"| {name} | 0 | n/a | n/a |")
+            else:
+                kappa = "n/a" if j["cohen_kappa"] is None else f"{j['cohen_kappa']:.2f}"
+                lines.append(f"| {name} | {j['items']} | {j['agreement']:.2f} | {kappa} |")
     lines += ["", "### Do the automatic metrics follow the raters?", "",
               "Spearman's rho over (method, bucket) points between the raters' mean pairwise score and each metric:",
               "", "| metric | better | rho | points |", "| --- | --- | ---: | ---: |"]
