@@ -154,6 +154,21 @@ def test_a_missing_model_or_unknown_method_exits_2_with_the_reason(project, tmp_
     assert result.returncode == 2 and "hdpo@nope" in result.stderr and "Traceback" not in result.stderr
 
 
+def wandb_log(run_dir, wait_s: float = 30.0) -> bytes:
+    """An offline W&B run's transaction log. W&B's service process writes it and may finish a moment after the
+    command that logged has exited, so wait for it to appear and stop growing."""
+    import time
+
+    deadline, size = time.monotonic() + wait_s, -1
+    while time.monotonic() < deadline:
+        logs = list(run_dir.glob("run-*.wandb"))
+        if logs and logs[0].stat().st_size == size:
+            return logs[0].read_bytes()
+        size = logs[0].stat().st_size if logs else -1
+        time.sleep(0.5)
+    raise AssertionError(f"no complete W&B log in {run_dir}: {sorted(p.name for p in run_dir.iterdir())}")
+
+
 def test_the_report_gains_a_human_evaluation_section_from_human_eval_json(project, tmp_path):
     import sqlite3
 
@@ -170,11 +185,10 @@ def test_the_report_gains_a_human_evaluation_section_from_human_eval_json(projec
             db.execute("INSERT INTO ratings (rater, item, choice) VALUES (?, ?, ?)", (rater, item, choice))
     cli(["annotate", "export", "--set", "logging.wandb.mode=offline"], root, WANDB_MODE=None)
     (run,) = (root / "logs/wandb").glob("offline-run-*")  # the human evaluation's W&B run, with its tables
-    log = next(run.glob("run-*.wandb")).read_bytes()
-    assert all(key in log for key in (b"human/win_rates", b"human/bradley_terry", b"human_eval"))
+    assert all(key in wandb_log(run) for key in (b"human/win_rates", b"human/bradley_terry", b"human_eval"))
     cli(["evaluate", "--set", "logging.wandb.mode=offline"], root, WANDB_MODE=None)  # its run gets them too
     (evaluated,) = set((root / "logs/wandb").glob("offline-run-*")) - {run}
-    assert b"human/win_rates" in next(evaluated.glob("run-*.wandb")).read_bytes()
+    assert b"human/win_rates" in wandb_log(evaluated)
     cli(["report"], root)
     report = (root / "reports/eval/report.md").read_text()
     assert "## Human evaluation" in report and "| base | sft@bucket |" in report
