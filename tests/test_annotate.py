@@ -22,6 +22,9 @@ def evaluated(in_tmp):
 
 def write_evaluated(root, per_bucket: int):
     in_tmp = root
+    # W&B off: with the built-in default (offline) `annotate export` would start W&B's service inside the test
+    # process, and later commands started from it would inherit that service
+    (in_tmp / "params.yaml").write_text("logging:\n  progress: false\n  wandb:\n    mode: disabled\n")
     records = []
     for b, (language, track) in enumerate([("en", "single"), ("zh", "multi")]):
         for k in range(per_bucket):
