@@ -62,6 +62,8 @@ def build(reports: Path, buckets: Path, out: Path, *, methods: list[str] | None 
         raise UserError(f"annotate build: {shown(out)} already holds ratings; export them first, or pass --force "
                         "to replace the database (its ratings are then lost)")
     split, responses = read_reports(reports, methods)
+    if not (buckets / f"{split}.parquet").is_file():
+        raise UserError(f"annotate build: {shown(buckets / f'{split}.parquet')} not found (run `polyalign bucketize`)")
     chosen = list(responses)
     shared = set.intersection(*(set(r) for r in responses.values()))
     records = {r["id"]: r for r in pq.read_table(buckets / f"{split}.parquet").to_pylist() if r["id"] in shared}
@@ -72,7 +74,8 @@ def build(reports: Path, buckets: Path, out: Path, *, methods: list[str] | None 
     def add(task: str, record: dict, a: tuple[str, str], b: tuple[str, str]) -> None:
         if rng.random() < 0.5:
             a, b = b, a
-        items.append({"id": f"{task[0]}{len(items):05d}", "task": task, "prompt_id": record["id"],
+        # the id is in the page's form: it must not tell an attention check from a real item
+        items.append({"id": f"i{len(items):05d}", "task": task, "prompt_id": record["id"],
                       "bucket": record["bucket_id"], "slice": f"{record['language']}/{record['track']}",
                       "language": record["language"],
                       "context": json.dumps({"history": record.get("dialogue_history") or [],
