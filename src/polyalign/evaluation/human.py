@@ -61,10 +61,10 @@ def win_rates(ratings: Sequence[dict], resamples: int = 1000, confidence: float 
     for first, second in sorted({(a, b) for a, b, *_ in rows}):
         mine = [(s, item, rater) for a, b, s, item, rater in rows if (a, b) == (first, second)]
         scores = np.array([s for s, _, _ in mine])
-        items = sorted({item for _, item, _ in mine})
-        raters = sorted({rater for _, _, rater in mine})
-        item_of = np.array([items.index(i) for _, i, _ in mine])
-        rater_of = np.array([raters.index(r) for _, _, r in mine])
+        items = {item: k for k, item in enumerate(sorted({item for _, item, _ in mine}))}
+        raters = {rater: k for k, rater in enumerate(sorted({rater for _, _, rater in mine}))}
+        item_of = np.array([items[i] for _, i, _ in mine])
+        rater_of = np.array([raters[r] for _, _, r in mine])
         rng = np.random.default_rng(seed)
         replicates = []
         for _ in range(resamples):
