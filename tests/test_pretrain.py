@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from polyalign.params import load_params
 from polyalign.stages import init as init_stage
 from polyalign.stages.init import training_texts
-from polyalign.training.pretrain import packed_blocks
+from polyalign.training.pretrain import heldout_bits_per_char, packed_blocks
 from sft_project import copy_project, write_tiny_params
 
 
@@ -40,3 +40,33 @@ def test_pretraining_reads_only_train_texts_lowers_the_lm_loss_and_is_reported(p
                                               *(h["text"] for h in r["dialogue_history"]))}
     assert set(training_texts(params, root, with_profiles=False)) <= train_texts
     assert report["pretrain_texts"] == len(set(training_texts(params, root, with_profiles=False)))
+    # the val texts' bits per character, read after training: lower than the untrained model's
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(root / "models/base")
+    val = training_texts(params, root, "val", with_profiles=False)
+    untrained_model = AutoModelForCausalLM.from_pretrained(root / "models/base")
+    untrained_model.load_state_dict(untrained)
+    before = heldout_bits_per_char(untrained_model, tokenizer, val, 32, 4)
+    assert 0 < report["pretrain_val_bits_per_char"] < before - 1
+
+
+def test_heldout_bits_per_char_is_the_language_model_loss_of_the_joined_texts(paired_tiny):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(paired_tiny / "models/sft/bucket")
+    model = AutoModelForCausalLM.from_pretrained(paired_tiny / "models/sft/bucket").eval()
+    texts = ["你好，今天怎么样？", "Fine, thanks.", "Fine, thanks."]  # a repeated text counts once
+    sep = tokenizer.pad_token_id
+    ids = [sep] + [t for text in ("Fine, thanks.", "你好，今天怎么样？")
+                   for t in (*tokenizer(text, add_special_tokens=False)["input_ids"], sep)]
+    with torch.no_grad():  # one window: the model's own mean loss over every token after the first
+        loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss
+    expected = float(loss) * (len(ids) - 1) / math.log(2) / (len("Fine, thanks.") + len("你好，今天怎么样？"))
+    assert math.isclose(heldout_bits_per_char(model, tokenizer, texts, block_size=512, batch_size=2), expected,
+                        rel_tol=1e-5)
+    # a model that guesses uniformly costs log2(V) bits per prediction: any window size predicts each token once
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    uniform = (len(ids) - 1) * math.log2(model.config.vocab_size) / (len("Fine, thanks.") + len("你好，今天怎么样？"))
+    for block_size in (3, 4, 512):
+        assert math.isclose(heldout_bits_per_char(model, tokenizer, texts, block_size, batch_size=3), uniform,
+                            rel_tol=1e-5)

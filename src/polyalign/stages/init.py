@@ -22,7 +22,8 @@ from polyalign.modeling.prompts import system_profile
 from polyalign.modeling.tokenizer import train_tokenizer, unknown_share
 from polyalign.params import Params
 from polyalign.text import CJK_RE
-from polyalign.training.pretrain import pretrain
+from polyalign.training.pretrain import heldout_bits_per_char, pretrain
+from polyalign.training.trainer import figure
 
 
 def read_split(params: Params, root: Path, split: str) -> list[dict]:
@@ -65,6 +66,10 @@ def run(params: Params, root: Path = Path(".")) -> dict:
                                   batch_size=cfg.pretrain_batch_size, precision=cfg.pretrain_precision,
                                   seed=params.seed,
                                   accelerator=params.trainer.accelerator, progress=params.logging.progress)
+            # read after training, never during it: how `pretrain_epochs` is chosen on val for a new corpus
+            val_texts = record_texts(read_split(params, root, "val"), with_profiles=False)
+            pretrained["pretrain_val_bits_per_char"] = round(heldout_bits_per_char(
+                model, tokenizer, val_texts, cfg.pretrain_block_size, cfg.pretrain_batch_size), 4) if val_texts else None
     else:
         model, tokenizer = load_pretrained(cfg.name_or_path, cfg.trust_remote_code, cfg.chat_template,
                                            Loading.from_params(params), allow_pickle=cfg.allow_pickle)
@@ -84,7 +89,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     with atomic_path(root / params.paths.models / "base", directory=True) as tmp:
         save_model(model, tokenizer, tmp)
     write_json(root / params.paths.reports / "init.json", report)
-    done = f", pretrained {report['pretrain_steps']} steps to loss {report['pretrain_loss']:.3f}" if pretrained else ""
+    done = (f", pretrained {report['pretrain_steps']} steps to loss {report['pretrain_loss']:.3f} "
+            f"(val {figure(report['pretrain_val_bits_per_char'])} bits/char)" if pretrained else "")
     console.print(f"init: {report['architecture']} with {report['parameters']:,} parameters, vocabulary "
                   f"{report['vocab_size']} ({report['unknown_share_val']:.2%} of val characters unknown){done} "
                   f"→ {shown(root / params.paths.models / 'base')}", highlight=False)

@@ -70,3 +70,36 @@ def pretrain(model, tokenizer, texts: Sequence[str], *, epochs: int, lr: float, 
     return {"pretrain_texts": len(distinct), "pretrain_tokens": int(blocks.numel()), "pretrain_steps": total_steps,
             "pretrain_loss": round(sum(last) / len(last), 4), "pretrain_seconds": round(time.perf_counter() - start, 1),
             "pretrain_threads": torch.get_num_threads()}  # seconds depend on them (a queued experiment gets a share)
+
+
+@torch.no_grad()
+def heldout_bits_per_char(model, tokenizer, texts: Sequence[str], block_size: int, batch_size: int) -> float:
+    """The language model's bits per character on held-out texts, laid out as pretraining lays out its own.
+
+    The distinct texts are joined by the end-of-text token, with one in front so that every text's first token
+    is predicted too, and cut into windows of `block_size` predictions (each window sees only its own tokens, as
+    a training block does). The nats of every text token and every closing end-of-text token are summed and
+    divided by the texts' characters. This is how `model.pretrain_epochs` is chosen on a new corpus: the
+    `init` report's `pretrain_val_bits_per_char` on the val split."""
+    distinct = sorted(set(t for t in texts if t))
+    separator = tokenizer.pad_token_id
+    rows = tokenizer(distinct, add_special_tokens=False)["input_ids"]
+    stream = [separator] + [t for row in rows for t in (*row, separator)]
+    windows = [stream[i:i + block_size + 1] for i in range(0, len(stream) - 1, block_size)]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    nats = 0.0
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start:start + batch_size]
+        width = max(len(w) for w in chunk)
+        ids = torch.full((len(chunk), width), separator, dtype=torch.long)
+        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+        for row, window in enumerate(chunk):
+            ids[row, :len(window)] = torch.tensor(window)
+            labels[row, 1:len(window)] = torch.tensor(window[1:])
+        logits = model(input_ids=ids[:, :-1].to(device)).logits.float()
+        nats += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten().to(device),
+                                                        ignore_index=-100, reduction="sum"))
+    model.train(was_training)
+    return nats / math.log(2) / sum(len(t) for t in distinct)
