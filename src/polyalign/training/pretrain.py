@@ -81,7 +81,7 @@ def heldout_bits_per_char(model, tokenizer, texts: Sequence[str], block_size: in
     a training block does). The nats of every text token and every closing end-of-text token are summed and
     divided by the texts' characters. This is how `model.pretrain_epochs` is chosen on a new corpus: the
     `init` report's `pretrain_val_bits_per_char` on the val split."""
-    distinct = sorted(set(t for t in texts if t))
+    distinct = sorted({t for t in texts if t})
     separator = tokenizer.pad_token_id
     rows = tokenizer(distinct, add_special_tokens=False)["input_ids"]
     stream = [separator] + [t for row in rows for t in (*row, separator)]
