@@ -59,7 +59,7 @@ def export(database: Path, out: Path, *, attention_threshold: float = 0.8, resam
     for r in ratings:
         r["rater_kind"] = kinds.get(r["rater"], "human")
         r["excluded"] = r["rater"] not in kept
-    counted = [r for r in ratings if not r["excluded"] and r["rater_kind"] == "human"]  # the human figures
+    counted = [r for r in ratings if human.in_human_figures(r)]
     result = {
         "database": str(database), "split": meta.get("split"), "methods": json.loads(meta.get("methods", "[]")),
         "attention_threshold": attention_threshold,

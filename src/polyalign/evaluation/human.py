@@ -42,6 +42,12 @@ def kept_raters(ratings: Sequence[dict], threshold: float) -> tuple[set[str], di
     return everyone - set(excluded), excluded
 
 
+def in_human_figures(rating: dict) -> bool:
+    """Whether an exported rating counts in the human figures: a human rater's, not left out by the attention
+    checks (an automatic rater's ratings only feed its agreement with the humans)."""
+    return not rating.get("excluded") and rating.get("rater_kind", "human") == "human"
+
+
 def oriented(rating: dict) -> tuple[str, str, float]:
     """A pairwise rating as (first, second, score of first) with the methods in sorted order: 1 a win of the
     first, 0 a loss, 0.5 a tie."""

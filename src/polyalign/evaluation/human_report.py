@@ -9,7 +9,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 
-from polyalign.evaluation.human import answered, oriented
+from polyalign.evaluation.human import answered, in_human_figures, oriented
 
 AUTOMATIC = (("bng", "BNG", "lower"), ("c2st", "C2ST accuracy", "lower"), ("mauve", "MAUVE", "higher"))
 
@@ -18,8 +18,7 @@ def human_scores(ratings: Sequence[dict]) -> dict[tuple[str, str], float]:
     """Per (method, bucket): the mean pairwise score of the method's responses (1 judged more natural, 0.5 a
     tie, 0 less natural), over the kept raters' ratings."""
     sums: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for r in answered([r for r in ratings if not r.get("excluded") and r.get("rater_kind", "human") == "human"],
-                      "pairwise"):
+    for r in answered([r for r in ratings if in_human_figures(r)], "pairwise"):
         first, second, score = oriented(r)
         sums[(first, r["bucket"])].append(score)
         sums[(second, r["bucket"])].append(1.0 - score)
@@ -59,7 +58,7 @@ def section(evaluation: dict, results: Sequence[dict]) -> str:
     s = evaluation["summary"]
     raters = evaluation["raters"]
     kept = sum(not r["excluded"] and r["kind"] == "human" for r in raters.values())
-    counted = sum(not r["excluded"] and r.get("rater_kind", "human") == "human" for r in evaluation["ratings"])
+    counted = sum(map(in_human_figures, evaluation["ratings"]))
     intro = (f"Blind ratings from `polyalign annotate` (`{evaluation['database']}`, {evaluation['split']} split): "
              f"{counted} ratings from {kept} human raters; "
              f"{evaluation['excluded_raters']} rater(s) left out for passing fewer than "
@@ -83,7 +82,7 @@ def section(evaluation: dict, results: Sequence[dict]) -> str:
     lines += ["", "| rater | kind | ratings | attention checks passed | left out |", "| --- | --- | ---: | ---: | --- |"]
     lines += [f"| {name} | {r['kind']} | {r['ratings']} | {r['attention_passed']} / {r['attention_checks']} | "
               f"{'yes' if r['excluded'] else 'no'} |" for name, r in raters.items()]
-    judges = {name: j for name, j in (evaluation.get("judges") or {}).items()}
+    judges = evaluation.get("judges") or {}
     if judges:
         lines += ["", "### Automatic raters against the human majority (`annotate judge`)", "",
                   "| rater | items | same choice | Cohen's kappa |", "| --- | ---: | ---: | ---: |"]

@@ -56,6 +56,7 @@ def training_texts(params: Params, root: Path, split: str = "train", with_profil
 def run(params: Params, root: Path = Path(".")) -> dict:
     cfg = params.model
     pretrained = {}
+    val = read_split(params, root, "val")  # unknown characters, and pretraining's held-out bits per character
     if cfg.source == "scratch":
         train = read_split(params, root, "train")
         tokenizer = train_tokenizer(record_texts(train), cfg.vocab_size, cfg.tokenizer_min_frequency)
@@ -67,7 +68,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
                                   seed=params.seed,
                                   accelerator=params.trainer.accelerator, progress=params.logging.progress)
             # read after training, never during it: how `pretrain_epochs` is chosen on val for a new corpus
-            val_texts = record_texts(read_split(params, root, "val"), with_profiles=False)
+            val_texts = record_texts(val, with_profiles=False)
             pretrained["pretrain_val_bits_per_char"] = round(heldout_bits_per_char(
                 model, tokenizer, val_texts, cfg.pretrain_block_size, cfg.pretrain_batch_size), 4) if val_texts else None
     else:
@@ -83,7 +84,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         "vocab_size": len(tokenizer),
         "tokens_with_several_cjk_characters": multi_cjk,
         # characters of the val split's texts that become the unknown token (scratch: unseen in train)
-        "unknown_share_val": round(unknown_share(tokenizer, training_texts(params, root, "val")), 5),
+        "unknown_share_val": round(unknown_share(tokenizer, record_texts(val)), 5),
         **pretrained,
     }
     with atomic_path(root / params.paths.models / "base", directory=True) as tmp:

@@ -17,13 +17,19 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 
+from polyalign.modeling.prompts import IGNORE_INDEX
 from polyalign.training.optim import make_optimizer
 from polyalign.training.trainer import TrainingProgress
 
 
+def joined(token_rows: Sequence[Sequence[int]], separator: int) -> list[int]:
+    """The rows one after another, each followed by `separator` (the end-of-text token)."""
+    return [t for row in token_rows for t in (*row, separator)]
+
+
 def packed_blocks(token_rows: Sequence[Sequence[int]], separator: int, block_size: int) -> torch.Tensor:
     """All rows joined by `separator` and cut into [n_blocks, block_size] (the incomplete tail is dropped)."""
-    stream = [t for row in token_rows for t in (*row, separator)]
+    stream = joined(token_rows, separator)
     n = len(stream) // block_size
     return torch.tensor(stream[: n * block_size], dtype=torch.long).view(n, block_size)
 
@@ -84,7 +90,7 @@ def heldout_bits_per_char(model, tokenizer, texts: Sequence[str], block_size: in
     distinct = sorted({t for t in texts if t})
     separator = tokenizer.pad_token_id
     rows = tokenizer(distinct, add_special_tokens=False)["input_ids"]
-    stream = [separator] + [t for row in rows for t in (*row, separator)]
+    stream = [separator, *joined(rows, separator)]
     windows = [stream[i:i + block_size + 1] for i in range(0, len(stream) - 1, block_size)]
     was_training = model.training
     model.eval()
@@ -94,12 +100,12 @@ def heldout_bits_per_char(model, tokenizer, texts: Sequence[str], block_size: in
         chunk = windows[start:start + batch_size]
         width = max(len(w) for w in chunk)
         ids = torch.full((len(chunk), width), separator, dtype=torch.long)
-        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
         for row, window in enumerate(chunk):
             ids[row, :len(window)] = torch.tensor(window)
             labels[row, 1:len(window)] = torch.tensor(window[1:])
         logits = model(input_ids=ids[:, :-1].to(device)).logits.float()
         nats += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten().to(device),
-                                                        ignore_index=-100, reduction="sum"))
+                                                        ignore_index=IGNORE_INDEX, reduction="sum"))
     model.train(was_training)
     return nats / math.log(2) / sum(len(t) for t in distinct)
