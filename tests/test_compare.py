@@ -175,3 +175,39 @@ def test_each_configuration_is_labelled_by_what_sets_it_apart_from_the_others():
     two = compare._labels({"a": {"beta": 0.1, "seed_free": 1}, "b": {"beta": 0.3, "seed_free": 1}})
     assert two == {"a": "beta=0.1", "b": "beta=0.3"}  # no value shared by a majority: both named
     assert compare._labels({"a": {"beta": 0.1}}) == {"a": "all runs"}
+
+
+def test_project_folders_run_outside_dvc_compare_like_experiments(tmp_path):
+    """`--run FOLDER` (stages run by hand or on other machines): each folder's params.yaml and metrics are one
+    run, grouped and summarised exactly as the same runs read from DVC's record."""
+    import yaml
+
+    folders = []
+    for entry in grid()[1]["experiments"]:
+        record_ = entry["revs"][0]
+        folder = tmp_path / record_["name"]
+        params = record_["data"]["params"]["params.yaml"]["data"]
+        (folder / "reports").mkdir(parents=True)
+        (folder / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+        (folder / "reports/metrics.json").write_text(json.dumps(record_["data"]["metrics"]["reports/metrics.json"]
+                                                                ["data"]), encoding="utf-8")
+        folders.append(folder)
+    from_folders = compare.compare(experiments.read_folders(folders))
+    from_dvc = compare.compare(experiments.runs(grid())[0])
+    assert [g["methods"] for g in from_folders["groups"]] == [g["methods"] for g in from_dvc["groups"]]
+    assert [g["comparisons"] for g in from_folders["groups"]] == [g["comparisons"] for g in from_dvc["groups"]]
+
+    project = tmp_path / "project"
+    project.mkdir()
+    result = cli(["compare", *[a for f in folders for a in ("--run", str(f))]], project)
+    assert "compare: 2 configuration(s) on the test split, seeds per configuration: " in result.stderr
+    md = (project / "reports/compare.md").read_text(encoding="utf-8")
+    assert "0.900 ± 0.100 [0.652, 1.148]" in md and str(folders[0]) in md
+
+    (folders[0] / "reports/metrics.json").unlink()
+    missing = cli(["compare", "--run", str(folders[0])], project, check=False)
+    assert missing.returncode == 2 and "metrics.json not found (run `polyalign evaluate` there)" in missing.stderr
+    nothing = cli(["compare", "--run", str(tmp_path / "nope")], project, check=False)
+    assert nothing.returncode == 2 and "not a folder" in nothing.stderr and "Traceback" not in nothing.stderr
+    both = cli(["compare", "--run", str(folders[1]), "--from-json", "x.json"], project, check=False)
+    assert both.returncode == 2 and "not both" in both.stderr

@@ -313,13 +313,17 @@ def compare(
         help="val | test: keep the runs evaluated on this split (without it, a mix of splits is refused)")] = None,
     from_json: Annotated[Path | None, typer.Option(
         "--from-json", help="read a file that `dvc exp show --json` wrote instead of this project's experiments")] = None,
+    run: Annotated[list[Path], typer.Option(
+        "--run", metavar="FOLDER", help="a project folder whose stages ran outside DVC's experiments (by hand, on "
+        "another machine): its params.yaml and evaluation count as one run (repeatable; replaces the "
+        "experiments)")] = [],  # noqa: B006
     params_file: ParamsFile = [Path("params.yaml")],  # noqa: B006
     overrides: Overrides = [],  # noqa: B006
 ) -> None:
-    """Methods over seeds across DVC experiments (e.g. `dvc exp run --queue -S 'seed=1,2,3'`): runs that differ
-    only by seed form a configuration; per configuration each headline metric's mean, standard deviation and 95%
-    interval over seeds, and the evaluate.compare differences paired by seed with their sign counts:
-    reports/compare.{md,json,csv,png}."""
+    """Methods over seeds across DVC experiments (e.g. `dvc exp run --queue -S 'seed=1,2,3'`) or project folders
+    (`--run`): runs that differ only by seed form a configuration; per configuration each headline metric's mean,
+    standard deviation and 95% interval over seeds, and the evaluate.compare differences paired by seed with their
+    sign counts: reports/compare.{md,json,csv,png}."""
 
     def action() -> None:
         from polyalign.evaluation import compare as builder
@@ -327,9 +331,14 @@ def compare(
 
         if split not in (None, "val", "test"):
             raise UserError(f"compare: --split {split!r}: use val or test")
+        if run and from_json:
+            raise UserError("compare: give --run folders or --from-json, not both")
         params = _setup(params_file, overrides)
-        shown = experiments.read_json(from_json) if from_json else experiments.read_project(Path("."))
-        found, skipped = experiments.runs(shown)
+        if run:
+            found, skipped = experiments.read_folders(run), None
+        else:
+            shown = experiments.read_json(from_json) if from_json else experiments.read_project(Path("."))
+            found, skipped = experiments.runs(shown)
         result = builder.compare(experiments.select(found, exp), split, params.evaluate.confidence, skipped)
         paths = builder.write(result, Path(params.paths.reports))
         seeds = ", ".join(f"{g['label']}: {len(g['seeds'])}" for g in result["groups"])

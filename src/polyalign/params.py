@@ -819,7 +819,10 @@ def _read_params_file(p: Path) -> str:
                         "UTF-8") from None
 
 
-def _read_params(p: Path) -> dict:
+def read_params_mapping(p: Path) -> dict:
+    """A parameters file as the mapping it holds (not validated), or a UserError naming the file and line."""
+    if not p.exists():
+        raise UserError(f"{p}: not found")
     try:
         raw = load_yaml(_read_params_file(p)) or {}
     except yaml.YAMLError as exc:
@@ -853,7 +856,7 @@ def load_params(path: str | Path | Sequence[str | Path] | None = "params.yaml", 
             continue
         p = Path(one)
         if p.exists():
-            raw = _read_params(p) if i == 0 else overlay(raw, _read_params(p))
+            raw = read_params_mapping(p) if i == 0 else overlay(raw, read_params_mapping(p))
             origins.append(str(p))
         elif i > 0 or str(one) != "params.yaml":
             raise UserError(f"params file not found: {p}")
@@ -877,7 +880,7 @@ def set_flags(path: str | Path) -> list[str]:
             return [flag for key, value in node.items() for flag in leaves(value, f"{prefix}{key}.")]
         return [f"{prefix[:-1]}={json.dumps(node, separators=(',', ':'), ensure_ascii=False)}"]
     flags = []
-    for leaf in leaves(_read_params(Path(path)), ""):
+    for leaf in leaves(read_params_mapping(Path(path)), ""):
         flags += ["-S", leaf]
     return flags
 

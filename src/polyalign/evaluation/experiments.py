@@ -1,5 +1,6 @@
 """The runs `polyalign compare` reads: DVC's record of the project's experiments, as `dvc exp show --json` writes
-it (or the same records read in-process), reduced to one `Run` per finished evaluation."""
+it (or the same records read in-process), reduced to one `Run` per finished evaluation; or project folders whose
+stages ran outside DVC's experiments (by hand, on other machines), each one run."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from polyalign.errors import UserError
+from polyalign.params import read_params_mapping
 
 PARAMS_FILE = "params.yaml"
 
@@ -52,6 +55,29 @@ def read_json(path: Path) -> list[dict]:
     if not isinstance(shown, list):
         raise UserError(f"compare: {path} is not the output of `dvc exp show --json` (a list of commits)")
     return shown
+
+
+def read_folders(folders: Sequence[Path]) -> list[Run]:
+    """One run per project folder: its `params.yaml` and its evaluation's `metrics.json` (under the folder's
+    `paths.reports`), named by the folder as given and dated by the metrics file. A folder without either is an
+    error, not a skip: it was named on purpose."""
+    found = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise UserError(f"compare: --run {folder}: not a folder (give a project folder holding params.yaml)")
+        params = read_params_mapping(folder / PARAMS_FILE)
+        path = folder / _metrics_file(params)
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"compare: --run {folder}: {path} not found (run `polyalign evaluate` there)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"compare: --run {folder}: cannot read {path}: {exc}") from None
+        if not isinstance(metrics, dict):
+            raise UserError(f"compare: --run {folder}: {path} is not an evaluation's metrics (a JSON object)")
+        stamp = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
+        found.append(Run(str(folder), str(folder.resolve()), stamp, params, metrics))
+    return found
 
 
 def _metrics_file(params: dict) -> str:
