@@ -253,7 +253,7 @@ def plot(result: dict[str, Any], path) -> None:
     cols = 3
     grid = math.ceil(len(compared()) / cols)
     fig, axes = plt.subplots(grid, cols, figsize=(4.2 * cols, 0.35 * len(rows) * grid + 1.2 * grid),
-                             squeeze=False, sharey=True)
+                             squeeze=False, sharey=True, layout="constrained")  # room for the suptitle
     for ax, (metric, label, better) in zip(axes.flat, compared()):
         for y, (_, per) in enumerate(rows):
             seeds = [v for v in per["values"][metric] if math.isfinite(v)]
@@ -272,7 +272,6 @@ def plot(result: dict[str, Any], path) -> None:
     axes[0, 0].set_ylim(len(rows) - 0.5, -0.5)  # the first row at the top (the y axis is shared)
     fig.suptitle(f"Methods over seeds ({result['split']} split): seeds as points, mean with its interval",
                  fontsize=11)
-    fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")  # the path may be a temporary name without the suffix
     plt.close(fig)
 
