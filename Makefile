@@ -33,11 +33,12 @@ demo: venv
 	$(BIN)/dvc repro
 
 # Two workers share the two cores (tests/conftest.py gives each worker's torch its share of the threads); a test
-# module stays on one worker (--dist loadscope), so its module-scoped project is built once. PYTEST_WORKERS=0 runs
-# in one process.
+# module stays on one worker (--dist loadscope), so its module-scoped project is built once, and modules are handed
+# out in collection order, the longest first (--no-loadscope-reorder; tests/conftest.py: LONGEST_FIRST).
+# PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= 2
 test: venv
-	$(BIN)/python -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadscope) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder) $(PYTEST_ARGS)
 
 bench: venv
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"

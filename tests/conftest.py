@@ -21,6 +21,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(int(_threads))
 
+# The modules that take longest, first in the order tests are handed out. Under `make test` (two workers, a module
+# per worker, in collection order: --dist loadscope --no-loadscope-reorder) the DVC pipeline module alone takes
+# about as long as all the others together, so it must start at once, not after a worker's first few modules; the
+# other long ones go next so that what is left at the end is short.
+LONGEST_FIRST = ("test_pipeline.py", "test_critic.py", "test_sft.py", "test_hdpo_resume.py", "test_console.py",
+                 "test_evaluate.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: the rest keep their order
+
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 SHARED_DATA = ROOT.parent / "shared" / "data"
