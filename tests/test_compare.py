@@ -8,6 +8,7 @@ import math
 
 import matplotlib.image
 import pytest
+import yaml
 
 from polyalign.errors import UserError
 from polyalign.evaluation import compare, experiments
@@ -180,8 +181,6 @@ def test_each_configuration_is_labelled_by_what_sets_it_apart_from_the_others():
 def test_project_folders_run_outside_dvc_compare_like_experiments(tmp_path):
     """`--run FOLDER` (stages run by hand or on other machines): each folder's params.yaml and metrics are one
     run, grouped and summarised exactly as the same runs read from DVC's record."""
-    import yaml
-
     folders = []
     for entry in grid()[1]["experiments"]:
         record_ = entry["revs"][0]
