@@ -70,7 +70,7 @@ def _step0_gaps(project, precision: str, reference: np.ndarray, rows: list[dict]
     with torch.no_grad(), training_precision(model, precision) as m:
         for start in range(0, len(encoded), 8):
             batch = encoded[start: start + 8]
-            logps = PreferenceModule._score(m, collate(batch))[0].float().numpy()
+            logps = PreferenceModule._score(m, collate(batch))["pair"][0].float().numpy()
             chosen.append(logps[: len(batch)])
             rejected.append(logps[len(batch):])
     return (np.concatenate(chosen) - reference[0]) - (np.concatenate(rejected) - reference[1])

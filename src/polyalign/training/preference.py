@@ -1,8 +1,9 @@
 """Preference optimisation (any base loss of `training/objectives`, with HDPO's extras) as a LightningModule,
 and its data.
 
-One concatenated forward pass scores chosen and rejected responses together; summed response log-probs use
-the same masks as SFT. The reference is, by the variant's `reference`: log-probs precomputed by the pairs stage
+Each batch runs its prompts once and scores the chosen and rejected responses (and the anchor's human answers)
+against the prompts' kept keys and values (`modeling/shared_prompt.py`); summed response log-probs use the same
+masks as SFT. The reference is, by the variant's `reference`: log-probs precomputed by the pairs stage
 (no reference model in memory), a frozen copy of the starting model, with LoRA the same model with its adapter
 disabled, or none for a reference-free loss (SimPO, ORPO). An unpaired loss (KTO) also scores each pair's prompt
 with another pair's rejected response, for its reference point.
@@ -31,14 +32,8 @@ from polyalign.modeling.model import (
     save_model,
 )
 from polyalign.modeling.prompts import PromptRenderer
-from polyalign.modeling.scoring import (
-    compute_dtype,
-    padded_batch,
-    response_logits,
-    score_examples,
-    sequence_logps,
-    training_precision,
-)
+from polyalign.modeling.scoring import compute_dtype, training_precision
+from polyalign.modeling.shared_prompt import examples_batch, group_logps, pair_logps
 from polyalign.training.objectives import base_loss
 from polyalign.training.objectives.batch import PairBatch
 from polyalign.training.objectives.compose import preference_loss
@@ -126,40 +121,39 @@ def reference_logps(model, renderer: PromptRenderer, pairs: list[dict[str, Any]]
                     precision: str = "32-true") -> tuple[np.ndarray, np.ndarray]:
     """The reference log-probs of both sides of every pair under `model` (what `hdpo.reference: precomputed`
     trains against), computed in the training `precision`."""
-    examples = [pair_examples(renderer, p) for p in pairs]
     with training_precision(model, precision) as scorer:
-        return (score_examples(scorer, [c for c, _ in examples], renderer.pad_id),
-                score_examples(scorer, [r for _, r in examples], renderer.pad_id))
+        return pair_logps(scorer, [pair_examples(renderer, p) for p in pairs], renderer.pad_id)
 
 
 class PairCollator:
-    """Chosen then rejected sequences in one padded batch (one forward pass scores both), and with `anchor` the
-    human answers, for the NLL anchor when the chosen sides are samples, in a batch of their own: a long human
-    answer would otherwise pad every short sample to its length."""
+    """A batch of pairs in the shared-prompt layout (`modeling/shared_prompt.py`): each prompt once, the chosen then
+    the rejected responses as group `pair`, and with `anchor` the human answers, for the NLL anchor when the chosen
+    sides are samples, as a group of their own (a long human answer would otherwise pad every short sample to its
+    length); KTO's mismatched responses as group `kl`."""
 
     def __init__(self, pad_id: int, bucket_index: dict[str, int], uniform: bool, anchor: bool = False):
         self.pad_id, self.bucket_index, self.uniform, self.anchor = pad_id, bucket_index, uniform, anchor
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = {**self.padded(rows, ("chosen", "rejected")),
+        def side(name: str) -> list[dict[str, Any]]:
+            return [{"input_ids": r[f"{name}_input_ids"], "labels": r[f"{name}_labels"]} for r in rows]
+
+        groups = {"pair": side("chosen") + side("rejected")}
+        if self.anchor:
+            groups["anchor"] = side("anchor")
+        if "kl_input_ids" in rows[0]:
+            groups["kl"] = side("kl")
+        batch = {**examples_batch(len(rows), groups, self.pad_id),
                  "d_chosen": torch.tensor([r["d_chosen"] for r in rows], dtype=torch.float32),
                  "d_rejected": torch.tensor([r["d_rejected"] for r in rows], dtype=torch.float32),
                  "weight": torch.ones(len(rows)) if self.uniform else
                  torch.tensor([r["weight"] for r in rows], dtype=torch.float32),
                  "bucket": torch.tensor([self.bucket_index[r["bucket_id"]] for r in rows])}
-        if self.anchor:
-            batch.update({f"anchor_{k}": v for k, v in self.padded(rows, ("anchor",)).items()})
-        if "kl_input_ids" in rows[0]:
-            batch.update({f"kl_{k}": v for k, v in self.padded(rows, ("kl",)).items()})
         for column, key in (("ref_chosen_logp", "ref_chosen"), ("ref_rejected_logp", "ref_rejected"),
                             ("ref_kl_logp", "ref_kl")):
             if column in rows[0]:
                 batch[key] = torch.tensor([r[column] for r in rows], dtype=torch.float32)
         return batch
-
-    def padded(self, rows: list[dict[str, Any]], sides: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        return padded_batch([r[f"{side}_input_ids"] for side in sides for r in rows],
-                            [r[f"{side}_labels"] for side in sides for r in rows], self.pad_id)
 
 
 def pair_dataloader(rows: list[dict], collate: PairCollator, batch_size: int, *, train: bool, seed: int,
@@ -211,11 +205,9 @@ class PreferenceModule(CheckpointedHistory, L.LightningModule):
             object.__setattr__(self, "reference", reference)  # not a submodule: not trained, not checkpointed
 
     @staticmethod
-    def _score(model, batch, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed response log-probs and scored lengths of the batch's `<prefix>input_ids` sequences."""
-        logps, lengths = sequence_logps(*response_logits(model, batch[f"{prefix}input_ids"],
-                                                         batch[f"{prefix}attention_mask"], batch[f"{prefix}labels"]))
-        return logps, lengths.float()
+    def _score(model, batch, groups: tuple[str, ...] = ("pair",)) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per group of the batch: summed response log-probs and scored lengths, each prompt run once."""
+        return {name: (logps, lengths.float()) for name, (logps, lengths) in group_logps(model, batch, groups).items()}
 
     def _reference_model(self):
         """The model that scores the reference side on the fly (None when precomputed or reference-free)."""
@@ -233,23 +225,24 @@ class PreferenceModule(CheckpointedHistory, L.LightningModule):
             return {**out, "kl_ref": batch["ref_kl"]} if self.unpaired else out
         model = self._reference_model()
         with torch.no_grad(), (self.model.disable_adapter() if reference == "lora" else contextlib.nullcontext()):
-            logps, _ = self._score(model, batch)
-            n = len(batch["weight"])
+            scored = self._score(model, batch, ("pair", "kl") if self.unpaired else ("pair",))
+            logps, n = scored["pair"][0], len(batch["weight"])
             out = {"ref_chosen": logps[:n], "ref_rejected": logps[n:]}
             if self.unpaired:
-                out["kl_ref"] = self._score(model, batch, "kl_")[0]
+                out["kl_ref"] = scored["kl"][0]
         return out
 
     def pair_batch(self, batch) -> PairBatch:
         """The batch's policy log-probs (with gradients), reference log-probs and pair data."""
-        logps, lengths = self._score(self.model, batch)
+        scored = self._score(self.model, batch, ("pair", "anchor") if "anchor_input_ids" in batch else ("pair",))
+        logps, lengths = scored["pair"]
         n = len(batch["weight"])
         extra = self.reference_logps(batch)
-        if "anchor_input_ids" in batch:
-            extra["anchor_logps"], extra["anchor_lengths"] = self._score(self.model, batch, "anchor_")
+        if "anchor" in scored:
+            extra["anchor_logps"], extra["anchor_lengths"] = scored["anchor"]
         if self.unpaired:
             with torch.no_grad():  # KTO's reference point is not differentiated
-                extra["kl_policy"] = self._score(self.model, batch, "kl_")[0]
+                extra["kl_policy"] = self._score(self.model, batch, ("kl",))["kl"][0]
         return PairBatch(policy_chosen=logps[:n], policy_rejected=logps[n:], len_chosen=lengths[:n],
                          len_rejected=lengths[n:], d_chosen=batch["d_chosen"], d_rejected=batch["d_rejected"],
                          weight=batch["weight"], **extra)
