@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from polyalign.critic.corruptions import corrupt
 from polyalign.critic.model import critic_prompt
@@ -120,8 +120,12 @@ def pair_loader(x: np.ndarray, buckets: np.ndarray, targets: np.ndarray, pairs: 
     tensors = [torch.from_numpy(a) for a in (x[lo], buckets[lo], targets[lo].astype(np.float32),
                                              x[hi], buckets[hi], targets[hi].astype(np.float32),
                                              np.asarray(pairs.types))]
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=generator)
+    data, generator = TensorDataset(*tensors), torch.Generator().manual_seed(seed)
+    order = RandomSampler(data, generator=generator) if shuffle else SequentialSampler(data)
+    # the batches of DataLoader(batch_size=..., shuffle=..., generator=...), each read with one index per tensor
+    # instead of row by row and stacked: that was a third of the critic's training time
+    return DataLoader(data, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
+                      generator=generator)
 
 
 def critic_loss(s_lo, s_hi, d_lo, d_hi, types, margin: float, weights: dict[str, float]):
