@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from transformers import (
@@ -67,10 +65,10 @@ def whole_logps(model, examples: list[dict]) -> torch.Tensor:
     return sequence_logps(*response_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"]))[0]
 
 
-def shared_batch(share_below: float = math.inf) -> dict:
+def shared_batch(call_tokens: float = -1e6) -> dict:  # a pass "saves" tokens: always shared
     rows = pairs()
     return examples_batch(len(rows), {"pair": [c for c, _, _ in rows] + [r for _, r, _ in rows],
-                                      "anchor": [a for _, _, a in rows]}, PAD, share_below)
+                                      "anchor": [a for _, _, a in rows]}, PAD, call_tokens)
 
 
 def expected(model) -> dict[str, torch.Tensor]:
@@ -134,16 +132,17 @@ def test_layout_left_pads_prompts_and_refuses_a_response_to_another_prompt():
         examples_batch(2, {"pair": [rows[0][0], rows[1][0], rows[1][1], rows[0][1]]}, PAD)
 
 
-def test_a_batch_shares_its_prompts_only_where_that_saves_enough_tokens():
-    # prompts of 3-12 tokens, responses of 1-9: shared, 4 x 12 prompt + 8 x 9 pair + 4 x 9 anchor = 156 tokens;
-    # whole, 8 x 14 pair + 4 x 21 anchor = 196 tokens: 0.80 of them
+def test_a_batch_shares_its_prompts_only_where_that_is_cheaper():
+    # prompts of 3-12 tokens, responses of 1-9: shared, 4 x 12 prompt + 8 x 9 pair + 4 x 9 anchor = 156 tokens in
+    # three passes; whole, 8 x 14 pair + 4 x 21 anchor = 196 tokens in two: shared when a pass costs < 40 tokens
     model = qwen3().eval()
-    whole, shared = shared_batch(share_below=0.79), shared_batch(share_below=0.8)
+    whole, shared = shared_batch(call_tokens=40), shared_batch(call_tokens=39)
     assert "prompt_input_ids" not in whole and whole["pair_input_ids"].shape == (8, 14)
     assert "prompt_input_ids" in shared
     with torch.no_grad():
         for batch in (whole, shared):
             got = group_logps(model, batch, ("pair", "anchor"))
             torch.testing.assert_close(got["anchor"][0], expected(model)["anchor"], atol=1e-4, rtol=1e-5)
-    long_prompt = [example(list(range(1, 60)), [5, 6]), example(list(range(1, 60)), [7])]
-    assert "prompt_input_ids" in examples_batch(1, {"pair": long_prompt}, PAD)  # the default rule
+    long_prompt = [example(list(range(1, 300)), [5, 6]), example(list(range(1, 300)), [7])]
+    assert "prompt_input_ids" in examples_batch(1, {"pair": long_prompt}, PAD)  # the default cost of a pass
+    assert "prompt_input_ids" not in examples_batch(1, {"pair": long_prompt[:1]}, PAD)  # one response: nothing shared

@@ -5,8 +5,8 @@ answer, and for KTO another pair's rejected response. Scored as whole sequences,
 once per response. On the default corpus prompts are most of those tokens (about 50 prompt tokens against 14 response
 tokens a side). So here each prompt runs once, its keys and values are kept, and each group of responses runs
 against copies of them. The log-probs and gradients are the same up to float rounding (tested). The prompt's own
-pass and the cache copies have a cost of their own, so `examples_batch` shares only where that saves enough padded
-tokens (on the default model: HDPO's steps with the NLL anchor, about 12% faster; not DPO's).
+pass and the cache copies have a cost of their own, so `examples_batch` shares only where that is cheaper (on the
+default model: HDPO's steps with the NLL anchor, about 12% faster; not DPO's).
 
 Batch layout (`shared_prompt_batch`):
 - `prompt_input_ids` and `prompt_attention_mask` are left-padded, so every prompt ends in the last column, whose
@@ -158,27 +158,29 @@ def _whole(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, ids: torc
     return logits[:, -keep], logits[:, -keep + 1:]
 
 
-SHARE_BELOW = 0.7  # the shared layout when it runs at most this share of the whole sequences' padded tokens
+CALL_TOKENS = 256  # what one more pass of the model costs beyond its tokens, in tokens (default model, CPU)
 
 
 def examples_batch(n: int, groups: Mapping[str, Sequence[Mapping[str, Sequence[int]]]], pad_id: int,
-                   share_below: float = SHARE_BELOW) -> dict[str, torch.Tensor]:
+                   call_tokens: float = CALL_TOKENS) -> dict[str, torch.Tensor]:
     """A batch of whole examples (`input_ids` with the prompt, `labels`) by group, example j of a group continuing
     prompt j mod n (the first group's first n examples give the prompts; another prompt is the caller's bug:
-    ValueError). Laid out as `shared_prompt_batch` when that runs at most `share_below` of the padded tokens of
-    whole sequences, else as whole right-padded sequences per group (no `prompt_*` keys): the prompt's own pass
-    and its cache copies cost more than they save when prompts are short next to the responses. On the default
-    corpus, DPO's batches (two responses a prompt: 0.78 of the tokens) stay whole, and were no faster shared; with
-    the NLL anchor's human answers (0.67) sharing takes about 12% off a step. Long prompts share in any case."""
+    ValueError). Laid out as `shared_prompt_batch` when that is cheaper, else as whole right-padded sequences per
+    group (no `prompt_*` keys). The cost of a layout is its padded tokens plus `call_tokens` per pass of the model
+    (one a group, and the prompts' own pass when shared). Measured on the default model, a pass cost about as much
+    as 256 tokens: DPO's batches there (a prompt pass more, 22% fewer tokens) were no faster shared, HDPO's with
+    the NLL anchor's human answers (three passes against two, a third fewer tokens) about 12% faster. Long prompts
+    share in any case."""
     split = {name: [split_example(e["input_ids"], e["labels"]) for e in examples] for name, examples in groups.items()}
     prompts = [prompt for prompt, _, _ in next(iter(split.values()))[:n]]
     for name, parts in split.items():
         if any(prompt != prompts[j % n] for j, (prompt, _, _) in enumerate(parts)):
             raise ValueError(f"group {name!r} holds an example that does not continue its row's prompt")
     shared = n * max(map(len, prompts)) + sum(len(parts) * max(len(ids) for _, ids, _ in parts)
-                                             for parts in split.values())
-    whole = sum(len(examples) * max(len(e["input_ids"]) for e in examples) for examples in groups.values())
-    if shared > share_below * whole:
+                                             for parts in split.values()) + call_tokens * (len(groups) + 1)
+    whole = sum(len(examples) * max(len(e["input_ids"]) for e in examples)
+                for examples in groups.values()) + call_tokens * len(groups)
+    if shared >= whole:
         return {f"{name}_{key}": value for name, examples in groups.items() for key, value in padded_batch(
             [list(e["input_ids"]) for e in examples], [list(e["labels"]) for e in examples], pad_id).items()}
     return shared_prompt_batch(prompts, {name: [(ids, labels) for _, ids, labels in parts]
