@@ -113,12 +113,23 @@ class Steps:
                 **extra}
 
 
+def whole_sequence_mask(batch: dict) -> torch.Tensor:
+    """The attention mask of our batch's chosen and rejected sequences as whole right-padded sequences (TRL's
+    layout), also where the batch shares its prompts (`modeling/shared_prompt.py`): the same tokens and shape."""
+    mask = batch["pair_attention_mask"]
+    if "prompt_attention_mask" not in batch:
+        return mask
+    prompt = batch["prompt_attention_mask"].sum(dim=1)[torch.arange(len(mask)) % len(batch["prompt_attention_mask"])]
+    lengths = prompt + mask.sum(dim=1)
+    return (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long()
+
+
 class LightningSteps(L.Callback):
     def __init__(self, steps: Steps):
         self.steps = steps
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self.steps.batch(batch["attention_mask"])
+        self.steps.batch(whole_sequence_mask(batch))
         self.steps.begin()
 
     def on_train_batch_end(self, *args):

@@ -136,7 +136,7 @@ def _prompt_cache(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
 
 
 def _continued(model, kept, rows: torch.Tensor, prompt_mask: torch.Tensor, ids: torch.Tensor,
-               mask: torch.Tensor) -> torch.Tensor:
+               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits of the prompt's last position [rows, vocab] and of each response position [rows, length, vocab]."""
     from transformers.cache_utils import DynamicCache
 
@@ -149,7 +149,7 @@ def _continued(model, kept, rows: torch.Tensor, prompt_mask: torch.Tensor, ids: 
 
 
 def _whole(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, ids: torch.Tensor,
-           mask: torch.Tensor) -> torch.Tensor:
+           mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The same logits as `_continued`, from each prompt and response joined into one sequence."""
     joined_mask = torch.cat([prompt_mask, mask], dim=1)
     keep = ids.shape[1] + 1

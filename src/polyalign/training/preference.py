@@ -1,9 +1,9 @@
 """Preference optimisation (any base loss of `training/objectives`, with HDPO's extras) as a LightningModule,
 and its data.
 
-Each batch runs its prompts once and scores the chosen and rejected responses (and the anchor's human answers)
-against the prompts' kept keys and values (`modeling/shared_prompt.py`); summed response log-probs use the same
-masks as SFT. The reference is, by the variant's `reference`: log-probs precomputed by the pairs stage
+Where that is cheaper, a batch runs its prompts once and scores the chosen and rejected responses (and the anchor's
+human answers) against the prompts' kept keys and values, else each (prompt, response) sequence whole
+(`modeling/shared_prompt.py`); summed response log-probs use the same masks as SFT. The reference is, by the variant's `reference`: log-probs precomputed by the pairs stage
 (no reference model in memory), a frozen copy of the starting model, with LoRA the same model with its adapter
 disabled, or none for a reference-free loss (SimPO, ORPO). An unpaired loss (KTO) also scores each pair's prompt
 with another pair's rejected response, for its reference point.
@@ -126,10 +126,10 @@ def reference_logps(model, renderer: PromptRenderer, pairs: list[dict[str, Any]]
 
 
 class PairCollator:
-    """A batch of pairs in the shared-prompt layout (`modeling/shared_prompt.py`): each prompt once, the chosen then
-    the rejected responses as group `pair`, and with `anchor` the human answers, for the NLL anchor when the chosen
-    sides are samples, as a group of their own (a long human answer would otherwise pad every short sample to its
-    length); KTO's mismatched responses as group `kl`."""
+    """A batch of pairs laid out by `shared_prompt.examples_batch` (prompts shared where that is cheaper): the
+    chosen then the rejected responses as group `pair`, and with `anchor` the human answers, for the NLL anchor when
+    the chosen sides are samples, as a group of their own (a long human answer would otherwise pad every short
+    sample to its length); KTO's mismatched responses as group `kl`."""
 
     def __init__(self, pad_id: int, bucket_index: dict[str, int], uniform: bool, anchor: bool = False):
         self.pad_id, self.bucket_index, self.uniform, self.anchor = pad_id, bucket_index, uniform, anchor
@@ -206,7 +206,7 @@ class PreferenceModule(CheckpointedHistory, L.LightningModule):
 
     @staticmethod
     def _score(model, batch, groups: tuple[str, ...] = ("pair",)) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per group of the batch: summed response log-probs and scored lengths, each prompt run once."""
+        """Per group of the batch: summed response log-probs and scored lengths (`shared_prompt.group_logps`)."""
         return {name: (logps, lengths.float()) for name, (logps, lengths) in group_logps(model, batch, groups).items()}
 
     def _reference_model(self):
