@@ -146,7 +146,8 @@ class CheckpointedPreferenceModule(PreferenceModule):
 
 def ours(params, model_dir: Path, pairs: list[dict], batches: list[list[int]], variant: str, reference: str,
          checkpointing: bool) -> dict:
-    h = params.hdpo.model_copy(update={"batch_size": len(batches[0]), "max_steps": len(batches)})
+    h = params.hdpo.model_copy(update={"batch_size": len(batches[0]),
+                                       "optim": params.hdpo.optim.model_copy(update={"max_steps": len(batches)})})
     v = params.hdpo.variants[variant].model_copy(update={"reference": reference})
     _, tokenizer = load_model_dir(model_dir)
     collate = PairCollator(tokenizer.pad_token_id, {b: i for i, b in enumerate(sorted({p["bucket_id"] for p in pairs}))},
@@ -156,7 +157,7 @@ def ours(params, model_dir: Path, pairs: list[dict], batches: list[list[int]], v
     steps = Steps()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[LightningSteps(steps)],
-                        gradient_clip_val=h.gradient_clip_val, limit_val_batches=0, use_distributed_sampler=False)
+                        gradient_clip_val=h.optim.gradient_clip_val, limit_val_batches=0, use_distributed_sampler=False)
     trainer.fit(module, torch.utils.data.DataLoader(pairs, batch_sampler=batches, collate_fn=collate))
     return steps.summary(module.model.is_gradient_checkpointing, module.model.dtype)
 
