@@ -5,7 +5,8 @@
 The clone is of the committed HEAD (`--worktree`: of the working tree as it is, uncommitted changes included),
 in a temporary folder (`--keep DIR`: in DIR, kept with its reports), so this checkout's own outputs are left alone. A stage's time runs from DVC's
 "Running stage" line to the next one (the last to the end of `dvc repro`), so it includes DVC's own work around
-the stage. The console output of the run is counted too: it should fit on two screens.
+the stage. The console output of the run is counted too: it should fit on two screens. The machine's speed is
+measured just before and after the run (`reference_step_s`), because it varies by 20% or more over a day.
 Target: the whole pipeline within 600 s on the 2-core CPU machine.
 """
 
@@ -15,6 +16,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,7 @@ from pathlib import Path
 from common import ROOT, write_result
 
 TARGET_S = 600.0
+USUAL_STEP_S = 0.151  # `reference_step_seconds` on the 2-core development machine at its usual speed
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 
 
@@ -43,6 +46,34 @@ def clone(dest: Path, worktree: bool) -> None:
         subprocess.run(command, cwd=dest, check=True)
 
 
+def reference_step_seconds(steps: int = 20) -> float:
+    """How fast the machine is now: the median seconds of one training step (forward, backward and AdamW under
+    bf16 autocast, attention dropout 0.3) of a fixed model shaped like the default scratch model (4 layers of 128,
+    4,096 tokens) on 16 x 128 random tokens, the work `init` spends most of its time on. The 2-core development
+    machine ran this in 0.151 s at its usual speed and in up to 0.20 s on slow days, which moves every stage
+    alike. So a total is only comparable with another measured at a similar speed. The workload is fixed, not read
+    from params.yaml, so that the figure compares across commits."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=4096, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                         tie_word_embeddings=True, attention_dropout=0.3)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    tokens = torch.randint(0, 4096, (16, 128))
+    times = []
+    for _ in range(steps + 3):  # the first three warm up
+        begin = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - begin)
+    return round(statistics.median(times[3:]), 4)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worktree", action="store_true", help="clone the working tree, not HEAD")
@@ -58,6 +89,7 @@ def main() -> None:
         # the clone's own code, not this checkout's (the editable install points here): editing the checkout
         # while the benchmark runs must not change what it measures
         env["PYTHONPATH"] = str(project / "src")
+        speed_before = reference_step_seconds()
         starts: list[tuple[str, float]] = []
         lines = 0
         start = time.perf_counter()
@@ -72,12 +104,15 @@ def main() -> None:
         total = time.perf_counter() - start
         if proc.returncode != 0:
             sys.exit(f"dvc repro failed with status {proc.returncode}")
+        speed_after = reference_step_seconds()
     ends = [t for _, t in starts[1:]] + [total]
     stages = {name: round(end - begin, 1) for (name, begin), end in zip(starts, ends)}
     write_result(args.out, {
         "benchmark": "pipeline", "source": "worktree" if args.worktree else "HEAD",
         "stages_s": stages, "total_s": round(total, 1), "target_s": TARGET_S, "within_target": total <= TARGET_S,
         "console_lines": lines,
+        # the machine's speed before and after the run (`reference_step_seconds`; 0.151 s at its usual speed)
+        "reference_step_s": {"before": speed_before, "after": speed_after, "usual": USUAL_STEP_S},
     })
 
 
