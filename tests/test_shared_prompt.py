@@ -146,3 +146,15 @@ def test_a_batch_shares_its_prompts_only_where_that_is_cheaper():
     long_prompt = [example(list(range(1, 300)), [5, 6]), example(list(range(1, 300)), [7])]
     assert "prompt_input_ids" in examples_batch(1, {"pair": long_prompt}, PAD)  # the default cost of a pass
     assert "prompt_input_ids" not in examples_batch(1, {"pair": long_prompt[:1]}, PAD)  # one response: nothing shared
+
+
+def test_a_lora_wrapped_model_shares_its_prompts_with_the_same_result():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(qwen3(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                               init_lora_weights=False)).eval()
+    with torch.no_grad():
+        got = group_logps(model, shared_batch(), ("pair", "anchor"))
+        want = expected(model)
+    torch.testing.assert_close(got["pair"][0], want["pair"], atol=1e-4, rtol=1e-5)
+    assert model.get_base_model() not in _UNSHARED
