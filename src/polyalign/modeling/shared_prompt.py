@@ -20,6 +20,7 @@ the cache off), gets each response scored after its prompt as one whole sequence
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping, Sequence
 from weakref import WeakKeyDictionary
@@ -96,7 +97,13 @@ def _base(model):
 
 
 def _parameters(model) -> Mapping[str, inspect.Parameter]:
-    return inspect.signature(_base(model).forward).parameters
+    return _forward_parameters(type(_base(model)))
+
+
+@functools.cache
+def _forward_parameters(cls) -> Mapping[str, inspect.Parameter]:
+    """A model class's forward parameters, read once per class rather than at every step."""
+    return inspect.signature(cls.forward).parameters
 
 
 def _cache_keyword(model) -> str | None:
