@@ -48,6 +48,7 @@ bench: venv
 	$(BIN)/python benchmarks/generation.py
 	$(BIN)/python benchmarks/preference_step.py
 	$(BIN)/python benchmarks/evaluate.py
+	$(BIN)/python benchmarks/language_share.py
 	$(BIN)/python benchmarks/pipeline.py
 
 clean-venv:
