@@ -334,7 +334,7 @@ class SftParams(Section):
         "rs": SftVariant(balance="sampler", alpha=0.0, init="sft@bucket", data="best_of_k", epochs=1, lr=5e-4)})
     optim: OptimParams = Field(default_factory=lambda: OptimParams(
         epochs=4, lr=2e-3, weight_decay=0.01, warmup_ratio=0.05, min_lr_ratio=0.1, checkpoint_every_n_steps=25))
-    batch_size: int = Field(16, ge=1, description="per device")
+    batch_size: int = Field(8, ge=1, description="per device")
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
     val_every_n_steps: int = Field(0, ge=0, description="0: validate once per epoch")
     val_prompts: int = Field(0, ge=0, description=(
