@@ -26,7 +26,7 @@ from common import ROOT, write_result
 
 from polyalign.evaluation.naturalness import EN_MAX_CJK_SHARE, ZH_MIN_CJK_SHARE, cjk_letter_share
 from polyalign.generation import generate, prompt_budgets, read_train_answers
-from polyalign.modeling.model import Loading, load_model_dir, model_context
+from polyalign.modeling.model import Loading, inference_device, load_model_dir, model_context
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.tokenizer import decode_response
 from polyalign.params import load_params
@@ -58,6 +58,7 @@ def measure(method: str, records: list[dict], train: tuple[list[str], list[str]]
             k: int) -> dict:
     folder = evaluate.model_dir(method, params, project)
     model, tokenizer = load_model_dir(folder, f"the model of {method}", Loading.from_params(params))
+    model.to(inference_device(params.trainer.accelerator))  # where `evaluate` generates
     p, g = params.prompt, params.evaluate.generation
     renderer = PromptRenderer.from_params(tokenizer, p)
     prompts = [renderer.prompt_ids(evaluate.prompt_record(r, p.conditioning)) for r in records]
