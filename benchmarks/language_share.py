@@ -25,11 +25,11 @@ import numpy as np
 from common import ROOT, write_result
 
 from polyalign.evaluation.naturalness import EN_MAX_CJK_SHARE, ZH_MIN_CJK_SHARE, cjk_letter_share
-from polyalign.generation import generate, prompt_budgets, read_train_answers
-from polyalign.modeling.model import Loading, inference_device, load_model_dir, model_context
-from polyalign.modeling.prompts import PromptRenderer
+from polyalign.generation import read_train_answers
+from polyalign.modeling.model import Loading, inference_device, load_model_dir
 from polyalign.modeling.tokenizer import decode_response
 from polyalign.params import load_params
+from polyalign.sampling import sample_responses
 from polyalign.stages import evaluate
 
 TARGET = 0.9
@@ -54,21 +54,15 @@ def summary(hits: np.ndarray, seed: int) -> dict:
             "prompts_never_in_language": int((per_prompt == 0).sum())}
 
 
-def measure(method: str, records: list[dict], train: tuple[list[str], list[str]], params, project: Path,
-            k: int) -> dict:
+def measure(method: str, records: list[dict], train: dict[str, list[str]], params, project: Path, k: int) -> dict:
     folder = evaluate.model_dir(method, params, project)
     model, tokenizer = load_model_dir(folder, f"the model of {method}", Loading.from_params(params))
     model.to(inference_device(params.trainer.accelerator))  # where `evaluate` generates
-    p, g = params.prompt, params.evaluate.generation
-    renderer = PromptRenderer.from_params(tokenizer, p)
-    prompts = [renderer.prompt_ids(evaluate.prompt_record(r, p.conditioning)) for r in records]
-    budgets = prompt_budgets(g, tokenizer, *train, [r["bucket_id"] for r in records], [len(x) for x in prompts],
-                             model_context(folder))
+    renderer, _, prompts, budgets = evaluate.method_prompts(folder, tokenizer, records, train, params)
     start = time.perf_counter()
-    samples = generate(model, tokenizer, prompts, stop_ids=renderer.eot_ids, max_new_tokens=budgets,
-                       temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                       repetition_penalty=g.repetition_penalty, num_samples=k, seed=params.seed,
-                       batch_size=g.batch_size, progress=False)
+    samples = sample_responses(params.evaluate.generation, params, folder, model, tokenizer, prompts,
+                               stop_ids=renderer.eot_ids, budgets=budgets, num_samples=k, seed=params.seed,
+                               description=f"sampling ({method})")
     seconds = time.perf_counter() - start
     hits = np.array([[in_language(decode_response(tokenizer, s.ids, s.truncated), r["language"]) for s in outs]
                      for r, outs in zip(records, samples)])
@@ -92,7 +86,8 @@ def main() -> None:
     if missing:
         sys.exit(f"no model for {missing} in {project}: run `make demo` (dvc repro) there first")
     records = evaluate.read_split(params, project)
-    train = read_train_answers(project / params.paths.buckets / "train.parquet")
+    answers, buckets = read_train_answers(project / params.paths.buckets / "train.parquet")
+    train = {"answers": answers, "buckets": buckets}
     results = {m: measure(m, records, train, params, project, args.k) for m in args.methods}
     write_result(args.out, {"benchmark": "language_share", "split": args.split, "k": args.k, "target": TARGET,
                             "decoding": params.evaluate.generation.model_dump(), "methods": results})

@@ -103,17 +103,25 @@ def tdm_encoder(params: Params, root: Path) -> NgramEncoder:
     return NgramEncoder((1, 3), 20_000, 64, params.seed).fit(texts)
 
 
+def method_prompts(folder: Path, tokenizer, records: list[dict], train: dict[str, list[str]],
+                   params: Params) -> tuple[PromptRenderer, list[dict], list[list[int]], list[int]]:
+    """What a method's model (in `folder`) is asked: the renderer, the records as a prompt may see them, their
+    prompt ids and each prompt's budget of new tokens under `evaluate.generation`."""
+    renderer = PromptRenderer.from_params(tokenizer, params.prompt)
+    visible = [prompt_record(r, params.prompt.conditioning) for r in records]
+    prompts = [renderer.prompt_ids(r) for r in visible]
+    budgets = prompt_budgets(params.evaluate.generation, tokenizer, train["answers"], train["buckets"],
+                             [r["bucket_id"] for r in records], [len(x) for x in prompts], model_context(folder))
+    return renderer, visible, prompts, budgets
+
+
 def generations(method: str, records: list[dict], train: dict[str, list[str]], params: Params, root: Path) -> dict:
     """The method's responses to the test prompts and its NLL of the human answers, from the cache when the
     model files, prompts, budgets, decoding and seed are unchanged."""
     folder = model_dir(method, params, root)
     tokenizer = AutoTokenizer.from_pretrained(folder)  # enough for the cache key; the weights only on a miss
     p, g = params.prompt, params.evaluate.generation
-    renderer = PromptRenderer.from_params(tokenizer, p)
-    visible = [prompt_record(r, p.conditioning) for r in records]
-    prompts = [renderer.prompt_ids(r) for r in visible]
-    budgets = prompt_budgets(g, tokenizer, train["answers"], train["buckets"], [r["bucket_id"] for r in records],
-                             [len(x) for x in prompts], model_context(folder))
+    renderer, visible, prompts, budgets = method_prompts(folder, tokenizer, records, train, params)
     answers = [r["human_answer"] for r in records]
     loading = Loading.from_params(params)
     key = _sha({"model": folder_digest(folder), "prompts": prompts, "answers": answers, "decoding": g.model_dump(),
