@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import re
 import shutil
 import statistics
@@ -47,15 +48,17 @@ def clone(dest: Path, worktree: bool) -> None:
 
 
 def reference_step_seconds(steps: int = 20) -> float:
-    """How fast the machine is now: the median seconds of one training step (forward, backward and AdamW under
-    bf16 autocast, attention dropout 0.3) of a fixed model shaped like the default scratch model (4 layers of 128,
-    4,096 tokens) on 16 x 128 random tokens, the work `init` spends most of its time on. The 2-core development
-    machine ran this in 0.151 s at its usual speed and in up to 0.20 s on slow days, which moves every stage
-    alike. So a total is only comparable with another measured at a similar speed. The workload is fixed, not read
-    from params.yaml, so that the figure compares across commits."""
+    """How fast the machine is now: the median seconds of one training step (forward, backward and AdamW in the
+    precision `model.pretrain_precision: auto` pretrains in here, attention dropout 0.3) of a fixed model shaped
+    like the default scratch model (4 layers of 128, 4,096 tokens) on 16 x 128 random tokens, the work `init`
+    spends most of its time on. The 2-core development machine with AVX512-BF16 ran this in bf16 in 0.151 s at
+    its usual speed and in up to 0.20 s on slow days, which moves every stage alike; a 2-core AMD EPYC without
+    bf16 instructions runs it in float32 in about 0.28 s. So a total is only comparable with another measured at a
+    similar speed. The workload is fixed, not read from params.yaml, so that the figure compares across commits."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
+    bf16 = bf16_in_hardware()
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(Qwen3Config(vocab_size=4096, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                                          num_attention_heads=4, num_key_value_heads=2, head_dim=32,
@@ -65,13 +68,32 @@ def reference_step_seconds(steps: int = 20) -> float:
     times = []
     for _ in range(steps + 3):  # the first three warm up
         begin = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model(input_ids=tokens, labels=tokens).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         times.append(time.perf_counter() - begin)
     return round(statistics.median(times[3:]), 4)
+
+
+def bf16_in_hardware() -> bool:
+    import torch
+
+    from polyalign.training.pretrain import has_native_bf16
+
+    return has_native_bf16(torch.device("cpu"))
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), which says which of the reference figures above applies."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -113,6 +135,7 @@ def main() -> None:
         "console_lines": lines,
         # the machine's speed before and after the run (`reference_step_seconds`; 0.151 s at its usual speed)
         "reference_step_s": {"before": speed_before, "after": speed_after, "usual": USUAL_STEP_S},
+        "cpu": cpu_name(), "bf16_in_hardware": bf16_in_hardware(),
     })
 
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from polyalign.params import load_params
 from polyalign.stages import init as init_stage
 from polyalign.stages.init import training_texts
-from polyalign.training.pretrain import heldout_bits_per_char, packed_blocks
+from polyalign.training.pretrain import has_native_bf16, heldout_bits_per_char, packed_blocks, resolve_precision
 from sft_project import copy_project, write_tiny_params
 
 
@@ -18,6 +18,15 @@ def test_packed_blocks_join_rows_with_the_separator_and_drop_the_incomplete_tail
     blocks = packed_blocks([[1, 2], [3], [4, 5, 6]], separator=0, block_size=3)
     assert blocks.tolist() == [[1, 2, 0], [3, 0, 4], [5, 6, 0]]
     assert packed_blocks([[1, 2], [3]], separator=0, block_size=2).tolist() == [[1, 2], [0, 3]]
+
+
+def test_an_explicit_pretraining_precision_is_kept_and_auto_follows_the_hardware():
+    cpu = torch.device("cpu")
+    assert resolve_precision("32-true", cpu) == "32-true"
+    assert resolve_precision("bf16-mixed", cpu) == "bf16-mixed"  # the user's choice, even where it is emulated
+    assert resolve_precision("auto", cpu) in ("bf16-mixed", "32-true")
+    assert (resolve_precision("auto", cpu) == "bf16-mixed") == has_native_bf16(cpu)
+    assert resolve_precision("auto", torch.device("meta")) == "32-true"
 
 
 def test_pretraining_reads_only_train_texts_lowers_the_lm_loss_and_is_reported(paired_tiny, tmp_path):
@@ -33,6 +42,9 @@ def test_pretraining_reads_only_train_texts_lowers_the_lm_loss_and_is_reported(p
     assert report["pretrain_loss"] < math.log(report["vocab_size"]) - 1.5
     assert report["pretrain_steps"] > 0 and report["pretrain_tokens"] > 0
     assert json.loads((root / "reports/init.json").read_text())["pretrain_loss"] == report["pretrain_loss"]
+    # `auto` (the default) pretrains in bf16 only where this CPU has bf16 in hardware, and says which it used
+    assert params.model.pretrain_precision == "auto"
+    assert report["pretrain_precision"] == ("bf16-mixed" if has_native_bf16(torch.device("cpu")) else "32-true")
     trained = AutoModelForCausalLM.from_pretrained(root / "models/base").state_dict()
     assert all(not torch.equal(untrained[k], trained[k]) for k in trained if k.endswith("proj.weight"))
     train = pq.read_table(root / "data/buckets/train.parquet").to_pylist()

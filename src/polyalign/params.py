@@ -232,9 +232,10 @@ class ModelParams(Section):
     pretrain_lr: float = Field(0.002, gt=0)
     pretrain_block_size: int = Field(128, ge=8, description="tokens per packed pretraining block")
     pretrain_batch_size: int = Field(16, ge=1)
-    pretrain_precision: Literal["32-true", "bf16-mixed"] = Field(
-        "bf16-mixed", description="scratch: Lightning precision of pretraining (bf16-mixed: faster on CPUs with bf16 "
-        "instructions; the saved weights stay float32)")
+    pretrain_precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
+        "auto", description="scratch: Lightning precision of pretraining (auto: bf16-mixed where the device has bf16 "
+        "in hardware, faster there; 32-true elsewhere, where bf16 is emulated and slow; the saved weights stay "
+        "float32)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="the dtype every stage loads a model in (auto: the dtype its folder was saved in; "
         "the scratch model is saved in float32)")

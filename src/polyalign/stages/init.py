@@ -17,12 +17,18 @@ import pyarrow.parquet as pq
 from polyalign.errors import UserError, rerun_hint, shown
 from polyalign.io import atomic_path, write_json
 from polyalign.log import console
-from polyalign.modeling.model import Loading, create_scratch_model, load_pretrained, save_model
+from polyalign.modeling.model import (
+    Loading,
+    create_scratch_model,
+    inference_device,
+    load_pretrained,
+    save_model,
+)
 from polyalign.modeling.prompts import system_profile
 from polyalign.modeling.tokenizer import train_tokenizer, unknown_share
 from polyalign.params import Params
 from polyalign.text import CJK_RE
-from polyalign.training.pretrain import heldout_bits_per_char, pretrain
+from polyalign.training.pretrain import heldout_bits_per_char, pretrain, resolve_precision
 from polyalign.training.trainer import figure
 
 
@@ -64,7 +70,9 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         if cfg.pretrain_epochs:
             pretrained = pretrain(model, tokenizer, record_texts(train, with_profiles=False),
                                   epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, block_size=cfg.pretrain_block_size,
-                                  batch_size=cfg.pretrain_batch_size, precision=cfg.pretrain_precision,
+                                  batch_size=cfg.pretrain_batch_size,
+                                  precision=resolve_precision(cfg.pretrain_precision,
+                                                              inference_device(params.trainer.accelerator)),
                                   seed=params.seed,
                                   accelerator=params.trainer.accelerator, progress=params.logging.progress)
             # read after training, never during it: how `pretrain_epochs` is chosen on val for a new corpus
