@@ -145,7 +145,7 @@ def test_save_load_score_is_identical_and_unknown_buckets_back_off(default_criti
     first = critic.distance(responses, buckets)
     again = Critic.load(root / "models/critic").distance(responses, buckets)
     np.testing.assert_array_equal(first, again)
-    assert (first >= 0).all() and len(set(first.round(6))) == 3
+    assert (first >= 0).all() and len(set(first.tolist())) == 3  # two are near 1e-6: no rounding
     # a bucket training never saw scores like the parent it backs off to, never silently as 0
     unknown = critic.distance(["你好"], ["zh|multi|assistant|xlong"])
     parent = critic.refs.resolve("zh|multi|assistant|xlong")
