@@ -10,7 +10,12 @@ from transformers import AutoModelForCausalLM
 from polyalign.params import load_params
 from polyalign.stages import init as init_stage
 from polyalign.stages.init import training_texts
-from polyalign.training.pretrain import has_native_bf16, heldout_bits_per_char, packed_blocks, resolve_precision
+from polyalign.training.pretrain import (
+    has_native_bf16,
+    heldout_bits_per_char,
+    packed_blocks,
+    resolve_precision,
+)
 from sft_project import copy_project, write_tiny_params
 
 

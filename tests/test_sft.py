@@ -202,6 +202,27 @@ def test_a_signal_during_any_training_stage_is_never_a_success(tmp_path, signum,
         assert caught.value.exit_code == 143 and str(caught.value).startswith("critic: stopped by SIGTERM")
 
 
+def test_sigterm_inside_library_code_that_catches_every_exception_still_stops_the_stage():
+    """`inspect.getfullargspec` (Lightning calls it on its hooks) turns any Exception raised inside it into
+    "TypeError: unsupported callable"; a SIGTERM that lands there must still be `Terminated` (exit 143)."""
+    import inspect
+    import os
+
+    from polyalign.errors import sigterm_stops
+
+    class SignalledWhileInspected:
+        @property
+        def __signature__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside getfullargspec's `try`
+            return inspect.Signature()
+
+        def __call__(self):
+            pass
+
+    with pytest.raises(Terminated, match="sft@global: stopped by SIGTERM"), sigterm_stops("sft@global"):
+        inspect.getfullargspec(SignalledWhileInspected())
+
+
 def test_a_fresh_run_checks_its_inputs_first_and_resume_refuses_other_settings(project):
     args = ["sft", "--variant", "global", "--max-steps", "4"]
     cli(args, project)

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from polyalign.errors import UserError, describe, sigterm_stops, use_paths
+from polyalign.errors import Terminated, UserError, describe, sigterm_stops, use_paths
 from polyalign.errors import shown as shown_path
 from polyalign.log import console, quiet_libraries
 from polyalign.params import Params, dump_params, load_params, set_flags
@@ -86,7 +86,7 @@ def _run(action: Callable[[], object]) -> None:
     try:
         with sigterm_stops("polyalign"):  # a stage may narrow the label (and hint) while it trains
             action()
-    except UserError as err:
+    except (UserError, Terminated) as err:
         raise _fail(str(err), err, err.exit_code) from None
     except KeyboardInterrupt:
         console.print("interrupted: no output was written", style="yellow")

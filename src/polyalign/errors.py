@@ -25,9 +25,13 @@ class UserError(Exception):
     exit_code = 2
 
 
-class Terminated(UserError):
+class Terminated(BaseException):
     """SIGTERM (a scheduler, `timeout`, `kill`) stopped a stage. It exits 143, as a process the signal killed
-    would, so that no wrapper mistakes it for success (Lightning alone ends the process with status 0)."""
+    would, so that no wrapper mistakes it for success (Lightning alone ends the process with status 0).
+
+    Like KeyboardInterrupt it is not an `Exception`: the signal can arrive inside library code that catches
+    every Exception and raises another (`inspect.getfullargspec` turns any into "TypeError: unsupported
+    callable", and Lightning calls it on every hook), which once made a SIGTERM exit with status 1."""
 
     exit_code = 128 + signal.SIGTERM
 

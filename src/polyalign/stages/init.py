@@ -98,7 +98,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     with atomic_path(root / params.paths.models / "base", directory=True) as tmp:
         save_model(model, tokenizer, tmp)
     write_json(root / params.paths.reports / "init.json", report)
-    done = (f", pretrained {report['pretrain_steps']} steps to loss {report['pretrain_loss']:.3f} "
+    done = (f", pretrained {report['pretrain_steps']} steps in {report['pretrain_precision']} to loss "
+            f"{report['pretrain_loss']:.3f} "
             f"(val {figure(report['pretrain_val_bits_per_char'])} bits/char)" if pretrained else "")
     console.print(f"init: {report['architecture']} with {report['parameters']:,} parameters, vocabulary "
                   f"{report['vocab_size']} ({report['unknown_share_val']:.2%} of val characters unknown){done} "
