@@ -17,6 +17,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from polyalign.errors import UserError
 from polyalign.generation import generate
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.tokenizer import decode_response
@@ -24,7 +25,7 @@ from polyalign.params import OptimParams, load_params
 from polyalign.text import CJK_RE
 from polyalign.training.data import SFTDataModule
 from polyalign.training.losses import per_example_loss
-from polyalign.training.trainer import Terminated, build_trainer
+from polyalign.training.trainer import Terminated, build_trainer, weight_average
 from sft_project import cli, copy_project, initialised_project, read_curve, write_tiny_params
 
 
@@ -265,6 +266,24 @@ def test_a_run_shorter_than_an_epoch_validates_its_final_weights(project):
     assert np.isfinite(report["val_loss_macro"]) and report["val_loss_per_bucket"]
     assert read_curve(project / "reports/sft/global/val_loss.csv")[-1][0] == 3
     assert "nan" not in result.stderr.split("sft@global:")[1]
+
+
+def test_weight_averaging_exports_the_moving_average_without_changing_training(project):
+    """`sft.optim.ema_decay`: the exported model is the exponential moving average of the weights (also the
+    checkpoint's weights); the training itself, its losses, is the same as without it; 0 turns it off."""
+    exported, losses = {}, {}
+    for decay in (0.0, 0.5):
+        cli(["sft", "--variant", "global", "--max-steps", "4", "--set", f"sft.optim.ema_decay={decay}"], project)
+        ckpt = torch.load(project / "checkpoints/sft/global/last.ckpt", map_location="cpu", weights_only=True)
+        exported[decay] = AutoModelForCausalLM.from_pretrained(project / "models/sft/global").state_dict()
+        saved = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+        assert all(torch.equal(exported[decay][k], saved[k]) for k in exported[decay])
+        assert ("averaging_state" in ckpt) == bool(decay)
+        losses[decay] = read_curve(project / "reports/sft/global/train_loss.csv")
+    assert losses[0.5] == losses[0.0]
+    assert any(not torch.equal(exported[0.5][k], exported[0.0][k]) for k in exported[0.0])
+    with pytest.raises(UserError, match="weight averaging does not work with the 'fsdp' strategy"):
+        weight_average(0.99, "fsdp", "sft.optim.ema_decay")
 
 
 def test_a_diverged_run_is_refused_and_writes_no_nan(project):

@@ -310,6 +310,9 @@ class OptimParams(Section):
     accumulate_grad_batches: int = Field(1, ge=1, description="batches per optimizer step")
     checkpoint_every_n_steps: int = Field(50, ge=1, description="a checkpoint for --resume every this many "
                                           "optimizer steps (a change does not make a run another one)")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="an exponential moving average of the weights, updated "
+                             "after every optimizer step with this decay (0: off); validation, the checkpoints' "
+                             "weights and the exported model are the averaged ones")
     lora: LoraParams = Field(default_factory=LoraParams)
 
 
@@ -334,7 +337,8 @@ class SftParams(Section):
         # rejection-sampling SFT (best-of-k distillation), the strong simple baseline of preference methods
         "rs": SftVariant(balance="sampler", alpha=0.0, init="sft@bucket", data="best_of_k", epochs=1, lr=5e-4)})
     optim: OptimParams = Field(default_factory=lambda: OptimParams(
-        epochs=4, lr=2e-3, weight_decay=0.01, warmup_ratio=0.05, min_lr_ratio=0.1, checkpoint_every_n_steps=25))
+        epochs=4, lr=2e-3, weight_decay=0.01, warmup_ratio=0.05, min_lr_ratio=0.1, checkpoint_every_n_steps=25,
+        ema_decay=0.995))
     batch_size: int = Field(8, ge=1, description="per device")
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
     val_every_n_steps: int = Field(0, ge=0, description="0: validate once per epoch")

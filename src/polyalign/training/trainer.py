@@ -1,5 +1,6 @@
 """The trainer factory shared by every training stage: seeding, loggers (CSV always, W&B offline by default),
-checkpoints (last + best, for --resume, each recording the settings of its run), progress bar, the scale-out
+checkpoints (last + best, for --resume, each recording the settings of its run), an optional moving average of
+the weights, progress bar, the scale-out
 settings passed to Lightning as they are, and what a signal does to a stage (SIGTERM: exit 143, outputs as they
 were)."""
 
@@ -17,9 +18,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, WeightAveraging
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from polyalign.errors import Terminated, UserError, sigterm_stops, terminated  # noqa: F401 - re-exported
 from polyalign.io import atomic_path
@@ -127,6 +129,19 @@ def wandb_logger(params: Params, stage: str, variant: str, save_dir: Path) -> Wa
     return logger
 
 
+def weight_average(decay: float, strategy: str, setting: str) -> WeightAveraging:
+    """Lightning's weight averaging with an exponential moving average, updated after every optimizer step: it
+    validates, checkpoints (the training weights travel beside it, so --resume continues both) and ends training
+    with the averaged weights. On the default corpus it lowered SFT's val bits per character in all four runs
+    measured and kept more answers in the prompt's language (README: The default model). It keeps a second copy
+    of the module, and Lightning cannot average sharded models. The final checkpoint is written after training
+    has put the average in place, so it holds the average as both weights (a mid-run one holds both apart)."""
+    if any(name in str(strategy).lower() for name in ("fsdp", "deepspeed")):
+        raise UserError(f"{setting}={decay}: weight averaging does not work with the {strategy!r} strategy (it "
+                        "needs the whole model in one process); set it to 0")
+    return WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(decay))
+
+
 def build_trainer(params: Params, root: Path, stage: str, variant: str, *, optim,
                   val_every_n_steps: int) -> StageTrainer:
     """The Lightning trainer of one training run: `optim` (an `OptimParams`) gives its length, accumulation,
@@ -148,6 +163,8 @@ def build_trainer(params: Params, root: Path, stage: str, variant: str, *, optim
                         auto_insert_metric_name=False),
         LearningRateMonitor(logging_interval="step"),
     ]
+    if optim.ema_decay:
+        callbacks.append(weight_average(optim.ema_decay, tp.strategy, f"{stage}.optim.ema_decay"))
     if params.logging.progress:
         callbacks.append(TrainingProgress(stage if variant == "default" else f"{stage}@{variant}"))
     try:
