@@ -94,7 +94,8 @@ def pretrain(model, tokenizer, texts: Sequence[str], *, epochs: int, lr: float, 
     last = module.losses[-max(1, len(module.losses) // 10):]  # the last tenth of the steps: less noise
     return {"pretrain_texts": len(distinct), "pretrain_tokens": int(blocks.numel()), "pretrain_steps": total_steps,
             "pretrain_loss": round(sum(last) / len(last), 4), "pretrain_seconds": round(time.perf_counter() - start, 1),
-            "pretrain_threads": torch.get_num_threads(), "pretrain_precision": precision}  # seconds depend on them (a queued experiment gets a share)
+            # the seconds depend on the threads (a queued experiment gets a share) and the precision
+            "pretrain_threads": torch.get_num_threads(), "pretrain_precision": precision}
 
 
 @torch.no_grad()

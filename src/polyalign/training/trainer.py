@@ -1,8 +1,7 @@
 """The trainer factory shared by every training stage: seeding, loggers (CSV always, W&B offline by default),
 checkpoints (last + best, for --resume, each recording the settings of its run), an optional moving average of
-the weights, progress bar, the scale-out
-settings passed to Lightning as they are, and what a signal does to a stage (SIGTERM: exit 143, outputs as they
-were)."""
+the weights, progress bar, the scale-out settings passed to Lightning as they are, and what a signal does to a
+stage (SIGTERM: exit 143, outputs as they were)."""
 
 from __future__ import annotations
 
