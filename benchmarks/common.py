@@ -27,8 +27,19 @@ def default_project(root: Path, overrides: list[str] = (), with_model: bool = Tr
     return params
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo): figures from different CPUs do not compare."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def write_result(path: Path, result: dict) -> None:
-    result = {**result, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+    result = {**result, "machine": {"cpus": os.cpu_count(), "cpu": cpu_name(), "python": sys.version.split()[0],
                                     "platform": platform.platform()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

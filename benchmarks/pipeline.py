@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -85,17 +84,6 @@ def bf16_in_hardware() -> bool:
     return has_native_bf16(torch.device("cpu"))
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux), which says which of the reference figures above applies."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worktree", action="store_true", help="clone the working tree, not HEAD")
@@ -135,7 +123,7 @@ def main() -> None:
         "console_lines": lines,
         # the machine's speed before and after the run (`reference_step_seconds`; 0.151 s at its usual speed)
         "reference_step_s": {"before": speed_before, "after": speed_after, "usual": USUAL_STEP_S},
-        "cpu": cpu_name(), "bf16_in_hardware": bf16_in_hardware(),
+        "bf16_in_hardware": bf16_in_hardware(),  # with machine.cpu: which reference figure applies
     })
 
 
