@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from polyalign.generation import SamplingFilter, bucket_budgets, budget_of, prompt_budgets
+from polyalign.generation import SamplingFilter, bucket_budgets, budget_of, nucleus, prompt_budgets
 from polyalign.params import GenerationParams
 
 
@@ -76,3 +76,16 @@ def test_the_sampling_filter_keeps_exactly_the_tokens_hugging_faces_warpers_keep
                 assert torch.equal(ours, expected)
             rows += len(scores)
     assert rows == 192
+
+
+def test_the_nucleus_keeps_as_many_of_several_equal_scores_at_its_edge_as_the_sort_does():
+    import torch
+
+    # four equal tokens, top_p 0.5: sorted, the first two reach the cumulative 0.5 and go, two stay
+    kept = nucleus(torch.zeros(2, 4), 0.5) > -math.inf
+    assert kept.sum(dim=-1).tolist() == [2, 2]
+    # a clear favourite and a tied tail: the favourite, then one tied token to pass 0.9
+    scores = torch.tensor([[0.0, 0.0, 0.0, 3.0]])
+    probs = scores.softmax(-1)[0]
+    assert probs[3] < 0.9 < probs[3] + probs[0]
+    assert (nucleus(scores, 0.9) > -math.inf).sum().item() == 2

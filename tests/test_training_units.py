@@ -1,5 +1,6 @@
 """Pure pieces of training: the renderer and its loss mask, samplers, loss functions, the LR schedule."""
 
+import copy
 import math
 
 import lightning as L
@@ -16,7 +17,7 @@ from polyalign.params import ModelParams, OptimParams, SftParams
 from polyalign.stages.evaluate import prompt_record
 from polyalign.training.data import Collator
 from polyalign.training.losses import per_example_loss, sft_loss
-from polyalign.training.optim import warmup_cosine
+from polyalign.training.optim import make_optimizer, warmup_cosine
 from polyalign.training.samplers import EpochBatchSampler, bucket_probabilities
 from polyalign.training.sft import SFTModule
 
@@ -280,6 +281,29 @@ def test_warmup_then_cosine_decay():
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.1)
     assert f(55) == pytest.approx(0.1 + 0.9 * 0.5, abs=1e-9)
+
+
+def test_the_optimiser_skips_decay_on_biases_and_norms_and_steps_like_plain_adamw_on_cpu():
+    """On CPU the fused kernel runs (faster); its steps match torch's one-tensor-at-a-time AdamW."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    twin = copy.deepcopy(module)
+    optim = OptimParams(lr=0.01, weight_decay=0.1, warmup_ratio=0.0, min_lr_ratio=1.0)
+    optimizer = make_optimizer(module, optim, total_steps=10)["optimizer"]
+    decay, no_decay = optimizer.param_groups
+    assert [p.shape for p in decay["params"]] == [(3, 4)] and decay["weight_decay"] == 0.1
+    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 3 and decay["fused"]
+    plain = torch.optim.AdamW([{"params": [twin[0].weight], "weight_decay": 0.1},
+                               {"params": [twin[0].bias, *twin[1].parameters()], "weight_decay": 0.0}], lr=0.01,
+                              foreach=False)
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for model, opt in ((module, optimizer), (twin, plain)):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    for ours, theirs in zip(module.parameters(), twin.parameters()):
+        assert torch.allclose(ours, theirs, atol=1e-6)
 
 
 def test_select_keeps_the_weights_of_the_validation_with_the_lowest_val_bng():

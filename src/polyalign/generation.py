@@ -80,8 +80,8 @@ class SamplingFilter:
     as one logits processor for `generate`.
 
     Why not Hugging Face's own: its top-p sorts the whole vocabulary at every step with `torch.sort`, which on CPU
-    was a quarter of pair sampling. `nucleus` does the same computation with numpy's sort, about three times
-    faster there; on an accelerator it uses torch's."""
+    was a quarter of pair sampling. `nucleus` does the same computation from the sorted values alone, with numpy's
+    sort on CPU (about eight times faster there than torch's full sort); on an accelerator it uses torch's."""
 
     def __init__(self, temperature: float, top_k: int, top_p: float):
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
@@ -98,15 +98,22 @@ class SamplingFilter:
 def nucleus(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     """`scores` with the tokens outside the nucleus set to -inf, as `TopPLogitsWarper` computes it: sorted in
     ascending order, a token goes when the cumulative probability up to it is at most 1 - top_p; the most likely
-    token always stays."""
+    token always stays. Only the sorted values are needed (the kept tokens are those above the smallest kept
+    score), and on CPU numpy sorts values about five times faster than it sorts indices. Of several scores equal
+    to that edge, as many stay as the sort kept, the first ones in vocabulary order."""
     if scores.device.type == "cpu":
-        order = torch.from_numpy(np.argsort(scores.float().numpy(), axis=-1))
-        ascending = scores.gather(-1, order)
+        ascending = torch.from_numpy(np.sort(scores.float().numpy(), axis=-1)).to(scores.dtype)
     else:
-        ascending, order = torch.sort(scores, descending=False)
-    remove = ascending.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
-    remove[..., -1] = False
-    return scores.masked_fill(remove.scatter(-1, order, remove), -math.inf)
+        ascending = torch.sort(scores, dim=-1).values
+    removed = ascending.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)  # a prefix: the cumulative sum only grows
+    removed[..., -1] = False
+    n_removed = removed.sum(dim=-1, keepdim=True)
+    edge = ascending.gather(-1, n_removed)
+    keep = scores > edge
+    tied = scores == edge
+    n_tied_kept = scores.shape[-1] - n_removed - keep.sum(dim=-1, keepdim=True)
+    keep |= tied & (tied.cumsum(dim=-1) <= n_tied_kept)
+    return scores.masked_fill(~keep, -math.inf)
 
 
 def batch_plan(prompts: Sequence[Sequence[int]], budgets: Sequence[int], batch_size: int) -> list[list[int]]:
