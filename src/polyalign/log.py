@@ -49,6 +49,10 @@ def quiet_libraries(verbose: bool) -> None:
     # Lightning 2.6 builds torch's deprecated LeafSpec on every logged dict; nothing a user can act on
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
+    # the moving average of the weights (`sft.optim.ema_decay`) warns of sharded layers, which we refuse with it
+    warnings.filterwarnings("ignore", message="You're using the WeightAveraging callback with a model that overrides")
+    # a run that `--max-steps` ends between validations: best.ckpt (the lowest val loss) has no val loss to compare
+    warnings.filterwarnings("ignore", message=r"`ModelCheckpoint\(monitor='val/loss'\)` could not find the monitored key")
     import datasets
     import transformers
 
