@@ -306,6 +306,31 @@ def test_the_optimiser_skips_decay_on_biases_and_norms_and_steps_like_plain_adam
         assert torch.allclose(ours, theirs, atol=1e-6)
 
 
+@pytest.mark.parametrize("precision, fused", [("32-true", True), ("bf16-mixed", False)])
+def test_fused_adamw_only_where_lightning_clips_gradients_with_it(precision, fused):
+    """Lightning's mixed precision refuses gradient clipping with an optimizer that unscales its own gradients
+    (fused AdamW), so there the optimiser stays torch's default and a clipped run trains."""
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).square().mean()
+
+        def configure_optimizers(self):
+            return make_optimizer(self, OptimParams(lr=0.01), total_steps=3)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(12, 4)), batch_size=4)
+    module = Tiny()
+    trainer = L.Trainer(accelerator="cpu", precision=precision, max_steps=3, gradient_clip_val=1.0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, data)
+    assert trainer.global_step == 3
+    assert all(bool(group["fused"]) is fused for group in trainer.optimizers[0].param_groups)
+
+
 def test_select_keeps_the_weights_of_the_validation_with_the_lowest_val_bng():
     """A planted sequence of validations: the weights kept are those of the best one, not the last."""
     from polyalign.training.selection import Selection

@@ -30,10 +30,18 @@ def make_optimizer(module: torch.nn.Module, optim, total_steps: int) -> dict:
     for name, p in module.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    # on CPU torch's fused kernel takes a step of the default model in 0.7 ms against 3.6 ms one tensor at a time
-    on_cpu = all(p.device.type == "cpu" for p in decay + no_decay)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=optim.lr, fused=on_cpu or None)
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=optim.lr,
+                                  fused=fused_on_cpu(module, decay + no_decay) or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(max(1, total_steps), optim.warmup_ratio,
                                                                            optim.min_lr_ratio))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def fused_on_cpu(module: torch.nn.Module, parameters: list[torch.nn.Parameter]) -> bool:
+    """Whether AdamW runs torch's fused kernel: on CPU it takes a step of the default model in 0.7 ms against 3.6 ms
+    one tensor at a time. Not under Lightning's mixed precision (`bf16-mixed`, `16-mixed`), which refuses gradient
+    clipping with an optimizer that unscales its own gradients; elsewhere torch's default stays."""
+    trainer = getattr(module, "trainer", None)  # a LightningModule's, at configure_optimizers
+    mixed = trainer is not None and "mixed" in str(trainer.precision)
+    return not mixed and all(p.device.type == "cpu" for p in parameters)
