@@ -98,7 +98,7 @@ class SamplingFilter:
 def nucleus(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     """`scores` with the tokens outside the nucleus set to -inf, as `TopPLogitsWarper` computes it: sorted in
     ascending order, a token goes when the cumulative probability up to it is at most 1 - top_p; the most likely
-    token always stays. Only the sorted values are needed (the kept tokens are those above the smallest kept
+    token always stays. Only the sorted values are needed (the kept tokens are those at or above the smallest kept
     score), and on CPU numpy sorts values about five times faster than it sorts indices. Of several scores equal
     to that edge, as many stay as the sort kept, the first ones in vocabulary order."""
     if scores.device.type == "cpu":
