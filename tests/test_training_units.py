@@ -1,4 +1,5 @@
-"""Pure pieces of training: the renderer and its loss mask, samplers, loss functions, the LR schedule."""
+"""Pure pieces of training: the renderer and its loss mask, samplers, loss functions, the optimiser, the LR
+schedule."""
 
 import copy
 import math
