@@ -1,5 +1,6 @@
 """`init` and `sft`: real Lightning training of a tiny Qwen3-style model on bilingual data."""
 
+import inspect
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from polyalign.errors import UserError
+from polyalign.errors import UserError, sigterm_stops
 from polyalign.generation import generate
 from polyalign.modeling.prompts import PromptRenderer
 from polyalign.modeling.tokenizer import decode_response
@@ -206,11 +207,6 @@ def test_a_signal_during_any_training_stage_is_never_a_success(tmp_path, signum,
 def test_sigterm_inside_library_code_that_catches_every_exception_still_stops_the_stage():
     """`inspect.getfullargspec` (Lightning calls it on its hooks) turns any Exception raised inside it into
     "TypeError: unsupported callable"; a SIGTERM that lands there must still be `Terminated` (exit 143)."""
-    import inspect
-    import os
-
-    from polyalign.errors import sigterm_stops
-
     class SignalledWhileInspected:
         @property
         def __signature__(self):
